@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# spark-submit with the cached Kafka connector jars.
+#   submit.sh <job.py> [job args]     SPARK_MASTER (default local[*]) and SPARK_SUBMIT_OPTS_EXTRA override.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+[[ $# -ge 1 ]] || die "usage: submit.sh <job.py> [args]"
+[[ -x "$VENV/bin/spark-submit" ]] || die "spark-submit missing in $VENV; run 'make setup'"
+shopt -s nullglob
+jars=("$SPARK_JARS_DIR"/*.jar)
+[[ ${#jars[@]} -gt 0 ]] || die "spark kafka connector missing in $SPARK_JARS_DIR; run 'make setup'"
+jar_list=$(IFS=,; echo "${jars[*]}")
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# shellcheck disable=SC2086
+exec "$VENV/bin/spark-submit" \
+  --master "${SPARK_MASTER:-local[*]}" \
+  --jars "$jar_list" \
+  --conf spark.driver.bindAddress=127.0.0.1 \
+  --conf spark.driver.host=127.0.0.1 \
+  --conf spark.ui.showConsoleProgress=false \
+  ${SPARK_SUBMIT_OPTS_EXTRA:-} \
+  "$@"
