@@ -9,6 +9,7 @@ shopt -s nullglob
 jars=("$SPARK_JARS_DIR"/*.jar)
 [[ ${#jars[@]} -gt 0 ]] || die "spark kafka connector missing in $SPARK_JARS_DIR; run 'make setup'"
 jar_list=$(IFS=,; echo "${jars[*]}")
+export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -19,5 +20,6 @@ exec "$VENV/bin/spark-submit" \
   --conf spark.driver.bindAddress=127.0.0.1 \
   --conf spark.driver.host=127.0.0.1 \
   --conf spark.ui.showConsoleProgress=false \
+  --driver-java-options "-Dlog4j2.configurationFile=file:$ROOT/deploy/local/log4j2-spark.properties" \
   ${SPARK_SUBMIT_OPTS_EXTRA:-} \
   "$@"

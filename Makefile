@@ -1,0 +1,40 @@
+# The two commands for a fresh machine:  make demo   and   make test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+STACK := ./deploy/local/stack.sh
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup:  ## fetch everything from the registries into .venv and .local (cached)
+	./deploy/local/setup.sh
+
+up: setup  ## start Kafka + FerretDB on loopback (idempotent)
+	$(STACK) up
+
+down:  ## stop the local stack
+	-./deploy/local/cluster.sh down 2>/dev/null
+	$(STACK) down
+
+status:  ## show what is running
+	-$(STACK) status
+	-./deploy/local/cluster.sh status 2>/dev/null
+
+smoke: up  ## produce 1,000 events, Spark reads them from Kafka and writes MongoDB
+	KAFKA_TOPIC=smoke_events $(PY) -m app.jobs.smoke_produce
+	KAFKA_TOPIC=smoke_events ./deploy/local/submit.sh app/jobs/smoke.py
+
+demo: up  ## run the streaming job on the local stack with generated traffic, print results
+	./deploy/local/demo.sh
+
+mongosh: setup  ## open mongosh on the local MongoDB-compatible server
+	source deploy/local/env.sh && "$$MONGOSH_BIN" "$$MONGODB_URI$${MONGODB_DATABASE:-bigdata}"
+
+test: up  ## the whole test suite (unit, stream, end-to-end on the real stack)
+	$(PY) -m pytest tests
+
+test-unit: setup  ## unit + stream tests only (no stack needed)
+	$(PY) -m pytest tests/unit tests/stream
+
+.PHONY: help setup up down status smoke demo mongosh test test-unit

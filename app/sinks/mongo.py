@@ -1,0 +1,43 @@
+"""MongoDB I/O shared by the jobs: one client per Python worker, bulk writes, idempotent inserts."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from pymongo import InsertOne, MongoClient
+from pymongo.errors import BulkWriteError
+
+_clients: dict[str, MongoClient] = {}
+
+
+def client_for(uri: str) -> MongoClient:
+    """Executors reuse Python workers, so one client per worker process serves every batch."""
+    client = _clients.get(uri)
+    if client is None:
+        client = MongoClient(uri, w=1, retryWrites=True, serverSelectionTimeoutMS=10_000)
+        _clients[uri] = client
+    return client
+
+
+def insert_or_ignore(collection, docs: Iterable[dict], chunk: int = 1000) -> int:
+    """Unordered inserts keyed by _id; a duplicate _id (a replayed batch) is not an error."""
+    inserted = 0
+    batch: list = []
+    for doc in docs:
+        batch.append(InsertOne(doc))
+        if len(batch) >= chunk:
+            inserted += _write_ignoring_duplicates(collection, batch)
+            batch = []
+    if batch:
+        inserted += _write_ignoring_duplicates(collection, batch)
+    return inserted
+
+
+def _write_ignoring_duplicates(collection, requests: list) -> int:
+    try:
+        return collection.bulk_write(requests, ordered=False).inserted_count
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        other = [e for e in errors if e.get("code") != 11000]
+        if other:
+            raise
+        return exc.details.get("nInserted", 0)
