@@ -6,6 +6,7 @@ same file twice gives two sets of events, exactly as a real producer re-sending 
 from __future__ import annotations
 
 import csv
+import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,8 +18,10 @@ _ID_COLUMNS = ("product_id", "category_id", "user_id")
 
 
 def parse_event_time(text: str) -> datetime:
-    """'2019-10-01 00:00:00 UTC' (REES46) or ISO-8601; naive means UTC (DESIGN §3)."""
+    """'2019-10-01 00:00:00 UTC' (REES46), ISO-8601 or epoch millis; naive means UTC (DESIGN §3)."""
     text = text.strip()
+    if text.isdigit():  # epoch millis
+        return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc)
     if text.endswith(" UTC"):
         text = text[:-4]
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -33,11 +36,21 @@ def _to_event(row: dict) -> dict:
             event[column] = int(value) if value.isdigit() else value
     event["category_code"] = row.get("category_code") or ""
     event["brand"] = row.get("brand") or ""
-    if (row.get("price") or "").strip():
-        event["price"] = float(row["price"])
+    price = (row.get("price") or "").strip()
+    if price:
+        event["price"] = _number_or_text(price)
     if row.get("user_session"):  # absent, not "": the job then sessionizes by user_id
         event["user_session"] = row["user_session"]
     return event
+
+
+def _number_or_text(text: str) -> float | str:
+    """A bad price is passed on as text so the job quarantines it, instead of replay dying."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text  # json.dumps would write a bare NaN
 
 
 def _rows(path: Path) -> Iterator[dict]:

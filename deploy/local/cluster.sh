@@ -26,9 +26,16 @@ MASTER_JSON="http://127.0.0.1:$SPARK_MASTER_WEBUI_PORT/json/"
 export SPARK_LOCAL_IP=127.0.0.1 SPARK_MASTER_HOST=127.0.0.1
 export SPARK_DAEMON_MEMORY="${SPARK_DAEMON_MEMORY:-512m}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
+# Executor scratch space (shuffle files, fetched jars) stays under .local, not /tmp.
+export SPARK_LOCAL_DIRS="${SPARK_LOCAL_DIRS:-$SPARK_WORK_DIR/local}"
 # Old application dirs (executor logs, fetched jars) are purged by the worker itself.
 export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:--Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.appDataTtl=86400}"
 SPARK_CLASS="$VENV/bin/spark-class"
+[[ -x "$SPARK_CLASS" ]] || die "spark-class missing in $VENV; run 'make setup'"
+# Always the pinned pyspark's own Spark distribution, whatever SPARK_HOME the shell has.
+SPARK_HOME=$("$VENV/bin/python" -c 'import importlib.util as u; print(u.find_spec("pyspark").submodule_search_locations[0])') ||
+  die "pyspark is not installed in $VENV; run 'make setup'"
+export SPARK_HOME
 
 # alive_workers -> number of workers the master UI lists as ALIVE (fails when the UI does not answer)
 alive_workers() {
@@ -89,14 +96,13 @@ master_ready() { port_open "$SPARK_MASTER_PORT" && alive_workers; }
 worker_up() {  # worker_up N
   local n="$1" port=$((SPARK_WORKER_PORT + $1 - 1)) ui=$((SPARK_WORKER_WEBUI_PORT + $1 - 1))
   local dir="$SPARK_WORK_DIR/worker-$n"
-  mkdir -p "$dir"
+  mkdir -p "$dir" "$SPARK_LOCAL_DIRS"
   start "spark-worker-$n" "$port" "$ui" org.apache.spark.deploy.worker.Worker \
     --host 127.0.0.1 --port "$port" --webui-port "$ui" --cores "$SPARK_WORKER_CORES" \
     --memory "$SPARK_WORKER_MEMORY" --work-dir "$dir" "$MASTER_URL" || true
 }
 
 cluster_up() {
-  [[ -x "$SPARK_CLASS" ]] || die "spark-class missing in $VENV; run 'make setup'"
   command -v java >/dev/null || die "java not found on PATH (Spark $SPARK_VERSION needs Java 17)"
   master_up
   local n

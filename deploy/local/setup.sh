@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches everything the project needs from the package registries, once; later runs are offline no-ops.
-#   .venv            python deps (pyproject.toml, editable install)
+#   .venv            python deps (pyproject.toml, editable install; PYTHON_INSTALL=runtime: plain, no dev extras)
 #   .local/kafka     Apache Kafka jars (Maven Central)
 #   .local/spark-jars  Spark Kafka connector jars (Maven Central)
 #   .local/bin/ferretdb  FerretDB built from the Go module proxy
@@ -12,12 +12,20 @@ MAVEN_DIR="$ROOT/deploy/local/maven"
 step() { log "setup: $*"; }
 
 setup_python() {
-  local stamp="$VENV/.installed-$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+  # PYTHON_INSTALL=editable (default; local and CI: the checkout itself, plus the dev extras)
+  # or runtime (the Dockerfile: a plain install of the app, no dev extras).
+  local mode="${PYTHON_INSTALL:-editable}" spec tag
+  case "$mode" in
+    editable) spec=(-e "$ROOT[dev]"); tag="" ;;
+    runtime) spec=("$ROOT"); tag="runtime-" ;;
+    *) die "setup: PYTHON_INSTALL must be 'editable' or 'runtime' (got '$mode')" ;;
+  esac
+  local stamp="$VENV/.installed-$tag$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
   if [[ -f "$stamp" ]]; then step "python deps up to date ($VENV)"; return; fi
   step "python deps -> $VENV (pyspark $SPARK_VERSION is ~430 MB, takes a minute)"
   [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install --progress-bar off -q --upgrade pip
-  "$VENV/bin/pip" install --progress-bar off -e "$ROOT[dev]"
+  "$VENV/bin/pip" install --progress-bar off "${spec[@]}"
   rm -f "$VENV"/.installed-* && touch "$stamp"
 }
 

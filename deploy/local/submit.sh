@@ -10,6 +10,8 @@ jars=("$SPARK_JARS_DIR"/*.jar)
 [[ ${#jars[@]} -gt 0 ]] || die "spark kafka connector missing in $SPARK_JARS_DIR; run 'make setup'"
 jar_list=$(IFS=,; echo "${jars[*]}")
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+# pyspark 4.0 pandas serializers emit a FutureWarning per group on pandas 2.3
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$VENV/bin/python}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

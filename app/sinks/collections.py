@@ -1,0 +1,171 @@
+"""The five output collections (DESIGN.md §8) plus stream_progress: documents, indexes, writes.
+
+Every write is idempotent, so a batch replayed after a crash leaves the same result:
+events and quarantine are insert-or-ignore on _id, sessions are upserts of the whole state,
+and the aggregates apply a batch at most once per document (a (run_id, batch_id) guard).
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Iterable
+
+from pymongo import ASCENDING, DESCENDING, UpdateOne
+
+from app import aggregates as A
+from app.sinks.mongo import client_for, insert_or_ignore
+
+SEGMENTS = "user_behavior_segments"
+DISTRIBUTION = "segment_distribution"
+FUNNEL = "conversion_funnel"
+EVENTS = "enriched_events"
+QUARANTINE = "quarantined_events"
+PROGRESS = "stream_progress"
+FUNNEL_USERS = "conversion_funnel_users"
+DISTRIBUTION_USERS = "segment_distribution_users"
+RAPID_ACTION_SECONDS = 2.0
+
+
+def ensure_indexes(db) -> None:
+    db[SEGMENTS].create_index([("user_id", ASCENDING)])
+    db[SEGMENTS].create_index([("behavior_segment", ASCENDING), ("processing_time", DESCENDING)])
+    db[SEGMENTS].create_index([("status", ASCENDING), ("session_end", DESCENDING)])
+    db[EVENTS].create_index([("user_id", ASCENDING)])
+    db[EVENTS].create_index([("session_id", ASCENDING)])
+    db[DISTRIBUTION].create_index([("window_start", ASCENDING)])
+    db[QUARANTINE].create_index([("reasons", ASCENDING)])
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def event_document(row, ingest_time: datetime) -> dict:
+    doc = json.loads(row.event_doc)
+    doc["_id"] = doc["event_id"]
+    doc["event_timestamp"] = A.to_datetime(doc.pop("event_ms"))
+    kafka_ms = doc.pop("kafka_timestamp_ms", None)
+    doc["kafka_timestamp"] = A.to_datetime(kafka_ms) if kafka_ms is not None else None
+    doc["properties"] = _sub_document(doc.get("properties"))
+    doc["session_id"] = row.session_id
+    doc["seconds_since_prev_in_session"] = row.seconds_since_prev
+    doc["is_rapid_action"] = row.seconds_since_prev is not None and row.seconds_since_prev < RAPID_ACTION_SECONDS
+    doc["is_late"] = bool(row.is_late)
+    doc["ingest_time"] = ingest_time
+    return doc
+
+
+def _sub_document(properties):
+    """`properties` arrives as JSON text (an object, or a string holding one)."""
+    if properties is None:
+        return None
+    try:
+        value = json.loads(properties)
+    except ValueError:
+        return properties
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def session_document(row, processing_time: datetime) -> dict:
+    doc = json.loads(row.session_doc)
+    doc["session_start"] = A.to_datetime(doc["session_start"])
+    doc["session_end"] = A.to_datetime(doc["session_end"])
+    for change in doc["segment_history"]:
+        change["at"] = A.to_datetime(change["at"])
+    doc["processing_time"] = processing_time
+    return doc
+
+
+def write_events(uri: str, database: str):
+    def write(rows) -> None:
+        now = _now()
+        insert_or_ignore(client_for(uri)[database][EVENTS], (event_document(r, now) for r in rows))
+    return write
+
+
+def write_sessions(uri: str, database: str, chunk: int = 1000):
+    def write(rows) -> None:
+        coll, now, batch = client_for(uri)[database][SEGMENTS], _now(), []
+        for row in rows:
+            doc = session_document(row, now)
+            batch.append(UpdateOne({"_id": doc["_id"]}, {"$set": doc}, upsert=True))
+            if len(batch) >= chunk:
+                coll.bulk_write(batch, ordered=False)
+                batch = []
+        if batch:
+            coll.bulk_write(batch, ordered=False)
+    return write
+
+
+def write_quarantine(uri: str, database: str):
+    def write(rows) -> None:
+        now = _now()
+        docs = ({**r.asDict(), "quarantined_at": now} for r in rows)
+        insert_or_ignore(client_for(uri)[database][QUARANTINE], docs)
+    return write
+
+
+def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict]) -> None:
+    """Folds one batch's closed sessions into conversion_funnel and segment_distribution, once."""
+    if not closed:
+        return
+    funnel_users = _new_members(db[FUNNEL_USERS], run_id, batch_id, {
+        f"{s['behavior_segment']}|{s['user_id']}": s["behavior_segment"] for s in closed})
+    for segment, delta in A.funnel_deltas(closed).items():
+        delta["unique_users"] = funnel_users.get(segment, 0)
+        _apply_once(db[FUNNEL], segment, run_id, batch_id, delta, A.FUNNEL_SUMS,
+                    lambda sums, seg=segment: A.funnel_document(seg, sums))
+
+    window_users = _new_members(db[DISTRIBUTION_USERS], run_id, batch_id, {
+        f"{A.window_start_ms(s['session_end_ms'])}|{s['behavior_segment']}|{s['user_id']}":
+            (A.window_start_ms(s["session_end_ms"]), s["behavior_segment"]) for s in closed})
+    windows = set()
+    for (window, segment), delta in A.distribution_deltas(closed).items():
+        delta["unique_users"] = window_users.get((window, segment), 0)
+        doc = A.distribution_document(window, segment, delta)
+        _apply_once(db[DISTRIBUTION], doc["_id"], run_id, batch_id, delta, A.DISTRIBUTION_SUMS,
+                    lambda sums, w=window, seg=segment: A.distribution_document(w, seg, sums))
+        windows.add(doc["window_start"])
+    _refresh_shares(db[DISTRIBUTION], windows)
+
+
+def _new_members(coll, run_id: str, batch_id: int, groups_by_id: dict) -> dict:
+    """Inserts member ids; counts, per group, those first seen in this batch (stable on replay)."""
+    insert_or_ignore(coll, ({"_id": i, "run_id": run_id, "batch_id": batch_id} for i in groups_by_id))
+    counts: dict = defaultdict(int)
+    ids = list(groups_by_id)
+    for start in range(0, len(ids), 1000):
+        query = {"_id": {"$in": ids[start:start + 1000]}, "run_id": run_id, "batch_id": batch_id}
+        for doc in coll.find(query, {"_id": 1}):
+            counts[groups_by_id[doc["_id"]]] += 1
+    return counts
+
+
+def _apply_once(coll, doc_id, run_id: str, batch_id: int, delta: dict, sum_names, render) -> None:
+    previous = coll.find_one({"_id": doc_id})
+    if previous and previous.get("run_id") == run_id and previous.get("batch_id", -1) >= batch_id:
+        return  # this batch was applied before the crash
+    sums = A.add_sums(previous, delta, sum_names)
+    doc = {**render(sums), "sum_duration_minutes": sums["sum_duration_minutes"],
+           "run_id": run_id, "batch_id": batch_id, "processing_time": _now()}
+    if previous and "share_pct" in previous:
+        doc["share_pct"] = previous["share_pct"]
+    coll.replace_one({"_id": doc_id}, doc, upsert=True)
+
+
+def _refresh_shares(coll, windows: Iterable[datetime]) -> None:
+    for window in windows:
+        docs = list(coll.find({"window_start": window}, {"behavior_segment": 1, "session_count": 1}))
+        shares = A.share_pct({d["behavior_segment"]: d["session_count"] for d in docs})
+        for d in docs:
+            coll.update_one({"_id": d["_id"]}, {"$set": {"share_pct": shares[d["behavior_segment"]]}})
+
+
+def record_progress(db, doc: dict) -> None:
+    db[PROGRESS].replace_one({"_id": doc["_id"]}, doc, upsert=True)

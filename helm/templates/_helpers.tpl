@@ -1,0 +1,183 @@
+{{/* Names, labels and the few values derived from several settings. */}}
+
+{{- define "seg.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "seg.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* seg.component NAME: "<fullname>-NAME", e.g. seg-spark-master (callers pass (list $ "spark-master")). */}}
+{{- define "seg.component" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "seg.fullname" $root) (index . 1) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "seg.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "seg.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: behavior-segmentation
+{{- end -}}
+
+{{/* seg.selectorLabels (list $ "component") */}}
+{{- define "seg.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "seg.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* seg.componentLabels (list $ "component"): full label set of one component. */}}
+{{- define "seg.componentLabels" -}}
+{{ include "seg.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "seg.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "seg.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "seg.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* spark:// URL the driver submits to. */}}
+{{- define "seg.sparkMasterUrl" -}}
+{{- if .Values.job.master -}}
+{{- .Values.job.master -}}
+{{- else if .Values.spark.enabled -}}
+{{- printf "spark://%s:%v" (include "seg.component" (list . "spark-master")) .Values.spark.master.port -}}
+{{- else -}}
+{{- required "job.master is required when spark.enabled=false" .Values.job.master -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Kafka bootstrap servers: the chart's Kafka Service, or the external one. */}}
+{{- define "seg.kafkaBootstrap" -}}
+{{- if .Values.kafka.enabled -}}
+{{- printf "%s:9092" (include "seg.component" (list . "kafka")) -}}
+{{- else -}}
+{{- required "kafka.externalBootstrapServers is required when kafka.enabled=false" .Values.kafka.externalBootstrapServers -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "seg.kafkaReplicationFactor" -}}
+{{- if .Values.kafka.replicationFactor -}}
+{{- .Values.kafka.replicationFactor -}}
+{{- else if .Values.kafka.enabled -}}
+{{- min (int .Values.kafka.replicas) 3 -}}
+{{- else -}}
+{{- 1 -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "seg.mongodbReplicas" -}}
+{{- if .Values.mongodb.replicaSet.enabled -}}{{ int .Values.mongodb.replicaSet.replicas }}{{- else -}}1{{- end -}}
+{{- end -}}
+
+{{/* Host name of MongoDB member I: seg.mongodbHost (list $ I) */}}
+{{- define "seg.mongodbHost" -}}
+{{- $root := index . 0 -}}
+{{- $sts := include "seg.component" (list $root "mongodb") -}}
+{{- printf "%s-%v.%s-headless.%s.svc.%s:27017" $sts (index . 1) $sts $root.Release.Namespace $root.Values.clusterDomain -}}
+{{- end -}}
+
+{{/* MONGODB_URI: the chart's MongoDB (every member + replicaSet when it is one), or the external URI. */}}
+{{- define "seg.mongodbUri" -}}
+{{- if .Values.mongodb.enabled -}}
+{{- if .Values.mongodb.replicaSet.enabled -}}
+{{- $hosts := list -}}
+{{- range $i := until (int .Values.mongodb.replicaSet.replicas) -}}
+{{- $hosts = append $hosts (include "seg.mongodbHost" (list $ $i)) -}}
+{{- end -}}
+{{- printf "mongodb://%s/?replicaSet=%s" (join "," $hosts) .Values.mongodb.replicaSet.name -}}
+{{- else -}}
+{{- printf "mongodb://%s:27017/" (include "seg.component" (list . "mongodb")) -}}
+{{- end -}}
+{{- else -}}
+{{- required "mongodb.externalUri (or mongodb.existingSecret) is required when mongodb.enabled=false" .Values.mongodb.externalUri -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "seg.mongodbSecretName" -}}
+{{- default (include "seg.component" (list . "mongodb-uri")) .Values.mongodb.existingSecret -}}
+{{- end -}}
+
+{{- define "seg.rulesContent" -}}
+{{- if .Values.rules.content -}}
+{{- .Values.rules.content -}}
+{{- else -}}
+{{- .Files.Get "files/segments_v1.yaml" | required "files/segments_v1.yaml is missing or empty (a symlink to app/rules/segments_v1.yaml); or set rules.content" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Env vars every container of the app image gets. */}}
+{{- define "seg.commonEnv" -}}
+- name: HOME
+  value: /tmp
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end -}}
+
+{{/*
+seg.waitForKafka: init container that waits for Kafka and creates the topic (idempotent),
+run from the Kafka image so its own tools do the work. Bounded: fails after ~10 minutes.
+*/}}
+{{- define "seg.waitForKafka" -}}
+- name: kafka-topic
+  image: "{{ .Values.kafka.image.repository }}:{{ .Values.kafka.image.tag }}"
+  imagePullPolicy: {{ .Values.kafka.image.pullPolicy }}
+  command: ["/bin/bash", "-c"]
+  args:
+    - |
+      for i in {1..120}; do
+        /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --create --if-not-exists \
+          --topic "$KAFKA_TOPIC" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR" && exit 0
+        echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS ($i/120)"; sleep 5
+      done
+      echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS did not answer in 10 minutes" >&2; exit 1
+  env:
+    - name: KAFKA_BOOTSTRAP_SERVERS
+      value: {{ include "seg.kafkaBootstrap" . | quote }}
+    - name: KAFKA_TOPIC
+      value: {{ .Values.kafka.topic | quote }}
+    - name: PARTITIONS
+      value: {{ .Values.kafka.partitions | quote }}
+    - name: REPLICATION_FACTOR
+      value: {{ include "seg.kafkaReplicationFactor" . | quote }}
+    - name: KAFKA_HEAP_OPTS
+      value: "-Xmx256m"
+    - name: LOG_DIR
+      value: /tmp
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  resources:
+    requests: {cpu: 50m, memory: 256Mi}
+    limits: {memory: 512Mi}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+{{- end -}}
+
+{{- define "seg.checkpointClaim" -}}
+{{- default (include "seg.component" (list . "checkpoints")) .Values.checkpoint.existingClaim -}}
+{{- end -}}

@@ -1,0 +1,294 @@
+"""The helm chart, rendered without a cluster by deploy/local/helm_check.sh.
+
+Reads the manifests `helm_check.sh render` writes to .local/helm-rendered/ (rendering
+them first when they are missing or older than the chart), and checks the wiring a
+deployment depends on: the driver submits to the chart's master with the baked Kafka
+connector, the checkpoint volume sits at CHECKPOINT_DIR, the UIs have Services, the
+generator and the job find Kafka, and the check itself fails on a broken chart.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm"
+HELM_CHECK = ROOT / "deploy" / "local" / "helm_check.sh"
+STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".local"))
+RENDER_DIR = STACK_DIR / "helm-rendered"
+RULES_FILE = ROOT / "app" / "rules" / "segments_v1.yaml"
+VALUE_SETS = ["default", "production"] + sorted(
+    "ci-" + p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
+
+
+def run_helm_check(*parts: str, chart: Path = CHART, out: Path = RENDER_DIR) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HELM_CHART_DIR=str(chart), HELM_RENDER_DIR=str(out))
+    return subprocess.run(["bash", str(HELM_CHECK), *parts], env=env, capture_output=True, text=True, timeout=1800)
+
+
+def _newest_input_mtime() -> float:
+    inputs = [p for p in CHART.rglob("*") if p.is_file()] + [RULES_FILE, HELM_CHECK]
+    return max(p.stat().st_mtime for p in inputs)
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, list[dict]]:
+    outputs = [RENDER_DIR / f"{name}.yaml" for name in VALUE_SETS]
+    if not all(p.is_file() for p in outputs) or min(p.stat().st_mtime for p in outputs) < _newest_input_mtime():
+        result = run_helm_check("render")
+        assert result.returncode == 0, f"helm_check.sh render failed:\n{result.stderr[-4000:]}"
+    return {name: [d for d in yaml.safe_load_all((RENDER_DIR / f"{name}.yaml").read_text()) if d]
+            for name in VALUE_SETS}
+
+
+def one(docs: list[dict], kind: str, component: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind
+             and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {kind} of component {component}, found {len(found)}"
+    return found[0]
+
+
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} named {name}, found {len(found)}"
+    return found[0]
+
+
+def container(workload: dict, name: str) -> dict:
+    return next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def env_of(c: dict) -> dict[str, object]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def flag(args: list[str], name: str) -> str:
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+def service_port_reaches(docs: list[dict], service: dict, port: int, workload: dict) -> None:
+    """The Service exposes `port`, selects the workload's pods, and targets a port they declare."""
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    sp = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
+    assert sp is not None, f"{service['metadata']['name']} does not expose {port}"
+    declared = {(p["name"], p["containerPort"]) for c in workload["spec"]["template"]["spec"]["containers"]
+                for p in c.get("ports", [])}
+    assert (sp["targetPort"], port) in declared or sp["targetPort"] == port
+
+
+def dockerfile_env(name: str) -> str:
+    match = re.search(rf"\b{name}=(\S+)", (ROOT / "Dockerfile").read_text())
+    assert match, f"Dockerfile sets no {name}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("value_set", ["default", "production"])
+def test_driver_submits_to_the_chart_master_with_the_baked_kafka_connector(rendered, value_set):
+    docs = rendered[value_set]
+    driver = container(one(docs, "Deployment", "streaming"), "driver")
+    args = driver["args"]
+    assert driver["command"][-1].endswith("/bin/spark-submit")
+    master_svc = one(docs, "Service", "spark-master")
+    assert flag(args, "--master") == f"spark://{master_svc['metadata']['name']}:7077"
+    service_port_reaches(docs, master_svc, 7077, one(docs, "Deployment", "spark-master"))
+    assert flag(args, "--deploy-mode") == "client"
+    # The glob is the directory the Dockerfile fills with `setup.sh connector` output.
+    jars_dir = dockerfile_env("SPARK_JARS_DIR")
+    assert flag(args, "--jars") == f"{jars_dir}/*.jar"
+    assert f"COPY --from=build {jars_dir} {jars_dir}" in (ROOT / "Dockerfile").read_text()
+    assert "spark-sql-kafka-0-10" in (ROOT / "deploy/local/setup.sh").read_text()
+    assert args[-1].endswith("/app/jobs/streaming/advanced_streaming.py")
+    assert "spark.driver.host=$(POD_IP)" in args and "POD_IP" in env_of(driver)
+
+
+def test_workers_register_with_the_same_master(rendered):
+    docs = rendered["default"]
+    worker = container(one(docs, "Deployment", "spark-worker"), "spark-worker")
+    driver_args = container(one(docs, "Deployment", "streaming"), "driver")["args"]
+    assert worker["args"][-1] == flag(driver_args, "--master")
+    assert one(docs, "Deployment", "spark-worker")["spec"]["replicas"] == 2
+    assert one(rendered["production"], "Deployment", "spark-worker")["spec"]["replicas"] > 2
+
+
+@pytest.mark.parametrize("value_set", ["default", "production"])
+def test_checkpoint_volume_is_mounted_at_checkpoint_dir_on_driver_and_workers(rendered, value_set):
+    docs = rendered[value_set]
+    job = one(docs, "Deployment", "streaming")
+    checkpoint_dir = env_of(container(job, "driver"))["CHECKPOINT_DIR"]
+    pvc = one(docs, "PersistentVolumeClaim", "checkpoints")
+    for workload, cname in ((job, "driver"), (one(docs, "Deployment", "spark-worker"), "spark-worker")):
+        mount = next(m for m in container(workload, cname)["volumeMounts"] if m["mountPath"] == checkpoint_dir)
+        volume = next(v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    if value_set == "production":
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_ui_services_expose_4040_and_8080(rendered):
+    docs = rendered["default"]
+    service_port_reaches(docs, one(docs, "Service", "streaming"), 4040, one(docs, "Deployment", "streaming"))
+    service_port_reaches(docs, one(docs, "Service", "spark-master"), 8080, one(docs, "Deployment", "spark-master"))
+
+
+def test_generator_job_writes_to_the_chart_kafka_service(rendered):
+    docs = rendered["ci-generator"]
+    kafka_svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-kafka"))
+    service_port_reaches(docs, kafka_svc, 9092, one(docs, "StatefulSet", "kafka"))
+    job = one(docs, "Job", "generator")
+    generator = container(job, "generator")
+    topic = env_of(container(one(docs, "Deployment", "streaming"), "driver"))["KAFKA_TOPIC"]
+    assert generator["command"][-1].endswith("/app/utils/test_behavior_generator.py")
+    assert generator["args"][:2] == [f"{kafka_svc['metadata']['name']}:9092", topic]
+    init = job["spec"]["template"]["spec"]["initContainers"][0]
+    assert env_of(init)["KAFKA_BOOTSTRAP_SERVERS"] == f"{kafka_svc['metadata']['name']}:9092"
+
+
+def test_job_uses_the_chart_kafka_by_default(rendered):
+    docs = rendered["default"]
+    kafka_svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-kafka"))
+    driver = container(one(docs, "Deployment", "streaming"), "driver")
+    assert env_of(driver)["KAFKA_BOOTSTRAP_SERVERS"] == f"{kafka_svc['metadata']['name']}:9092"
+
+
+def test_external_kafka_and_mongodb_when_disabled(rendered):
+    docs = rendered["ci-external"]
+    values = yaml.safe_load((CHART / "ci" / "external-values.yaml").read_text())
+    external = values["kafka"]["externalBootstrapServers"]
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+    job = one(docs, "Deployment", "streaming")
+    assert env_of(container(job, "driver"))["KAFKA_BOOTSTRAP_SERVERS"] == external
+    assert env_of(job["spec"]["template"]["spec"]["initContainers"][0])["KAFKA_BOOTSTRAP_SERVERS"] == external
+    assert container(one(docs, "Job", "generator"), "generator")["args"][0] == external
+    secret = one(docs, "Secret", "mongodb")
+    assert secret["stringData"]["MONGODB_URI"] == values["mongodb"]["externalUri"]
+
+
+def test_existing_secret_and_external_master(rendered):
+    docs = rendered["ci-existing-secret"]
+    values = yaml.safe_load((CHART / "ci" / "existing-secret-values.yaml").read_text())
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    job = one(docs, "Deployment", "streaming")
+    driver = container(job, "driver")
+    assert env_of(driver)["MONGODB_URI"]["secretKeyRef"]["name"] == values["mongodb"]["existingSecret"]
+    assert flag(driver["args"], "--master") == values["job"]["master"]
+    assert driver["args"][-1] == "--available-now"
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert claims == [values["checkpoint"]["existingClaim"]]
+
+
+@pytest.mark.parametrize("value_set", ["default", "production"])
+def test_mongodb_uri_comes_from_the_secret(rendered, value_set):
+    docs = rendered[value_set]
+    secret = one(docs, "Secret", "mongodb")
+    ref = env_of(container(one(docs, "Deployment", "streaming"), "driver"))["MONGODB_URI"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "MONGODB_URI")
+    uri = secret["stringData"]["MONGODB_URI"]
+    mongo = one(docs, "StatefulSet", "mongodb")
+    if value_set == "production":
+        assert mongo["spec"]["replicas"] == 3 and uri.endswith("/?replicaSet=rs0") and uri.count(":27017") == 3
+        assert "--replSet" in container(mongo, "mongodb")["args"]
+        assert one(docs, "Job", "mongodb")["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    else:
+        assert mongo["spec"]["replicas"] == 1 and "replicaSet" not in uri
+
+
+def test_rules_configmap_holds_the_app_rules_file(rendered):
+    docs = rendered["default"]
+    cm = one(docs, "ConfigMap", "rules")
+    (key, content), = cm["data"].items()
+    assert yaml.safe_load(content) == yaml.safe_load(RULES_FILE.read_text())
+    job = one(docs, "Deployment", "streaming")
+    rules_file = env_of(container(job, "driver"))["RULES_FILE"]
+    mount = next(m for m in container(job, "driver")["volumeMounts"] if rules_file == f"{m['mountPath']}/{key}")
+    volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == cm["metadata"]["name"]
+
+
+@pytest.mark.parametrize("value_set", ["default", "production"])
+def test_pods_run_non_root_with_limits_and_probes(rendered, value_set):
+    app_image = None
+    for d in rendered[value_set]:
+        if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, d["metadata"]["name"]
+        assert pod["automountServiceAccountToken"] is False
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{d['metadata']['name']}/{c['name']}"
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, where
+            assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], where
+            assert c["resources"]["limits"]["memory"], where
+            if c["securityContext"]["readOnlyRootFilesystem"]:
+                assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, where
+            if d["kind"] != "Job" and c in pod["containers"]:
+                assert "readinessProbe" in c and "livenessProbe" in c, where
+        if d["kind"] == "Deployment":
+            image = pod["containers"][0]["image"]
+            app_image = app_image or image
+            assert image == app_image  # master, workers and driver run the one image
+            assert all(c["securityContext"]["readOnlyRootFilesystem"] for c in pod["containers"])
+
+
+def test_kafka_image_matches_the_pinned_kafka_version(rendered):
+    pinned = dict(line.split("=", 1) for line in (ROOT / "deploy/local/versions.env").read_text().splitlines()
+                  if "=" in line and not line.startswith("#"))
+    image = container(one(rendered["default"], "StatefulSet", "kafka"), "kafka")["image"]
+    assert image == f"apache/kafka:{pinned['KAFKA_VERSION']}"
+
+
+def test_production_kafka_quorum_has_three_voters(rendered):
+    kafka = one(rendered["production"], "StatefulSet", "kafka")
+    env = env_of(container(kafka, "kafka"))
+    assert kafka["spec"]["replicas"] == 3
+    assert [v.split("@")[0] for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")] == ["0", "1", "2"]
+    assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
+
+
+def test_rendered_manifests_match_the_kubernetes_schemas(rendered):
+    result = run_helm_check("validate")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _chart_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy)  # follows the rules symlink: the copy is self-contained
+    return copy
+
+
+def test_check_fails_on_a_template_error(tmp_path):
+    chart = _chart_copy(tmp_path)
+    template = chart / "templates" / "spark-master.yaml"
+    template.write_text(template.read_text().replace("{{ $m.port | quote }}", "{{ $m.port | quote }", 1))
+    result = run_helm_check("render", chart=chart, out=tmp_path / "out")
+    assert result.returncode != 0
+    assert "helm-check: helm lint failed" in result.stderr and "spark-master.yaml" in result.stderr
+
+
+def test_check_fails_on_a_missing_required_value(tmp_path):
+    chart = _chart_copy(tmp_path)
+    (chart / "ci" / "broken-values.yaml").write_text("kafka:\n  enabled: false\n")
+    result = run_helm_check("render", chart=chart, out=tmp_path / "out")
+    assert result.returncode != 0
+    assert "kafka.externalBootstrapServers is required" in result.stderr
+
+
+def test_check_fails_on_a_manifest_kubernetes_rejects(tmp_path):
+    chart = _chart_copy(tmp_path)
+    template = chart / "templates" / "streaming-job.yaml"
+    # A typo'd field renders fine and lints fine; only the schema check catches it.
+    template.write_text(template.read_text().replace("terminationGracePeriodSeconds:", "terminationGraceSeconds:", 1))
+    out = tmp_path / "out"
+    assert run_helm_check("render", chart=chart, out=out).returncode == 0
+    result = run_helm_check("validate", chart=chart, out=out)
+    assert result.returncode != 0
+    assert "do not match the Kubernetes" in result.stderr
