@@ -46,6 +46,16 @@ def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
     )
 
 
+def with_late_event_metrics(sessions: DataFrame) -> DataFrame:
+    """Counts events behind the watermark into the query's progress (observedMetrics)."""
+    return sessions.observe(
+        "late_events",
+        F.coalesce(F.sum(F.col("is_late").cast("int")), F.lit(0)).alias("late_events"),
+        F.coalesce(F.sum(((F.col("kind") == "event") & F.col("session_id").isNull()).cast("int")), F.lit(0))
+        .alias("late_unsessionized"),
+    )
+
+
 class SessionBatchWriter:
     """foreachBatch sink of the sessions query: events, sessions, then the closed-session aggregates."""
 
@@ -85,10 +95,7 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
         .transform(with_event_enrichment)
         .transform(sessionize(rules_document, config.session_gap_s, config.session_max_s,
                               config.watermark_delay_s))
-        .observe("late_events",
-                 F.sum(F.col("is_late").cast("int")).alias("late_events"),
-                 F.sum(((F.col("kind") == "event") & F.col("session_id").isNull()).cast("int"))
-                 .alias("late_unsessionized"))
+        .transform(with_late_event_metrics)
     )
     uri, database = config.mongodb_uri, config.mongodb_database
     quarantine_ckpt = str(Path(config.checkpoint_dir, "quarantine"))
