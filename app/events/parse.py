@@ -15,6 +15,7 @@ EVENT_JSON_SCHEMA = T.StructType(
     + [T.StructField("_corrupt_record", T.StringType())]
 )
 _EPOCH_MILLIS = r"^-?[0-9]+(\.[0-9]+)?$"
+_MIN_EPOCH_MILLIS, _MAX_EPOCH_MILLIS = -62135596800000, 253402300799999  # 0001-01-01 .. 9999-12-31Z
 
 
 def blank_to_null(col: Column) -> Column:
@@ -25,7 +26,10 @@ def blank_to_null(col: Column) -> Column:
 def parse_event_time(col: Column) -> Column:
     """Epoch millis, 'yyyy-MM-dd HH:mm:ss UTC', or ISO-8601 (T or space, fraction, Z/offset; naive = UTC)."""
     text = F.trim(col)
-    as_millis = F.timestamp_millis(text.try_cast("double").cast("long"))
+    millis = text.try_cast("double")
+    # Out-of-range millis would overflow (an exception under ANSI) and stop the stream: unparseable.
+    in_range = millis.between(_MIN_EPOCH_MILLIS, _MAX_EPOCH_MILLIS)
+    as_millis = F.when(in_range, F.timestamp_millis(millis.cast("long")))
     return F.when(text.rlike(_EPOCH_MILLIS), as_millis).otherwise(text.try_cast("timestamp"))
 
 
@@ -109,11 +113,26 @@ def valid_events(parsed: DataFrame) -> DataFrame:
     return parsed.filter(F.size("quarantine_reasons") == 0).drop("quarantine_reasons", "raw_value", "raw_size")
 
 
+def utf8_prefix(text: Column, max_bytes: int) -> Column:
+    """The longest prefix of `text` that is at most `max_bytes` UTF-8 bytes, never cutting a character
+    (a character-count substring would keep up to 4x the bytes of multi-byte text)."""
+    data = text.cast("binary")
+
+    def starts_char(pos: int) -> Column:  # false only for a continuation byte 10xxxxxx
+        return ~F.substring(F.hex(F.substring(data, pos, 1)), 1, 1).isin("8", "9", "A", "B")
+
+    keep = (F.when(starts_char(max_bytes + 1), max_bytes)
+            .when(starts_char(max_bytes), max_bytes - 1)
+            .when(starts_char(max_bytes - 1), max_bytes - 2)
+            .otherwise(max_bytes - 3))
+    return F.substring(data, F.lit(1), keep).cast("string")
+
+
 def quarantined_records(parsed: DataFrame) -> DataFrame:
     """Bad records keep their raw value (truncated past 64 KiB, with its size), reasons and Kafka coordinates."""
     return parsed.filter(F.size("quarantine_reasons") > 0).select(
         F.concat_ws(":", "kafka_topic", "kafka_partition", "kafka_offset").alias("_id"),
-        F.substring("raw_value", 1, C.MAX_VALUE_BYTES).alias("raw_value"),
+        utf8_prefix(F.col("raw_value"), C.MAX_VALUE_BYTES).alias("raw_value"),
         F.col("raw_size"),
         (F.col("raw_size") > C.MAX_VALUE_BYTES).alias("raw_value_truncated"),
         F.col("quarantine_reasons").alias("reasons"),

@@ -28,6 +28,9 @@ export SPARK_DAEMON_MEMORY="${SPARK_DAEMON_MEMORY:-512m}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$VENV/bin/python}"
 # Executor scratch space (shuffle files, fetched jars) stays under .local, not /tmp.
 export SPARK_LOCAL_DIRS="${SPARK_LOCAL_DIRS:-$SPARK_WORK_DIR/local}"
+# The master keeps its state on disk: restarted after a crash (cluster.sh up), it takes the
+# running application back; without this it would kill the application's executors.
+export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:--Dspark.deploy.recoveryMode=FILESYSTEM -Dspark.deploy.recoveryDirectory=$SPARK_WORK_DIR/recovery}"
 # Old application dirs (executor logs, fetched jars) are purged by the worker itself.
 export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:--Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.appDataTtl=86400}"
 SPARK_CLASS="$VENV/bin/spark-class"
@@ -85,6 +88,7 @@ start() {  # start NAME PORT UI_PORT MAIN_CLASS ARGS...  (returns 1 when already
 }
 
 master_up() {
+  mkdir -p "$SPARK_WORK_DIR/recovery"
   if start spark-master "$SPARK_MASTER_PORT" "$SPARK_MASTER_WEBUI_PORT" org.apache.spark.deploy.master.Master \
       --host 127.0.0.1 --port "$SPARK_MASTER_PORT" --webui-port "$SPARK_MASTER_WEBUI_PORT"; then
     wait_alive spark-master 60 master_ready ||

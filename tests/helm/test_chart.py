@@ -132,6 +132,16 @@ def test_checkpoint_volume_is_mounted_at_checkpoint_dir_on_driver_and_workers(re
         assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
+def test_master_keeps_its_state_on_a_volume(rendered):
+    master = one(rendered["default"], "Deployment", "spark-master")
+    opts = env_of(container(master, "spark-master"))["SPARK_MASTER_OPTS"]
+    directory = re.search(r"-Dspark.deploy.recoveryDirectory=(\S+)", opts).group(1)
+    assert "-Dspark.deploy.recoveryMode=FILESYSTEM" in opts
+    mount = next(m for m in container(master, "spark-master")["volumeMounts"] if m["mountPath"] == directory)
+    volume = next(v for v in master["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    named(rendered["default"], "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+
+
 def test_ui_services_expose_4040_and_8080(rendered):
     docs = rendered["default"]
     service_port_reaches(docs, one(docs, "Service", "streaming"), 4040, one(docs, "Deployment", "streaming"))

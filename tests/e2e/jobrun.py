@@ -1,0 +1,64 @@
+"""Helpers for end-to-end tests: produce with the real generator, run the job with spark-submit."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from pymongo import MongoClient
+
+from app.generator.cli import main as generator_main
+from tests.conftest import ROOT
+
+OUTPUTS = ("user_behavior_segments", "segment_distribution", "conversion_funnel", "enriched_events",
+           "quarantined_events")
+VOLATILE = {"processing_time", "ingest_time", "quarantined_at", "run_id", "batch_id"}
+
+
+def generate(bootstrap: str, topic: str, *args: str) -> None:
+    rc = generator_main([bootstrap, topic, *args])
+    assert rc == 0, f"generator exited {rc}"
+
+
+def read_intent(path: Path) -> tuple[list[dict], list[dict]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [x for x in lines if "segment" in x], [x for x in lines if "malformed" in x]
+
+
+def job_env(stack: dict, topic: str, database: str, checkpoint: Path, **extra: str) -> dict:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": stack["bootstrap"], "MONGODB_URI": stack["mongodb_uri"],
+            "KAFKA_TOPIC": topic, "MONGODB_DATABASE": database, "CHECKPOINT_DIR": str(checkpoint),
+            "TRIGGER_INTERVAL": "0.5s", **extra}
+
+
+def run_job(env: dict, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(ROOT / "deploy/local/submit.sh"), "app/jobs/streaming/advanced_streaming.py",
+                             "--available-now", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def start_job(env: dict, log_path: Path) -> subprocess.Popen:
+    """The job in continuous mode, in its own process group so a test can kill -9 all of it."""
+    log = open(log_path, "w")
+    return subprocess.Popen([str(ROOT / "deploy/local/submit.sh"), "app/jobs/streaming/advanced_streaming.py"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def kill_hard(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def snapshot(uri: str, database: str) -> dict[str, list[dict]]:
+    """Every output collection, sorted by _id, without the fields that record wall-clock time."""
+    client = MongoClient(uri)
+    try:
+        db = client[database]
+        return {name: [{k: v for k, v in doc.items() if k not in VOLATILE}
+                       for doc in db[name].find().sort("_id", 1)] for name in OUTPUTS}
+    finally:
+        client.close()

@@ -1,0 +1,127 @@
+"""The streaming job end to end: real Kafka, real FerretDB, spark-submit, the real generator."""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+
+import pytest
+from pymongo import MongoClient
+
+from tests.conftest import ROOT, eventually
+from tests.e2e.jobrun import generate, job_env, kill_hard, read_intent, run_job, snapshot, start_job
+
+pytestmark = pytest.mark.e2e
+SAMPLE_CSV = ROOT.parent / "shared" / "data" / "rees46_2019oct_first1000.csv"
+
+
+@pytest.fixture(scope="module")
+def mongo(stack):
+    client = MongoClient(stack["mongodb_uri"])
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def generated_run(stack, mongo, tmp_path_factory):
+    """60 generated sessions with recorded intent plus 5% malformed records, processed once."""
+    tmp = tmp_path_factory.mktemp("generated")
+    topic = database = "e2e_gen_" + tmp.name[-6:].replace("-", "")
+    generate(stack["bootstrap"], topic, "--sessions", "60", "--bad-ratio", "0.05", "--seed", "11",
+             "--intent-file", str(tmp / "intent.jsonl"))
+    result = run_job(job_env(stack, topic, database, tmp / "ckpt"))
+    sessions, malformed = read_intent(tmp / "intent.jsonl")
+    yield {"db": mongo[database], "topic": topic, "sessions": sessions, "malformed": malformed, "log": result.stdout}
+    mongo.drop_database(database)
+
+
+def test_every_generated_session_lands_in_its_intended_segment(generated_run):
+    db, sessions = generated_run["db"], generated_run["sessions"]
+    docs = {d["_id"]: d for d in db.user_behavior_segments.find()}
+    assert len(sessions) == 60
+    assert {s["user_session"]: s["segment"] for s in sessions} == \
+        {s["user_session"]: docs[s["user_session"]]["behavior_segment"] for s in sessions}
+    assert all(docs[s["user_session"]]["total_events"] == s["events"] for s in sessions)
+
+
+def test_malformed_records_are_quarantined_with_their_reason_and_good_ones_processed(generated_run):
+    db, topic = generated_run["db"], generated_run["topic"]
+    malformed = generated_run["malformed"]
+    assert malformed, "the generator produced no malformed records"
+    assert len({m["expected_reason"] for m in malformed}) >= 5
+    for m in malformed:
+        doc = db.quarantined_events.find_one({"_id": f"{topic}:{m['partition']}:{m['offset']}"})
+        assert doc is not None, m
+        assert m["expected_reason"] in doc["reasons"], (m, doc["reasons"])
+        assert doc["raw_size"] > 0 and doc["kafka_topic"] == topic
+    assert db.quarantined_events.count_documents({}) == len(malformed)
+    assert db.enriched_events.count_documents({}) == sum(s["events"] for s in generated_run["sessions"])
+
+
+def test_aggregates_agree_with_the_closed_sessions(generated_run):
+    db = generated_run["db"]
+    closed = list(db.user_behavior_segments.find({"status": "closed"}))
+    assert closed, "no session closed: the watermark did not advance"
+    by_segment = Counter(d["behavior_segment"] for d in closed)
+    funnel = {d["_id"]: d for d in db.conversion_funnel.find()}
+    assert {seg: funnel[seg]["total_sessions"] for seg in by_segment} == dict(by_segment)
+    for seg, doc in funnel.items():
+        mine = [d for d in closed if d["behavior_segment"] == seg]
+        assert doc["total_revenue"] == pytest.approx(sum(d["total_amount"] or 0 for d in mine), abs=0.01)
+        assert doc["unique_users"] == len({d["user_id"] for d in mine})
+    distribution = list(db.segment_distribution.find())
+    assert sum(d["session_count"] for d in distribution) == len(closed)
+    for window in {d["window_start"] for d in distribution}:
+        shares = [d["share_pct"] for d in distribution if d["window_start"] == window]
+        assert sum(shares) == pytest.approx(100, abs=0.05)
+
+
+def test_the_real_rees46_sample_matches_a_direct_computation(stack, mongo, tmp_path):
+    topic = database = "e2e_csv_" + tmp_path.name[-6:].replace("-", "")
+    generate(stack["bootstrap"], topic, "--replay", str(SAMPLE_CSV))
+    run_job(job_env(stack, topic, database, tmp_path / "ckpt"))
+    rows = list(csv.DictReader(SAMPLE_CSV.open()))
+    expected_types = Counter(r["event_type"] for r in rows)
+    expected_revenue = sum(float(r["price"]) for r in rows if r["event_type"] == "purchase")
+    try:
+        docs = list(mongo[database].user_behavior_segments.find())
+        assert len(docs) == len({r["user_session"] for r in rows})
+        assert sum(d["view_count"] for d in docs) == expected_types["view"]
+        assert sum(d["cart_count"] for d in docs) == expected_types["cart"]
+        assert sum(d["purchase_count"] for d in docs) == expected_types["purchase"]
+        assert sum(d["total_events"] for d in docs) == len(rows)
+        assert sum(d["total_amount"] or 0 for d in docs) == pytest.approx(expected_revenue, abs=0.01)
+        assert mongo[database].enriched_events.count_documents({}) == len(rows)
+        assert mongo[database].quarantined_events.count_documents({}) == 0
+    finally:
+        mongo.drop_database(database)
+
+
+def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(stack, mongo, tmp_path):
+    topic = "e2e_kill_" + tmp_path.name[-6:].replace("-", "")
+    generate(stack["bootstrap"], topic, "--sessions", "400", "--bad-ratio", "0.02", "--seed", "5",
+             "--spread-minutes", "240", "--start-minutes-ago", "300")
+    small_batches = {"MAX_OFFSETS_PER_TRIGGER": "300"}
+    reference, crashed = topic + "_ref", topic + "_crash"
+    try:
+        run_job(job_env(stack, topic, reference, tmp_path / "ckpt_ref", **small_batches))
+
+        env = job_env(stack, topic, crashed, tmp_path / "ckpt_crash", **small_batches)
+        job = start_job(env, tmp_path / "crashed_job.log")
+        progress = mongo[crashed].stream_progress
+        try:
+            eventually(lambda: progress.count_documents({"query": "sessions", "batch_id": {"$gte": 3}}) > 0,
+                       timeout_s=300, what="three session batches before the kill")
+        finally:
+            kill_hard(job)
+        total = mongo[reference].enriched_events.count_documents({})
+        assert mongo[crashed].enriched_events.count_documents({}) < total, "the job finished before the kill"
+
+        run_job(env)  # restart from the checkpoint and finish
+
+        expected, actual = snapshot(stack["mongodb_uri"], reference), snapshot(stack["mongodb_uri"], crashed)
+        for name in expected:
+            assert len(actual[name]) == len(expected[name]), name
+            assert actual[name] == expected[name], name
+    finally:
+        mongo.drop_database(reference)
+        mongo.drop_database(crashed)

@@ -1,0 +1,173 @@
+"""Configuration (DESIGN.md §10): defaults, env vars, CLI flags, and one-line errors naming the setting."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from app.config import DEFAULT_RULES_FILE, AppConfig, InvalidConfigError, load_config, parse_duration
+
+
+def test_defaults():
+    config = load_config([], {})
+    assert config.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert config.kafka_topic == "ecommerce_events"
+    assert config.mongodb_uri == "mongodb://127.0.0.1:27017/"
+    assert config.mongodb_database == "bigdata"
+    assert config.checkpoint_dir.endswith("checkpoints/advanced_streaming")
+    assert config.session_gap_s == 30 * 60
+    assert config.watermark_delay_s == 10 * 60
+    assert config.session_max_s == 24 * 3600
+    assert config.max_offsets_per_trigger == 200_000
+    assert config.rules_file == str(DEFAULT_RULES_FILE)
+    assert config.available_now is False
+
+
+def test_load_config_does_not_read_the_process_environment_when_env_is_given(monkeypatch):
+    monkeypatch.setenv("KAFKA_TOPIC", "from_process_env")
+    assert load_config([], {}).kafka_topic == "ecommerce_events"
+    assert load_config([]).kafka_topic == "from_process_env"
+
+
+def test_env_vars(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rule_version: x\n", encoding="utf-8")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092,kafka-1:9093",
+        "KAFKA_TOPIC": "clicks.v2",
+        "MONGODB_URI": "mongodb+srv://cluster.example.net/",
+        "MONGODB_DATABASE": "analytics",
+        "CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        "SESSION_GAP": "20 minutes",
+        "WATERMARK_DELAY": "2m",
+        "TRIGGER_INTERVAL": "500ms",
+        "MAX_OFFSETS_PER_TRIGGER": "5000",
+        "RULES_FILE": str(rules),
+        "SESSION_MAX": "12h",
+        "STARTING_OFFSETS": "latest",
+        "SHUFFLE_PARTITIONS": "8",
+    }
+    config = load_config([], env)
+    assert dataclasses.asdict(config) == {
+        "kafka_bootstrap_servers": "kafka-0:9092,kafka-1:9093",
+        "kafka_topic": "clicks.v2",
+        "mongodb_uri": "mongodb+srv://cluster.example.net/",
+        "mongodb_database": "analytics",
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "session_gap_s": 1200.0,
+        "watermark_delay_s": 120.0,
+        "trigger_interval_s": 0.5,
+        "max_offsets_per_trigger": 5000,
+        "rules_file": str(rules),
+        "session_max_s": 43200.0,
+        "starting_offsets": "latest",
+        "available_now": False,
+        "shuffle_partitions": 8,
+    }
+
+
+def test_cli_flags_override_env():
+    env = {"SESSION_GAP": "10m", "KAFKA_TOPIC": "from_env", "MAX_OFFSETS_PER_TRIGGER": "100",
+           "MONGODB_DATABASE": "env_db"}
+    config = load_config(["--session-gap", "5m", "--kafka-topic", "from_cli", "--max-offsets-per-trigger", "7",
+                          "--available-now"], env)
+    assert (config.session_gap_s, config.kafka_topic, config.max_offsets_per_trigger) == (300.0, "from_cli", 7)
+    assert config.mongodb_database == "env_db"  # not overridden: env still applies
+    assert config.available_now is True
+
+
+def test_empty_env_value_means_default():
+    assert load_config([], {"KAFKA_TOPIC": "", "SESSION_GAP": ""}) == load_config([], {})
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("30 minutes", 1800.0), ("30 minute", 1800.0), ("30min", 1800.0), ("10m", 600.0), ("5s", 5.0),
+    ("5 seconds", 5.0), ("1500ms", 1.5), ("2h", 7200.0), ("1 hour", 3600.0), ("90", 90.0), (45, 45.0),
+    ("0.5s", 0.5), (" 10m ", 600.0),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration("SESSION_GAP", text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10 fortnights", "-5m", "5 m s", "m10"])
+def test_parse_duration_rejects_garbage_naming_the_setting(text):
+    with pytest.raises(InvalidConfigError) as caught:
+        parse_duration("WATERMARK_DELAY", text)
+    assert str(caught.value).startswith("WATERMARK_DELAY")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("KAFKA_BOOTSTRAP_SERVERS", "   "),
+    ("KAFKA_BOOTSTRAP_SERVERS", "localhost"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "localhost:port"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "a:9092,,b:9092"),
+    ("KAFKA_TOPIC", "bad topic"),
+    ("KAFKA_TOPIC", "topic/with/slashes"),
+    ("MONGODB_URI", "http://127.0.0.1:27017/"),
+    ("MONGODB_URI", "127.0.0.1:27017"),
+    ("MONGODB_DATABASE", "big.data"),
+    ("MONGODB_DATABASE", "x" * 64),
+    ("CHECKPOINT_DIR", "   "),
+    ("SESSION_GAP", "soon"),
+    ("SESSION_GAP", "0s"),
+    ("SESSION_GAP", "500ms"),
+    ("WATERMARK_DELAY", "-1m"),
+    ("WATERMARK_DELAY", "a while"),
+    ("TRIGGER_INTERVAL", "fast"),
+    ("MAX_OFFSETS_PER_TRIGGER", "lots"),
+    ("MAX_OFFSETS_PER_TRIGGER", "1.5"),
+    ("MAX_OFFSETS_PER_TRIGGER", "0"),
+    ("MAX_OFFSETS_PER_TRIGGER", "-10"),
+    ("RULES_FILE", "/nonexistent/rules.yaml"),
+    ("SESSION_MAX", "10m"),       # not longer than the 30 min default gap
+    ("SESSION_MAX", "forever"),
+    ("STARTING_OFFSETS", "middle"),
+    ("SHUFFLE_PARTITIONS", "0"),
+    ("SHUFFLE_PARTITIONS", "four"),
+])
+def test_bad_setting_fails_with_a_one_line_message_naming_it(setting, value):
+    with pytest.raises(InvalidConfigError) as caught:
+        load_config([], {setting: value})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert setting in message
+
+
+@pytest.mark.parametrize("flag, value, setting", [
+    ("--kafka-bootstrap-servers", "nohostport", "KAFKA_BOOTSTRAP_SERVERS"),
+    ("--mongodb-uri", "postgres://x", "MONGODB_URI"),
+    ("--session-gap", "x", "SESSION_GAP"),
+    ("--max-offsets-per-trigger", "0", "MAX_OFFSETS_PER_TRIGGER"),
+])
+def test_bad_cli_flag_value_names_the_setting(flag, value, setting):
+    with pytest.raises(InvalidConfigError, match=setting):
+        load_config([flag, value], {})
+
+
+def test_bad_cli_flag_beats_a_good_env_value():
+    with pytest.raises(InvalidConfigError, match="SESSION_GAP"):
+        load_config(["--session-gap", "nope"], {"SESSION_GAP": "10m"})
+
+
+def test_good_cli_flag_beats_a_bad_env_value():
+    assert load_config(["--session-gap", "10m"], {"SESSION_GAP": "nope"}).session_gap_s == 600.0
+
+
+def test_rules_file_that_is_a_directory_is_rejected(tmp_path):
+    with pytest.raises(InvalidConfigError, match="RULES_FILE"):
+        load_config([], {"RULES_FILE": str(tmp_path)})
+
+
+def test_session_max_must_exceed_the_gap():
+    with pytest.raises(InvalidConfigError, match="SESSION_MAX"):
+        load_config([], {"SESSION_GAP": "2h", "SESSION_MAX": "1h"})
+    assert load_config([], {"SESSION_GAP": "2h", "SESSION_MAX": "3h"}).session_max_s == 3 * 3600
+
+
+def test_config_is_frozen_and_checks_itself():
+    config = load_config([], {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.kafka_topic = "other"  # type: ignore[misc]
+    with pytest.raises(InvalidConfigError, match="MAX_OFFSETS_PER_TRIGGER"):
+        AppConfig(max_offsets_per_trigger=0)
