@@ -73,7 +73,9 @@ def process_timeout(key: str, state: dict, watermark_ms: int,
 
 def _must_split(session: dict, ev: Event, explicit: bool, settings: SessionSettings) -> bool:
     runaway = ev.event_ms - session["acc"].start_ms >= settings.max_ms
-    idle = not explicit and ev.event_ms - session["last_ms"] > settings.gap_ms
+    # Derived sessions are separated by more than the gap, on either side of the open one.
+    idle = not explicit and (ev.event_ms - session["last_ms"] > settings.gap_ms
+                             or session["acc"].start_ms - ev.event_ms > settings.gap_ms)
     return runaway or idle
 
 

@@ -79,8 +79,10 @@ failed() {
 start() {  # start NAME PORT UI_PORT MAIN_CLASS ARGS...  (returns 1 when already running)
   local name="$1" port="$2" ui="$3"; shift 3
   if pid_alive "$name" && port_open "$port"; then log "$name already running on 127.0.0.1:$port"; return 1; fi
-  local p; for p in "$port" "$ui"; do
-    port_open "$p" && die "$name: port $p is taken by another process (see the port variables in cluster.sh)"
+  local vars=SPARK_MASTER_PORT/SPARK_MASTER_WEBUI_PORT p
+  [[ "$name" == spark-master ]] || vars=SPARK_WORKER_PORT/SPARK_WORKER_WEBUI_PORT
+  for p in "$port" "$ui"; do
+    port_open "$p" && die "$name: port $p is taken by another process (set $vars)"
   done
   log "$name: starting on 127.0.0.1:$port, UI :$ui (log: $LOG_DIR/$name.log)"
   nohup "$SPARK_CLASS" "$@" >> "$LOG_DIR/$name.log" 2>&1 &

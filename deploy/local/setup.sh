@@ -16,7 +16,7 @@ setup_python() {
   # or runtime (the Dockerfile: a plain install of the app, no dev extras).
   local mode="${PYTHON_INSTALL:-editable}" spec tag
   case "$mode" in
-    editable) spec=(-e "$ROOT[dev]"); tag="" ;;
+    editable) spec=(-e "${ROOT}[dev]"); tag="" ;;
     runtime) spec=("$ROOT"); tag="runtime-" ;;
     *) die "setup: PYTHON_INSTALL must be 'editable' or 'runtime' (got '$mode')" ;;
   esac

@@ -120,7 +120,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
-{{/* Env vars every container of the app image gets. */}}
+{{/*
+Containers of the app image start under tini (the image's ENTRYPOINT, repeated because
+`command` replaces it): a worker's executors and Python daemons are reaped and get signals.
+Env vars every container of the app image gets: */}}
 {{- define "seg.commonEnv" -}}
 - name: HOME
   value: /tmp
