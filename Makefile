@@ -28,13 +28,36 @@ smoke: up  ## produce 1,000 events, Spark reads them from Kafka and writes Mongo
 demo: up  ## run the streaming job on the local stack with generated traffic, print results
 	./deploy/local/demo.sh
 
+cluster-up: setup  ## start a Spark standalone master + 2 workers on loopback (UI :8080)
+	./deploy/local/cluster.sh up
+
+cluster-down:  ## stop the standalone cluster
+	./deploy/local/cluster.sh down
+
+cluster-demo: up cluster-up  ## make demo, with the job submitted to spark://127.0.0.1:7077
+	SPARK_MASTER=spark://127.0.0.1:7077 ./deploy/local/demo.sh
+
+helm-check: setup  ## lint, render and schema-check the helm chart (default + production values)
+	./deploy/local/helm_check.sh
+
+report:  ## print sessions per segment, the funnel and open sessions to act on
+	$(PY) -m app.report
+
+query:  ## the mongosh queries of deploy/scripts/query_behavior_segments.sh
+	./deploy/scripts/query_behavior_segments.sh
+
+reset:  ## drop the demo database and checkpoint (the topic keeps its events)
+	$(PY) -c "import os,pymongo; pymongo.MongoClient(os.environ.get('MONGODB_URI','mongodb://127.0.0.1:27017/')).drop_database(os.environ.get('MONGODB_DATABASE','bigdata'))"
+	rm -rf .local/checkpoints/demo
+
 mongosh: setup  ## open mongosh on the local MongoDB-compatible server
 	source deploy/local/env.sh && "$$MONGOSH_BIN" "$$MONGODB_URI$${MONGODB_DATABASE:-bigdata}"
 
-test: up  ## the whole test suite (unit, stream, end-to-end on the real stack)
+test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the real stack)
+	./deploy/local/helm_check.sh tools
 	$(PY) -m pytest tests
 
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo mongosh test test-unit
+.PHONY: help setup up down status smoke demo cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

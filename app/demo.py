@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pymongo import MongoClient
@@ -44,13 +45,24 @@ def main() -> int:
         sent = sum(1 for _ in intent.open()) and _count_sent(intent)
         if not _wait_for(db, before + sent, job, log_path):
             return 1
-        time.sleep(3)  # one more trigger: closes sessions the last batch's watermark passed
+        _wait_for_closing_batch(db)
         report.main()
         return 0
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=60)
         print("demo: job stopped. Query the results: make mongosh, or ./deploy/scripts/query_behavior_segments.sh")
+
+
+def _wait_for_closing_batch(db, timeout_s: int = 120) -> None:
+    """The batch after the last data batch closes the sessions its watermark passed."""
+    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    print("demo: waiting for the batch that closes sessions behind the watermark", flush=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if db[C.PROGRESS].find_one({"query": "sessions", "input_rows": 0, "timestamp": {"$gte": since}}):
+            return
+        time.sleep(2)
 
 
 def _records(db) -> int:

@@ -89,7 +89,13 @@ def write_events(uri: str, database: str):
     return write
 
 
-def write_sessions(uri: str, database: str, chunk: int = 1000):
+# FerretDB 1.24 (SQLite) keeps one pooled SQLite connection per update statement open until
+# the whole update command ends; a command with more statements than its pool (100) matching
+# existing documents waits forever. Upserts therefore go in commands of at most 50 statements.
+UPSERT_COMMAND_SIZE = 50
+
+
+def write_sessions(uri: str, database: str, chunk: int = UPSERT_COMMAND_SIZE):
     def write(rows) -> None:
         coll, now, batch = client_for(uri)[database][SEGMENTS], _now(), []
         for row in rows:

@@ -1,0 +1,29 @@
+// The questions growth teams ask, as mongosh queries (FerretDB 1.24 and MongoDB 7 compatible:
+// find, countDocuments, $match/$group/$sum/$sort only).
+const hourAgo = new Date(Date.now() - 3600 * 1000);
+const dayAgo = new Date(Date.now() - 24 * 3600 * 1000);
+
+print("== sessions per segment ==");
+db.user_behavior_segments.aggregate([
+  { $group: { _id: { segment: "$behavior_segment", status: "$status" }, sessions: { $sum: 1 } } },
+  { $sort: { "_id.segment": 1, "_id.status": 1 } },
+]).forEach(r => print(`${r._id.segment.padEnd(16)} ${r._id.status.padEnd(7)} ${r.sessions}`));
+
+print("\n== browsers with a cart in the last hour (abandoned-cart emails) ==");
+db.user_behavior_segments.find(
+  { behavior_segment: "browser", cart_count: { $gte: 1 }, session_end: { $gte: hourAgo } },
+  { user_id: 1, cart_count: 1, session_end: 1, recommendations: 1 },
+).sort({ session_end: -1 }).limit(20).forEach(d => print(`${d._id}  user ${d.user_id}  carts ${d.cart_count}  ended ${d.session_end.toISOString()}`));
+
+print("\n== power users with total_amount >= 1000 (VIP perks) ==");
+db.user_behavior_segments.find(
+  { behavior_segment: "power_user", total_amount: { $gte: 1000 } },
+  { user_id: 1, total_amount: 1, total_events: 1 },
+).sort({ total_amount: -1 }).limit(20).forEach(d => print(`${d._id}  user ${d.user_id}  spent ${d.total_amount}  events ${d.total_events}`));
+
+print("\n== conversion funnel (closed sessions) ==");
+db.conversion_funnel.find({}, { _id: 0, run_id: 0, batch_id: 0 }).sort({ total_sessions: -1 }).forEach(d => printjson(d));
+
+print("\n== segment distribution over the last 24 h (5-minute windows, by session end) ==");
+db.segment_distribution.find({ window_start: { $gte: dayAgo } }).sort({ window_start: -1, behavior_segment: 1 }).limit(48)
+  .forEach(d => print(`${d.window_start.toISOString()}  ${d.behavior_segment.padEnd(16)} ${String(d.session_count).padStart(5)}  ${d.share_pct}%`));
