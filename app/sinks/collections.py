@@ -160,9 +160,8 @@ def _apply_once(coll, doc_id, run_id: str, batch_id: int, delta: dict, sum_names
     sums = A.add_sums(previous, delta, sum_names)
     doc = {**render(sums), "sum_duration_minutes": sums["sum_duration_minutes"],
            "run_id": run_id, "batch_id": batch_id, "processing_time": _now()}
-    if previous and "share_pct" in previous:
-        doc["share_pct"] = previous["share_pct"]
-    coll.replace_one({"_id": doc_id}, doc, upsert=True)
+    # $set, not a replacement: a reader never sees the document missing mid-write.
+    coll.update_one({"_id": doc_id}, {"$set": {k: v for k, v in doc.items() if k != "_id"}}, upsert=True)
 
 
 def _refresh_shares(coll, windows: Iterable[datetime]) -> None:
