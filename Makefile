@@ -40,6 +40,9 @@ cluster-demo: up cluster-up  ## make demo, with the job submitted to spark://127
 helm-check: setup  ## lint, render and schema-check the helm chart (default + production values)
 	./deploy/local/helm_check.sh
 
+bench-stack: up  ## raw rates of the stack: FerretDB inserts/upserts, Kafka produce (python vs Java)
+	$(PY) bench/stack_rates.py
+
 report:  ## print sessions per segment, the funnel and open sessions to act on
 	$(PY) -m app.report
 
@@ -60,4 +63,4 @@ test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the r
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup up down status smoke demo bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

@@ -11,6 +11,10 @@ KAFKA_TOPIC="${KAFKA_TOPIC:-ecommerce_events}"
 KAFKA_PARTITIONS="${KAFKA_PARTITIONS:-3}"
 MONGO_PORT="${MONGO_PORT:-27017}"
 KAFKA_HEAP="${KAFKA_HEAP:--Xms256m -Xmx1g}"
+# SQLite pragmas for FerretDB. WAL + synchronous=NORMAL survives a crash of FerretDB or of the
+# job (what the replay tests do); only a power loss can lose the last commits. Set
+# FERRETDB_SQLITE_PRAGMAS=synchronous(full) for full durability.
+FERRETDB_SQLITE_PRAGMAS="${FERRETDB_SQLITE_PRAGMAS:-synchronous(normal)}"
 
 KAFKA_LIBS="$STACK_DIR/kafka/libs"
 KAFKA_DATA="$STACK_DIR/kafka/data"

@@ -70,7 +70,9 @@ mongo_up() {
   [[ -x "$FERRETDB_BIN" ]] || die "ferretdb: binary missing at $FERRETDB_BIN; run 'make setup'"
   mkdir -p "$FERRETDB_DATA/data" "$FERRETDB_DATA/state"
   log "ferretdb $FERRETDB_VERSION (sqlite): starting on 127.0.0.1:$MONGO_PORT (log: $LOG_DIR/ferretdb.log)"
-  nohup "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$FERRETDB_DATA/data/" \
+  local pragmas="" p
+  for p in $FERRETDB_SQLITE_PRAGMAS; do pragmas+="${pragmas:+&}_pragma=$p"; done
+  nohup "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$FERRETDB_DATA/data/${pragmas:+?$pragmas}" \
     --state-dir="$FERRETDB_DATA/state" --listen-addr="127.0.0.1:$MONGO_PORT" \
     --debug-addr=- --telemetry=disable --log-level=warn >> "$LOG_DIR/ferretdb.log" 2>&1 &
   echo $! > "$RUN_DIR/ferretdb.pid"

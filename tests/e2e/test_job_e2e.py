@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import uuid
 from collections import Counter
 
 import pytest
@@ -25,7 +26,7 @@ def mongo(stack):
 def generated_run(stack, mongo, tmp_path_factory):
     """60 generated sessions with recorded intent plus 5% malformed records, processed once."""
     tmp = tmp_path_factory.mktemp("generated")
-    topic = database = "e2e_gen_" + tmp.name[-6:].replace("-", "")
+    topic = database = "e2e_gen_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--sessions", "60", "--bad-ratio", "0.05", "--seed", "11",
              "--intent-file", str(tmp / "intent.jsonl"))
     result = run_job(job_env(stack, topic, database, tmp / "ckpt"))
@@ -76,7 +77,7 @@ def test_aggregates_agree_with_the_closed_sessions(generated_run):
 
 
 def test_the_real_rees46_sample_matches_a_direct_computation(stack, mongo, tmp_path):
-    topic = database = "e2e_csv_" + tmp_path.name[-6:].replace("-", "")
+    topic = database = "e2e_csv_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--replay", str(SAMPLE_CSV))
     run_job(job_env(stack, topic, database, tmp_path / "ckpt"))
     rows = list(csv.DictReader(SAMPLE_CSV.open()))
@@ -97,7 +98,7 @@ def test_the_real_rees46_sample_matches_a_direct_computation(stack, mongo, tmp_p
 
 
 def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(stack, mongo, tmp_path):
-    topic = "e2e_kill_" + tmp_path.name[-6:].replace("-", "")
+    topic = "e2e_kill_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--sessions", "400", "--bad-ratio", "0.02", "--seed", "5",
              "--spread-minutes", "240", "--start-minutes-ago", "300")
     small_batches = {"MAX_OFFSETS_PER_TRIGGER": "300"}
