@@ -6,6 +6,7 @@ until the job has taken in every record, prints the report, and stops the job.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,10 +29,16 @@ def main() -> int:
     topic = os.environ.get("KAFKA_TOPIC", "ecommerce_events")
     db = MongoClient(os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/"))[
         os.environ.get("MONGODB_DATABASE", "bigdata")]
+    checkpoint = os.environ.get("CHECKPOINT_DIR", str(ROOT / ".local/checkpoints/demo"))
+    # Each demo is a fresh run: its sessions start hours in the past, so an old checkpoint's
+    # watermark would count them all as late. The topic keeps earlier runs' events.
+    print(f"demo: fresh start: dropping database {db.name} and checkpoint {checkpoint}", flush=True)
+    db.client.drop_database(db.name)
+    shutil.rmtree(checkpoint, ignore_errors=True)
     before = _records(db)
     log_path = ROOT / ".local" / "logs" / "demo-job.log"
     print(f"demo: starting the streaming job (log: {log_path}; Spark UI: http://127.0.0.1:4040)", flush=True)
-    env = {**os.environ, "CHECKPOINT_DIR": os.environ.get("CHECKPOINT_DIR", str(ROOT / ".local/checkpoints/demo")),
+    env = {**os.environ, "CHECKPOINT_DIR": checkpoint,
            "TRIGGER_INTERVAL": os.environ.get("TRIGGER_INTERVAL", "2s")}
     with open(log_path, "w") as log:
         job = subprocess.Popen([str(ROOT / "deploy/local/submit.sh"), "app/jobs/streaming/advanced_streaming.py"],

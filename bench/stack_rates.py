@@ -48,6 +48,12 @@ def store_rates(n_insert: int = 20_000, n_upsert: int = 2_000) -> dict:
 
     set_one = lambda d: UpdateOne({"_id": d["_id"]}, {"$set": {"payload": d["payload"]}}, upsert=True)  # noqa: E731
     replace = lambda d: ReplaceOne({"_id": d["_id"]}, d, upsert=True)  # noqa: E731
+    def delete_insert():
+        for start in range(0, n_upsert, 1000):
+            chunk = few[start:start + 1000]
+            db.rep.delete_many({"_id": {"$in": [d["_id"] for d in chunk]}})
+            db.rep.insert_many(chunk, ordered=False)
+
     results = {
         "insert_many_1k_batches": timed("insert_many, 1 KiB docs, unordered batches of 1,000", n_insert, insert_many),
         # Batches of 1,000 UpdateOne on existing documents hang FerretDB 1.24 (see README): 50.
@@ -57,6 +63,8 @@ def store_rates(n_insert: int = 20_000, n_upsert: int = 2_000) -> dict:
         "replace_new_50": timed("bulk ReplaceOne upsert, new _id, batches of 50", n_upsert, bulk("rep", 50, replace)),
         "replace_existing_50": timed("bulk ReplaceOne upsert, existing _id, batches of 50", n_upsert,
                                      bulk("rep", 50, replace)),
+        "delete_in_insert_existing_1k": timed("delete_many _id $in + insert_many (existing _id), chunks of 1,000",
+                                              n_upsert, delete_insert),
     }
     for name in ("ins", "ups", "rep"):
         db.drop_collection(name)
