@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pymongo import MongoClient
@@ -62,12 +61,12 @@ def main() -> int:
 
 
 def _wait_for_closing_batch(db, timeout_s: int = 120) -> None:
-    """The batch after the last data batch closes the sessions its watermark passed."""
-    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    """The no-data batch after the last data batch closes the sessions its watermark passed."""
     print("demo: waiting for the batch that closes sessions behind the watermark", flush=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if db[C.PROGRESS].find_one({"query": "sessions", "input_rows": 0, "timestamp": {"$gte": since}}):
+        last = list(db[C.PROGRESS].find({"query": "sessions"}).sort("batch_id", -1).limit(1))
+        if last and last[0]["input_rows"] == 0:
             return
         time.sleep(2)
 
