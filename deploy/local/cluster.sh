@@ -121,16 +121,6 @@ cluster_up() {
   log "spark cluster: $MASTER_URL with $(alive_workers) ALIVE workers ($SPARK_WORKER_CORES core, $SPARK_WORKER_MEMORY each); UI http://127.0.0.1:$SPARK_MASTER_WEBUI_PORT"
 }
 
-stop() {  # stop NAME
-  local f="$RUN_DIR/$1.pid"
-  if ! pid_alive "$1"; then rm -f "$f"; log "$1: not running"; return; fi
-  local pid; pid=$(cat "$f")
-  kill "$pid" 2>/dev/null || true
-  if ! wait_until 30 "$1 stop" bash -c "! kill -0 $pid"; then
-    log "$1: did not stop in 30 s, killing"; kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"; log "$1: stopped"
-}
 
 cluster_down() {
   local f name

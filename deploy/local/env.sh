@@ -52,3 +52,15 @@ wait_until() {
     sleep 0.5
   done
 }
+
+# stop NAME -> stops the process of RUN_DIR/NAME.pid: TERM, then KILL after 30 s
+stop() {
+  local f="$RUN_DIR/$1.pid"
+  if ! pid_alive "$1"; then rm -f "$f"; log "$1: not running"; return; fi
+  local pid; pid=$(cat "$f")
+  kill "$pid" 2>/dev/null || true
+  if ! wait_until 30 "$1 stop" bash -c "! kill -0 $pid"; then
+    log "$1: did not stop in 30 s, killing"; kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"; log "$1: stopped"
+}

@@ -87,16 +87,6 @@ mongo_ping() {
       "mongodb://127.0.0.1:$MONGO_PORT/"
 }
 
-stop() {  # stop NAME
-  local f="$RUN_DIR/$1.pid"
-  if ! pid_alive "$1"; then rm -f "$f"; log "$1: not running"; return; fi
-  local pid; pid=$(cat "$f")
-  kill "$pid" 2>/dev/null || true
-  if ! wait_until 30 "$1 stop" bash -c "! kill -0 $pid"; then
-    log "$1: did not stop in 30 s, killing"; kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"; log "$1: stopped"
-}
 
 status() {  # status NAME PORT
   if pid_alive "$1" && port_open "$2"; then echo "$1: up (pid $(cat "$RUN_DIR/$1.pid"), 127.0.0.1:$2)"
