@@ -13,7 +13,6 @@ from typing import Iterable, NamedTuple
 from app.segments.rules import RuleSet
 from app.sessions.metrics import SessionAccumulator, session_metrics
 
-RAPID_ACTION_SECONDS = 2.0
 
 
 class Event(NamedTuple):

@@ -1,7 +1,7 @@
 """The five output collections (DESIGN.md §8) plus stream_progress: documents, indexes, writes.
 
 Every write is idempotent, so a batch replayed after a crash leaves the same result:
-events and quarantine are insert-or-ignore on _id, sessions are upserts of the whole state,
+events and quarantine are insert-or-ignore on _id, sessions are whole-document rewrites by _id,
 and the aggregates apply a batch at most once per document (a (run_id, batch_id) guard).
 """
 from __future__ import annotations
