@@ -14,7 +14,6 @@ from app.segments.rules import RuleSet
 from app.sessions.metrics import SessionAccumulator, session_metrics
 
 
-
 class Event(NamedTuple):
     event_ms: int
     event_id: str
