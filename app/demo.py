@@ -5,6 +5,7 @@ until the job has taken in every record, prints the report, and stops the job.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -48,7 +49,7 @@ def main() -> int:
         if generate([bootstrap, topic, "--sessions", sessions, "--bad-ratio", "0.01",
                      "--intent-file", str(intent)]) != 0:
             return 1
-        sent = sum(1 for _ in intent.open()) and _count_sent(intent)
+        sent = _count_sent(intent)
         if not _wait_for(db, before + sent, job, log_path):
             return 1
         _wait_for_closing_batch(db)
@@ -76,7 +77,7 @@ def _records(db) -> int:
 
 
 def _count_sent(intent: Path) -> int:
-    import json
+    """Valid events plus malformed records the generator recorded in its intent file."""
     lines = [json.loads(line) for line in intent.open()]
     return sum(x.get("events", 0) for x in lines) + sum(1 for x in lines if "malformed" in x)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import yaml
@@ -17,7 +16,6 @@ from app.sessions.stateful import sessionize
 from app.sinks import collections as out
 from app.sinks.mongo import client_for
 
-log = logging.getLogger("behavior")
 SESSION_ROW_FIELDS = ("behavior_segment", "user_id", "session_end_ms", "session_duration_minutes",
                       "view_count", "cart_count", "purchase_count", "total_amount")
 

@@ -42,8 +42,7 @@ class SessionAccumulator:
 
     @classmethod
     def from_state(cls, state: dict) -> "SessionAccumulator":
-        acc = cls(**{**state, "products": set(state["products"]), "categories": set(state["categories"])})
-        return acc
+        return cls(**{**state, "products": set(state["products"]), "categories": set(state["categories"])})
 
 
 def _rate(numerator: int, denominator: int) -> float:
