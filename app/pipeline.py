@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import yaml
@@ -16,6 +18,7 @@ from app.sessions.stateful import sessionize
 from app.sinks import collections as out
 from app.sinks.mongo import client_for
 
+log = logging.getLogger("behavior.sink")
 SESSION_ROW_FIELDS = ("behavior_segment", "user_id", "session_end_ms", "session_duration_minutes",
                       "view_count", "cart_count", "purchase_count", "total_amount")
 
@@ -70,16 +73,40 @@ class SessionBatchWriter:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         uri, database = self.config.mongodb_uri, self.config.mongodb_database
+        timer = _StepTimer()
         batch.persist()
         try:
+            rows = batch.count()  # runs the read, parse and state steps once; the writes reuse it
+            timer.step("read+parse+state")
+            if rows == 0:
+                return
             batch.filter(F.col("kind") == "event").foreachPartition(out.write_events(uri, database))
+            timer.step("events")
             batch.filter(F.col("kind") == "session").foreachPartition(out.write_sessions(uri, database))
+            timer.step("sessions")
             closed = (batch.filter((F.col("kind") == "session") & (F.col("status") == "closed"))
                       .select(*SESSION_ROW_FIELDS).collect())
             db = client_for(uri)[database]
             out.apply_closed_sessions(db, self.run_id(), batch_id, [r.asDict() for r in closed])
+            timer.step("aggregates")
+            log.info("[sessions] batch %d steps: %s (%d output rows)", batch_id, timer, rows)
         finally:
             batch.unpersist()
+
+
+class _StepTimer:
+    """Wall time per step of a batch, for the log: where a slow batch spends its time."""
+
+    def __init__(self):
+        self.last, self.steps = time.perf_counter(), []
+
+    def step(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.steps)
 
 
 def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery]:

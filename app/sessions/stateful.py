@@ -22,7 +22,7 @@ from app.sessions.tracker import (Event, SessionSettings, decode_state, encode_s
 
 OUTPUT_SCHEMA = (
     "kind string, session_id string, event_id string, event_doc string, seconds_since_prev double, "
-    "is_late boolean, session_doc string, status string, behavior_segment string, user_id string, "
+    "is_late boolean, session_doc string, status string, first_write boolean, behavior_segment string, user_id string, "
     "session_end_ms long, session_duration_minutes double, total_events long, view_count long, "
     "cart_count long, purchase_count long, total_amount double"
 )
@@ -95,7 +95,8 @@ def _output_frame(out, docs: dict) -> pd.DataFrame:
     for doc in out.sessions:
         rows.append({
             "kind": "session", "session_id": doc["_id"], "session_doc": json.dumps(doc, separators=(",", ":")),
-            "status": doc["status"], "behavior_segment": doc["behavior_segment"], "user_id": doc["user_id"],
+            "status": doc["status"], "first_write": doc["_id"] in out.first_writes,
+            "behavior_segment": doc["behavior_segment"], "user_id": doc["user_id"],
             "session_end_ms": doc["session_end"], "session_duration_minutes": doc["session_duration_minutes"],
             "total_events": doc["total_events"], "view_count": doc["view_count"], "cart_count": doc["cart_count"],
             "purchase_count": doc["purchase_count"], "total_amount": doc["total_amount"],

@@ -7,7 +7,7 @@ adapter in app/sessions/stateful.py moves it in and out of the state store.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 from app.segments.rules import RuleSet
@@ -36,6 +36,8 @@ class SessionSettings:
 class Outputs:
     events: list      # (event_id, session_id | None, seconds_since_prev | None, is_late)
     sessions: list    # session documents (dates as epoch millis), status active | closed
+    # Ids among `sessions` never written before: the sink can insert them instead of replacing.
+    first_writes: set = field(default_factory=set)
 
 
 def process_events(key: str, state: dict | None, events: Iterable[Event], watermark_ms: int,
@@ -108,7 +110,7 @@ def _add(session: dict, ev: Event, watermark_ms: int, rules: RuleSet) -> tuple:
 
 def _close(state: dict, out: Outputs, explicit: bool, settings: SessionSettings) -> None:
     session = state["open"]
-    out.sessions.append(session_document(session, "closed", settings.rules))
+    _emit(session, "closed", out, settings.rules)
     state["open"] = None
     # Explicit sessions keep a tombstone (the generation counter) for one max-session length,
     # so a late reuse of the id gets a fresh document id. Derived ids are unique by construction.
@@ -122,13 +124,20 @@ def _finish_batch(state: dict, out: Outputs, watermark_ms: int, explicit: bool,
         acc = session["acc"]
         timeout = min(acc.end_ms + settings.gap_ms, acc.start_ms + settings.max_ms)
         if timeout >= watermark_ms:
-            out.sessions.append(session_document(session, "active", settings.rules))
+            _emit(session, "active", out, settings.rules)
             return state, out, timeout
         _close(state, out, explicit, settings)
     tomb_until = state.get("tomb_until")
     if tomb_until is not None and tomb_until >= watermark_ms:
         return state, out, tomb_until
     return None, out, None
+
+
+def _emit(session: dict, status: str, out: Outputs, rules: RuleSet) -> None:
+    out.sessions.append(session_document(session, status, rules))
+    if not session.get("written"):  # kept in the state, so a replayed batch says the same
+        out.first_writes.add(session["session_id"])
+        session["written"] = True
 
 
 def session_document(session: dict, status: str, rules: RuleSet) -> dict:

@@ -1,8 +1,9 @@
 """The five output collections (DESIGN.md §8) plus stream_progress: documents, indexes, writes.
 
 Every write is idempotent, so a batch replayed after a crash leaves the same result:
-events and quarantine are insert-or-ignore on _id, sessions are whole-document rewrites by _id,
-and the aggregates apply a batch at most once per document (a (run_id, batch_id) guard).
+events and quarantine are insert-or-ignore on _id, sessions are inserted once and then replaced
+whole by _id, and the aggregates apply a batch at most once per document (a (run_id, batch_id)
+guard).
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import json
 from collections import defaultdict
 from datetime import datetime, timezone
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReplaceOne
 
 from app import aggregates as A
-from app.sinks.mongo import client_for, insert_or_ignore
+from app.sinks.mongo import client_for, insert_or_ignore, insert_returning_duplicates
 
 SEGMENTS = "user_behavior_segments"
 DISTRIBUTION = "segment_distribution"
@@ -88,31 +89,42 @@ def write_events(uri: str, database: str):
     return write
 
 
-# FerretDB 1.24 (SQLite) has no _id pushdown for updates: every upsert statement scans the
-# collection (about 150 upserts/s on 2,000 documents here, falling as it grows), and a command
-# of more than ~100 update statements on existing documents hangs the server. Deleting a chunk
-# by `_id $in` scans once per chunk, and inserts are fast (3,100 vs 150 sessions/s measured).
-# The pair is not atomic; a crash between them leaves the chunk's sessions missing until the
-# micro-batch is replayed from the checkpoint, which rewrites them.
-SESSION_WRITE_CHUNK = 1000
+# Sessions written for the first time (the state machine says which) are inserted in chunks,
+# the rest replaced by _id. Measured on FerretDB 1.24 (SQLite, with deploy/local/patches):
+# insert_many ~5,600 session documents/s, bulk ReplaceOne ~1,500/s (2,100/s from two writers),
+# while delete-by-$in scans the whole collection (~200/s at 10,000 sessions, and falling).
+SESSION_INSERT_CHUNK = 1000
+SESSION_REPLACE_CHUNK = 500
 
 
-def write_sessions(uri: str, database: str, chunk: int = SESSION_WRITE_CHUNK):
+def write_sessions(uri: str, database: str):
     def write(rows) -> None:
-        coll, now, docs = client_for(uri)[database][SEGMENTS], _now(), []
+        coll, new, seen = client_for(uri)[database][SEGMENTS], [], []
         for row in rows:
-            docs.append(session_document(row, now))
-            if len(docs) >= chunk:
-                replace_documents(coll, docs)
-                docs = []
-        if docs:
-            replace_documents(coll, docs)
+            pending, chunk = (new, SESSION_INSERT_CHUNK) if row.first_write else (seen, SESSION_REPLACE_CHUNK)
+            pending.append(row)
+            if len(pending) >= chunk:
+                _write_session_rows(coll, pending, insert=row.first_write)
+                pending.clear()
+        _write_session_rows(coll, new, insert=True)
+        _write_session_rows(coll, seen, insert=False)
     return write
 
 
+def _write_session_rows(coll, rows: list, insert: bool) -> None:
+    if not rows:
+        return
+    now = _now()  # per chunk: processing_time is when the document was written
+    docs = [session_document(row, now) for row in rows]
+    if insert:  # on a replayed batch the documents may be there already: replace those
+        docs = insert_returning_duplicates(coll, docs)
+    for start in range(0, len(docs), SESSION_REPLACE_CHUNK):
+        replace_documents(coll, docs[start:start + SESSION_REPLACE_CHUNK])
+
+
 def replace_documents(coll, docs: list[dict]) -> None:
-    coll.delete_many({"_id": {"$in": [d["_id"] for d in docs]}})
-    coll.insert_many(docs, ordered=False)
+    if docs:
+        coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
 
 
 def write_quarantine(uri: str, database: str):
@@ -170,15 +182,28 @@ def _already_applied(previous: dict | None, run_id: str, batch_id: int) -> bool:
 
 
 def _new_members(coll, run_id: str, batch_id: int, groups_by_id: dict) -> dict:
-    """Inserts member ids; counts, per group, those first seen in this batch (stable on replay)."""
-    insert_or_ignore(coll, ({"_id": i, "run_id": run_id, "batch_id": batch_id} for i in groups_by_id))
-    counts: dict = defaultdict(int)
-    ids = list(groups_by_id)
+    """Inserts member ids; counts, per group, those first seen in this batch (stable on replay).
+
+    A marker written before the inserts tells a replayed batch from a fresh one. Fresh: every
+    duplicate was seen by an earlier batch. Replayed: a duplicate may come from this batch's
+    first attempt, so its batch tag is read back (by _id, which FerretDB looks up by index)."""
+    marker = {"_id": f"members:{coll.name}:{run_id}"}
+    replay = (coll.database[PROGRESS].find_one(marker) or {}).get("batch_id", -1) >= batch_id
+    coll.database[PROGRESS].replace_one(marker, {**marker, "batch_id": batch_id}, upsert=True)
+    ids, counts = list(groups_by_id), defaultdict(int)
     for start in range(0, len(ids), 1000):
-        query = {"_id": {"$in": ids[start:start + 1000]}, "run_id": run_id, "batch_id": batch_id}
-        for doc in coll.find(query, {"_id": 1}):
-            counts[groups_by_id[doc["_id"]]] += 1
+        chunk = [{"_id": i, "run_id": run_id, "batch_id": batch_id} for i in ids[start:start + 1000]]
+        seen_before = {d["_id"] for d in insert_returning_duplicates(coll, chunk)}
+        if replay:
+            seen_before = {i for i in seen_before if not _tagged(coll.find_one({"_id": i}), run_id, batch_id)}
+        for doc in chunk:
+            if doc["_id"] not in seen_before:
+                counts[groups_by_id[doc["_id"]]] += 1
     return counts
+
+
+def _tagged(doc: dict | None, run_id: str, batch_id: int) -> bool:
+    return bool(doc) and doc.get("run_id") == run_id and doc.get("batch_id") == batch_id
 
 
 def _apply_once(coll, doc_id, run_id: str, batch_id: int, delta: dict, sum_names, render) -> None:

@@ -6,6 +6,7 @@ from typing import Iterable
 from pymongo import InsertOne, MongoClient
 from pymongo.errors import BulkWriteError
 
+DUPLICATE_KEY = 11000
 _clients: dict[str, MongoClient] = {}
 
 
@@ -32,12 +33,26 @@ def insert_or_ignore(collection, docs: Iterable[dict], chunk: int = 1000) -> int
     return inserted
 
 
+def insert_returning_duplicates(collection, docs: list[dict]) -> list[dict]:
+    """One unordered insert_many; returns the documents whose _id was already there."""
+    try:
+        collection.insert_many(docs, ordered=False)
+        return []
+    except BulkWriteError as exc:
+        return [docs[i] for i in _duplicate_indexes(exc)]
+
+
 def _write_ignoring_duplicates(collection, requests: list) -> int:
     try:
         return collection.bulk_write(requests, ordered=False).inserted_count
     except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        other = [e for e in errors if e.get("code") != 11000]
-        if other:
-            raise
+        _duplicate_indexes(exc)
         return exc.details.get("nInserted", 0)
+
+
+def _duplicate_indexes(exc: BulkWriteError) -> list[int]:
+    """Indexes of the duplicate-_id inserts; any other write error is raised."""
+    errors = exc.details.get("writeErrors", [])
+    if any(e.get("code") != DUPLICATE_KEY for e in errors):
+        raise exc
+    return [e["index"] for e in errors]

@@ -291,3 +291,22 @@ def test_encode_decode_round_trip_of_a_tombstone(settings):
     state, _, timeout = process_events("s:k", None, [ev(0, "e1", user_session="k")], 0, settings)
     tomb, _, _ = close("s:k", state, settings, timeout)
     assert decode_state(encode_state(tomb)) == tomb
+
+
+def test_first_writes_name_each_session_once_across_batches_and_replays(settings):
+    first, out1, _ = process_events("s:a", None, [ev(0, "e1", user_session="a")], 0, settings)
+    assert out1.first_writes == {"a"}
+    second, out2, _ = process_events("s:a", decode_state(encode_state(first)), [ev(MIN, "e2", user_session="a")],
+                                     0, settings)
+    assert [d["_id"] for d in out2.sessions] == ["a"] and out2.first_writes == set()
+    _, replayed, _ = process_events("s:a", decode_state(encode_state(first)), [ev(MIN, "e2", user_session="a")],
+                                    0, settings)
+    assert replayed.first_writes == set()  # the state says it was written: a replay replaces it
+    _, closed, _ = process_timeout("s:a", second, T0 + MIN + GAP + 1, settings)
+    assert [d["status"] for d in closed.sessions] == ["closed"] and closed.first_writes == set()
+
+
+def test_session_opened_and_closed_in_one_batch_is_a_first_write(settings):
+    _, out, _ = process_events("u:u1", None, [ev(0, "e1"), ev(GAP + MIN, "e2")], 0, settings)
+    assert [d["status"] for d in out.sessions] == ["closed", "active"]
+    assert out.first_writes == {d["_id"] for d in out.sessions}
