@@ -123,7 +123,7 @@ def test_late_events_are_counted_and_still_emitted(stream):
 
 def test_state_shrinks_to_zero_after_every_session_closes(stream):
     stream.send(event(0, "A"), event(1, "B"), event(2, None, user=5))
-    assert stream.state_rows() == 3
+    assert stream.state_rows() == 3  # state rows are hash buckets of sessions: these three differ
     stream.send(event(50, "Z"))  # closes A, B and user 5's session; tombstones remain for A and B
     assert {d["status"] for s in ("A", "B") for d in stream.sessions(s)[-1:]} == {"closed"}
     stream.send(event(60 * 26, "LAST"))  # past every tombstone (end + 24 h)
