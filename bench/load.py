@@ -8,6 +8,7 @@ no distinct event ids, no session order.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Iterable
@@ -16,6 +17,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 3
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 

@@ -1,0 +1,96 @@
+"""The job under measurement as a child process: started like a user starts it, RSS sampled."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+from pymongo import MongoClient
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".local" / "bench"
+MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/")
+
+
+def say(text: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {text}", flush=True)
+
+
+class Job:
+    """The streaming job as a child process (its own process group), with its RSS sampled."""
+
+    def __init__(self, name: str, topic: str, database: str, env: dict, args: list[str], script: str):
+        self.name, self.database = name, database
+        self.checkpoint = WORK / "checkpoints" / name
+        shutil.rmtree(self.checkpoint, ignore_errors=True)
+        MongoClient(MONGODB_URI).drop_database(database)
+        self.log_path = WORK / f"{name}.log"
+        self.env = {**os.environ, "KAFKA_TOPIC": topic, "MONGODB_DATABASE": database,
+                    "CHECKPOINT_DIR": str(self.checkpoint), "STARTING_OFFSETS": "earliest", **env}
+        self.args, self.script = args, script
+        self.rss_samples: list[tuple[float, int, int]] = []  # (t, JVM bytes, whole tree bytes)
+        self.first_write_at: float | None = None
+
+    def start(self) -> "Job":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            self.started_at = time.time()
+            self.proc = subprocess.Popen([str(ROOT / "deploy/local/submit.sh"), self.script, *self.args],
+                                         cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self._sampling = True
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        events = MongoClient(MONGODB_URI)[self.database]["enriched_events"]
+        while self._sampling:
+            try:
+                tree = [psutil.Process(self.proc.pid)] + psutil.Process(self.proc.pid).children(recursive=True)
+                rss = [(p.name(), p.memory_info().rss) for p in tree]
+                self.rss_samples.append((time.time() - self.started_at, sum(r for n, r in rss if n == "java"),
+                                         sum(r for _, r in rss)))
+            except psutil.Error:
+                pass
+            if self.first_write_at is None and events.estimated_document_count() > 0:
+                self.first_write_at = time.time()
+            time.sleep(0.5)
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(f"{self.name}: no end within {timeout_s:.0f} s (log: {self.log_path})") from None
+        self._sampling = False
+        return code
+
+    def stop(self) -> None:
+        self._sampling = False
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def wait_running(self, timeout_s: float = 120) -> None:
+        deadline = time.time() + timeout_s
+        while "running; Spark UI" not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{self.name}: the job did not start (log: {self.log_path})")
+            time.sleep(0.5)
+
+    def peak_rss_mb(self) -> dict:
+        if not self.rss_samples:
+            return {"jvm": None, "total": None}
+        return {"jvm": round(max(s[1] for s in self.rss_samples) / 2**20),
+                "total": round(max(s[2] for s in self.rss_samples) / 2**20)}

@@ -1,0 +1,61 @@
+"""Latency: the job running live while a paced producer sends events at a fixed rate."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from pymongo import MongoClient
+
+from bench import load, workload
+from bench.jobproc import MONGODB_URI, Job, say
+from bench.load import BOOTSTRAP
+
+TOPIC_PREFIX = "bench-"
+
+def latency(rate: int, seconds: float, catch_up_s: float = 180) -> dict:
+    """The job running live (trigger 1 s) while events arrive at `rate`: producer timestamp ->
+    the provisional session document written (its processing_time)."""
+    topic = f"{TOPIC_PREFIX}live-{rate}"
+    say(f"latency: {rate:,} events/s for {seconds:.0f} s into fresh topic {topic}, job running live")
+    load.fresh_topic(BOOTSTRAP, topic)
+    job = Job(f"live-{rate}", topic, f"bench_live_{rate}", {"TRIGGER_INTERVAL": "1s"}, [],
+              "app/jobs/streaming/advanced_streaming.py").start()
+    try:
+        job.wait_running()
+        time.sleep(5)  # let both queries finish their first, empty batch
+        last_sent: dict[str, tuple[float, int]] = {}
+        sent = load.paced(BOOTSTRAP, topic, _live_events(rate, seconds, last_sent), rate, seconds)
+        db = MongoClient(MONGODB_URI)[job.database]
+        deadline = time.time() + catch_up_s
+        while db["enriched_events"].estimated_document_count() < sent["events"] and time.time() < deadline:
+            time.sleep(1)
+        caught_up = db["enriched_events"].estimated_document_count() >= sent["events"]
+        time.sleep(3)  # the batch that wrote the last events also wrote their sessions
+        docs = db["user_behavior_segments"].find({}, {"total_events": 1, "processing_time": 1})
+        delays = sorted(doc["processing_time"].replace(tzinfo=timezone.utc).timestamp() - last_sent[doc["_id"]][0]
+                        for doc in docs if doc["_id"] in last_sent and doc["total_events"] == last_sent[doc["_id"]][1])
+    finally:
+        job.stop()
+    result = {"rate": rate, "sent": sent, "caught_up": caught_up, "samples": len(delays),
+              "p50_s": _percentile(delays, 50), "p95_s": _percentile(delays, 95), "p99_s": _percentile(delays, 99),
+              "peak_rss_mb": job.peak_rss_mb()}
+    say(f"latency at {rate:,}/s: p50 {result['p50_s']} s, p95 {result['p95_s']} s, p99 {result['p99_s']} s "
+        f"over {len(delays):,} sessions{'' if caught_up else ' (did NOT catch up: backlog)'}")
+    return result
+
+def _live_events(rate: int, seconds: float, last_sent: dict):
+    """The workload's interleaved sessions, stamped with the send time; records each session's
+    last send time and event count (what its final provisional document must show)."""
+    counts: dict[str, int] = {}
+    for event in workload.events(int(rate * seconds) + 1):
+        now = time.time()
+        event = {**event, "event_time": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
+        session = event["user_session"]
+        counts[session] = counts.get(session, 0) + 1
+        last_sent[session] = (now, counts[session])
+        yield event
+
+def _percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(len(values) * pct / 100))], 3)

@@ -1,0 +1,59 @@
+"""The benchmark's pure pieces: its workload, percentiles and report."""
+from __future__ import annotations
+
+from bench import workload
+from bench.latency import _percentile
+from bench.report import markdown
+
+
+def test_workload_yields_exactly_n_events_in_event_time_order():
+    events = list(workload.events(5_000, seed=3))
+    assert len(events) == 5_000
+    assert [e["event_time"] for e in events] == sorted(e["event_time"] for e in events)
+    assert len({e["event_id"] for e in events}) == 5_000
+
+
+def test_workload_keeps_the_number_of_open_sessions_flat_as_it_grows():
+    def most_open_at_once(n):
+        spans: dict = {}
+        for e in workload.events(n, seed=1):
+            first, _ = spans.get(e["user_session"], (e["event_time"], None))
+            spans[e["user_session"]] = (first, e["event_time"])
+        edges = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+        level = peak = 0
+        for _, step in edges:
+            level += step
+            peak = max(peak, level)
+        return peak
+    small, large = most_open_at_once(20_000), most_open_at_once(60_000)
+    assert 0.7 < small / large < 1.3  # a bigger run is a longer run, not a denser one
+
+
+def test_percentile_picks_the_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert _percentile(values, 50) == 51.0 and _percentile(values, 99) == 100.0
+    assert _percentile([], 50) is None
+
+
+def test_report_states_the_ratios_against_baseline_and_upper_bound():
+    run = {"events": 1000, "seconds": 2.0, "events_per_s": 500, "cold_start_s": 12.0, "sessions": 100,
+           "events_written": 1000, "peak_rss_mb": {"jvm": 900, "total": 1200}, "max_state_rows": 128,
+           "batches": [{"query": "sessions", "batch": 0, "rows": 1000, "ms": 2000, "state_rows": 128}],
+           "steps": ["[sessions] batch 0 steps: events 1.0 s"]}
+    results = {
+        "profile": "quick", "bench_seconds": 60,
+        "machine": {"date": "d", "commit": "c", "cores": 2, "memory_gib": 24, "platform": "p", "python": "3",
+                    "java": "j", "spark": "4", "kafka": "4", "ferretdb": "f"},
+        "throughput": run, "scaling": [run],
+        "upper_bound": {"parse": {"events": 1000, "seconds": 1, "events_per_s": 1000},
+                        "state": {"events": 1000, "seconds": 1, "events_per_s": 800}},
+        "baseline": {"events": 100, "seconds": 2, "events_per_s": 50},
+        "sink_ceiling": {"writers": 2, "job_pattern_events_per_s": 700, "event_inserts_per_s": 1,
+                         "session_inserts_per_s": 1, "session_replaces_per_s": 1, "sessions_per_event": 0.1},
+        "latency": [{"rate": 100, "sent": {"events": 100, "events_per_s": 100}, "samples": 10, "p50_s": 0.5,
+                     "p95_s": 0.9, "p99_s": 1.0, "caught_up": True}],
+    }
+    text = markdown(results)
+    assert "job = 10.0x (goal >= 10x)" in text
+    assert "job = 62% of it" in text
+    assert "| 100 | 100 | 100 | 10 | 0.50 | 0.90 | 1.00 | yes |" in text
