@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
 
 from pymongo import MongoClient
 
@@ -34,7 +35,13 @@ def _chunks(docs: list[dict], size: int):
     return (docs[start:start + size] for start in range(0, len(docs), size))
 
 
-def measure(uri: str, source_database: str, say=print) -> dict:
+def _closed(sessions: list[dict]) -> list[dict]:
+    now = datetime.now(timezone.utc)
+    return [{**doc, "status": "closed" if doc.get("status") == "active" else "active", "processing_time": now}
+            for doc in sessions]
+
+
+def measure(uri: str, source_database: str, n_events: int, n_sessions: int, say=print) -> dict:
     client = MongoClient(uri)
     source, target = client[source_database], client["bench_sink"]
     events = list(source[EVENTS].find().limit(SAMPLE))
@@ -47,11 +54,10 @@ def measure(uri: str, source_database: str, say=print) -> dict:
             target[EVENTS].insert_many(chunk, ordered=False) for chunk in _chunks(share, 1000)]),
         "session_inserts_per_s": _in_parallel(sessions, lambda share: [
             target[SEGMENTS].insert_many(chunk, ordered=False) for chunk in _chunks(share, 1000)]),
-        "session_replaces_per_s": _in_parallel(sessions, lambda share: [
+        # changed documents, as a closing batch writes them (an identical rewrite could be skipped)
+        "session_replaces_per_s": _in_parallel(_closed(sessions), lambda share: [
             replace_documents(target[SEGMENTS], chunk) for chunk in _chunks(share, SESSION_REPLACE_CHUNK)]),
     }
-    n_events = source[EVENTS].estimated_document_count()
-    n_sessions = source[SEGMENTS].estimated_document_count()
     # Per event: one insert, plus its share of one first insert and one final replace per session.
     per_event_s = (1 / rates["event_inserts_per_s"]
                    + n_sessions / max(n_events, 1) * (1 / rates["session_inserts_per_s"]
