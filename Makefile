@@ -43,7 +43,7 @@ helm-check: setup  ## lint, render and schema-check the helm chart (default + pr
 bench-stack: up  ## raw rates of the stack: FerretDB inserts/upserts, Kafka produce (python vs Java)
 	$(PY) bench/stack_rates.py
 
-bench: up  ## the benchmark (~40 min): throughput, upper bound, baseline, latency, scaling -> bench/results
+bench: up  ## the benchmark (~30 min): throughput, upper bound, baseline, latency, scaling -> bench/results
 	$(PY) -m bench.run --profile full
 
 bench-quick: up  ## the same benchmark at a small scale (~8 min)

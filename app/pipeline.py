@@ -19,7 +19,7 @@ from app.sinks import collections as out
 from app.sinks.mongo import client_for
 
 log = logging.getLogger("behavior.sink")
-SESSION_ROW_FIELDS = ("behavior_segment", "user_id", "session_end_ms", "session_duration_minutes",
+SESSION_ROW_FIELDS = ("session_id", "behavior_segment", "user_id", "session_end_ms", "session_duration_minutes",
                       "view_count", "cart_count", "purchase_count", "total_amount")
 
 
@@ -87,7 +87,9 @@ class SessionBatchWriter:
             closed = (batch.filter((F.col("kind") == "session") & (F.col("status") == "closed"))
                       .select(*SESSION_ROW_FIELDS).collect())
             db = client_for(uri)[database]
-            out.apply_closed_sessions(db, self.run_id(), batch_id, [r.asDict() for r in closed])
+            # Sorted, so the float sums come out bit-identical however the rows were partitioned.
+            closed = sorted((r.asDict() for r in closed), key=lambda r: r["session_id"])
+            out.apply_closed_sessions(db, self.run_id(), batch_id, closed)
             timer.step("aggregates")
             log.info("[sessions] batch %d steps: %s (%d output rows)", batch_id, timer, rows)
         finally:

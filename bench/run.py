@@ -31,8 +31,8 @@ PROFILES = {
     # events of the main run, scaling sizes, baseline seconds, latency rates and seconds per rate
     "quick": {"events": 100_000, "sizes": [20_000, 100_000], "baseline_s": 20, "rates": [1_000, 10_000],
               "latency_s": 20},
-    "full": {"events": 1_000_000, "sizes": [100_000, 1_000_000], "baseline_s": 60, "rates": [1_000, 10_000],
-             "latency_s": 60},
+    "full": {"events": 500_000, "sizes": [100_000, 500_000], "baseline_s": 60, "rates": [1_000, 10_000],
+             "latency_s": 30},
 }
 
 
