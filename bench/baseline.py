@@ -27,7 +27,7 @@ from app.config import DEFAULT_RULES_FILE
 from app.events import contract as C
 from app.segments.rules import load_rules
 from app.sessions.tracker import Event, SessionSettings, process_events, process_timeout
-from app.sinks.collections import EVENTS, RAPID_ACTION_SECONDS, SEGMENTS
+from app.sinks.collections import EVENTS, RAPID_ACTION_SECONDS, SEGMENTS, session_for_mongo
 
 GAP_MS, MAX_MS, WATERMARK_DELAY_MS = 30 * 60_000, 24 * 3_600_000, 10 * 60_000
 IDLE_STOP_S, PROGRESS_EVERY_S = 3.0, 5.0
@@ -156,13 +156,6 @@ def enriched_document(fields: dict, record, tracked: tuple, ingest_time: datetim
             "is_late": is_late, "ingest_time": ingest_time}
 
 
-def session_for_mongo(doc: dict, processing_time: datetime) -> dict:
-    """The tracker's epoch-millis dates -> BSON dates, as app/sinks/collections.py writes them."""
-    history = [{**h, "at": to_datetime(h["at"])} for h in doc["segment_history"]]
-    return {**doc, "session_start": to_datetime(doc["session_start"]), "session_end": to_datetime(doc["session_end"]),
-            "segment_history": history, "processing_time": processing_time}
-
-
 def run_baseline(bootstrap: str, topic: str, mongodb_uri: str, database: str, max_seconds: float,
                  max_events: int | None = None, rules_file: str | None = None) -> dict:
     settings = SessionSettings(GAP_MS, MAX_MS, load_rules(rules_file or DEFAULT_RULES_FILE))
@@ -200,7 +193,7 @@ def run_baseline(bootstrap: str, topic: str, mongodb_uri: str, database: str, ma
                 doc = enriched_document(fields, record, tracked, wall)
                 db[EVENTS].update_one({"_id": doc.pop("_id")}, {"$setOnInsert": doc}, upsert=True)
                 for session in sessions:
-                    db[SEGMENTS].replace_one({"_id": session["_id"]}, session_for_mongo(session, wall), upsert=True)
+                    db[SEGMENTS].replace_one({"_id": session["_id"]}, session_for_mongo(dict(session), wall), upsert=True)
                 session_writes += len(sessions)
                 n += 1
                 if time.monotonic() - last_report >= PROGRESS_EVERY_S:

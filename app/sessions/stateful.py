@@ -75,9 +75,10 @@ def _state_function(rules_document: dict, gap_ms: int, max_ms: int):
         watermark_ms = state.getCurrentWatermarkMs()
         # session key -> [timeout ms, the session's state as tracker.encode_state wrote it]
         sessions: dict = json.loads(state.get[0]) if state.exists else {}
-        output, touched = _Output(), set()
+        output, touched = _Output({}), set()
         if not state.hasTimedOut:
-            events_by_key, output.docs = _events_by_key(pd.concat(list(batches), ignore_index=True))
+            events_by_key, docs = _events_by_key(pd.concat(list(batches), ignore_index=True))
+            output = _Output(docs)
             for session_key, events in events_by_key.items():
                 entry = sessions.get(session_key)
                 previous = decode_state(entry[1]) if entry else None
@@ -117,7 +118,7 @@ def _events_by_key(frame: pd.DataFrame) -> tuple[dict, dict]:
         by_key.setdefault(session_key, []).append(Event(
             int(ms), event_id, event_type, user_id, _none_if_nan(user_session), _none_if_nan(product),
             _none_if_nan(category), _none_if_nan(price)))
-    return by_key, dict(zip(frame["event_id"].tolist(), frame["event_doc"].tolist()))
+    return by_key, dict(zip(columns[2], frame["event_doc"].tolist()))
 
 
 def _none_if_nan(value):
@@ -127,9 +128,9 @@ def _none_if_nan(value):
 class _Output:
     """Rows of one call, as tuples in OUTPUT_COLUMNS order."""
 
-    def __init__(self):
+    def __init__(self, docs: dict):
         self.rows: list[tuple] = []
-        self.docs: dict = {}
+        self.docs = docs  # event_id -> event_doc of the call's input
 
     def add(self, out) -> None:
         for event_id, session_id, since_prev, is_late in out.events:

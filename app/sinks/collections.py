@@ -73,11 +73,14 @@ def _sub_document(properties):
 
 
 def session_document(row, processing_time: datetime) -> dict:
-    doc = json.loads(row.session_doc)
+    return session_for_mongo(json.loads(row.session_doc), processing_time)
+
+
+def session_for_mongo(doc: dict, processing_time: datetime) -> dict:
+    """A tracker session document (epoch-millis dates) -> the stored document (BSON dates)."""
     doc["session_start"] = A.to_datetime(doc["session_start"])
     doc["session_end"] = A.to_datetime(doc["session_end"])
-    for change in doc["segment_history"]:
-        change["at"] = A.to_datetime(change["at"])
+    doc["segment_history"] = [{**change, "at": A.to_datetime(change["at"])} for change in doc["segment_history"]]
     doc["processing_time"] = processing_time
     return doc
 

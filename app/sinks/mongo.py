@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from pymongo import InsertOne, MongoClient
+from pymongo import MongoClient
 from pymongo.errors import BulkWriteError
 
 DUPLICATE_KEY = 11000
@@ -21,15 +21,14 @@ def client_for(uri: str) -> MongoClient:
 
 def insert_or_ignore(collection, docs: Iterable[dict], chunk: int = 1000) -> int:
     """Unordered inserts keyed by _id; a duplicate _id (a replayed batch) is not an error."""
-    inserted = 0
-    batch: list = []
+    inserted, batch = 0, []
     for doc in docs:
-        batch.append(InsertOne(doc))
+        batch.append(doc)
         if len(batch) >= chunk:
-            inserted += _write_ignoring_duplicates(collection, batch)
+            inserted += len(batch) - len(insert_returning_duplicates(collection, batch))
             batch = []
     if batch:
-        inserted += _write_ignoring_duplicates(collection, batch)
+        inserted += len(batch) - len(insert_returning_duplicates(collection, batch))
     return inserted
 
 
@@ -39,20 +38,7 @@ def insert_returning_duplicates(collection, docs: list[dict]) -> list[dict]:
         collection.insert_many(docs, ordered=False)
         return []
     except BulkWriteError as exc:
-        return [docs[i] for i in _duplicate_indexes(exc)]
-
-
-def _write_ignoring_duplicates(collection, requests: list) -> int:
-    try:
-        return collection.bulk_write(requests, ordered=False).inserted_count
-    except BulkWriteError as exc:
-        _duplicate_indexes(exc)
-        return exc.details.get("nInserted", 0)
-
-
-def _duplicate_indexes(exc: BulkWriteError) -> list[int]:
-    """Indexes of the duplicate-_id inserts; any other write error is raised."""
-    errors = exc.details.get("writeErrors", [])
-    if any(e.get("code") != DUPLICATE_KEY for e in errors):
-        raise exc
-    return [e["index"] for e in errors]
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return [docs[e["index"]] for e in errors]
