@@ -16,10 +16,10 @@ class InvalidConfigError(ValueError):
     """A setting is wrong; the message is one line naming the setting."""
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
                  "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
-                 "h": 3600, "hour": 3600, "hours": 3600}
+                 "h": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400}
 
 
 def parse_duration(setting: str, value: str | float | int) -> float:
@@ -43,6 +43,7 @@ class AppConfig:
     max_offsets_per_trigger: int = 200_000
     rules_file: str = str(DEFAULT_RULES_FILE)
     session_max_s: float = 24 * 3600
+    session_id_retention_s: float = 30 * 24 * 3600
     starting_offsets: str = "earliest"
     available_now: bool = False
     shuffle_partitions: int = 4
@@ -69,6 +70,9 @@ class AppConfig:
             raise InvalidConfigError(f"MAX_OFFSETS_PER_TRIGGER must be a positive integer (got {self.max_offsets_per_trigger})")
         if self.session_max_s <= self.session_gap_s:
             raise InvalidConfigError("SESSION_MAX must be longer than SESSION_GAP")
+        if self.session_id_retention_s < self.session_max_s:
+            raise InvalidConfigError("SESSION_ID_RETENTION must be at least SESSION_MAX "
+                                     f"(got {self.session_id_retention_s:g} s < {self.session_max_s:g} s)")
         if self.starting_offsets not in ("earliest", "latest"):
             raise InvalidConfigError(f"STARTING_OFFSETS must be 'earliest' or 'latest' (got {self.starting_offsets!r})")
         if self.shuffle_partitions < 1:
@@ -95,6 +99,7 @@ _SETTINGS = {
     "MAX_OFFSETS_PER_TRIGGER": ("max_offsets_per_trigger", int),
     "RULES_FILE": ("rules_file", str),
     "SESSION_MAX": ("session_max_s", parse_duration),
+    "SESSION_ID_RETENTION": ("session_id_retention_s", parse_duration),
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
 }

@@ -1,4 +1,4 @@
-"""Wires the job: Kafka source -> parse/validate -> {quarantine, sessionize -> sinks}. I/O lives here."""
+"""Wires the job: Kafka source -> parse/validate once -> per-user state -> sinks, as one query. I/O lives here."""
 from __future__ import annotations
 
 import json
@@ -10,17 +10,17 @@ import yaml
 from pyspark.sql import DataFrame, SparkSession, functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from app.config import AppConfig
+from app.config import AppConfig, InvalidConfigError
 from app.events.enrich import with_event_enrichment
-from app.events.parse import parse_events, quarantined_records, valid_events
+from app.events.parse import parse_events
 from app.segments.rules import load_rules
 from app.sessions.stateful import sessionize
 from app.sinks import collections as out
+from app.sinks.exactly_once import apply_closed_sessions, closed_session_figures
 from app.sinks.mongo import client_for
 
 log = logging.getLogger("behavior.sink")
-SESSION_ROW_FIELDS = ("session_id", "behavior_segment", "user_id", "session_end_ms", "session_duration_minutes",
-                      "view_count", "cart_count", "purchase_count", "total_amount")
+QUERY_NAME = "sessions"
 
 
 def build_spark(config: AppConfig, app_name: str = "behavior-segmentation") -> SparkSession:
@@ -47,13 +47,25 @@ def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
     )
 
 
-def with_late_event_metrics(sessions: DataFrame) -> DataFrame:
-    """Counts events behind the watermark into the query's progress (observedMetrics)."""
-    return sessions.observe(
-        "late_events",
-        F.coalesce(F.sum(F.col("is_late").cast("int")), F.lit(0)).alias("late_events"),
-        F.coalesce(F.sum(((F.col("kind") == "event") & F.col("session_id").isNull()).cast("int")), F.lit(0))
-        .alias("late_unsessionized"),
+def _count(condition) -> "F.Column":
+    return F.coalesce(F.sum(condition.cast("int")), F.lit(0))
+
+
+BATCH_METRICS = "batch_metrics"
+
+
+def with_batch_metrics(rows: DataFrame) -> DataFrame:
+    """Counts per micro-batch into the query's progress (observedMetrics "batch_metrics")."""
+    kind, session = F.col("kind"), F.col("kind") == "session"
+    return rows.observe(
+        BATCH_METRICS,
+        _count(kind == "event").alias("events"),
+        _count(F.col("is_late")).alias("late_events"),
+        _count((kind == "event") & F.col("session_id").isNull()).alias("late_unsessionized"),
+        _count(kind == "duplicate").alias("duplicates"),
+        _count(kind == "quarantine").alias("quarantined"),
+        _count(session & F.col("first_write")).alias("sessions_opened"),
+        _count(session & (F.col("status") == "closed")).alias("sessions_closed"),
     )
 
 
@@ -80,18 +92,14 @@ class SessionBatchWriter:
             timer.step("read+parse+state")
             if rows == 0:
                 return
-            batch.filter(F.col("kind") == "event").foreachPartition(out.write_events(uri, database))
-            timer.step("events")
-            batch.filter(F.col("kind") == "session").foreachPartition(out.write_sessions(uri, database))
-            timer.step("sessions")
-            closed = (batch.filter((F.col("kind") == "session") & (F.col("status") == "closed"))
-                      .select(*SESSION_ROW_FIELDS).collect())
-            db = client_for(uri)[database]
+            batch.foreachPartition(out.write_outputs(uri, database))
+            timer.step("writes")
+            closed = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
             # Sorted, so the float sums come out bit-identical however the rows were partitioned.
-            closed = sorted((r.asDict() for r in closed), key=lambda r: r["session_id"])
-            out.apply_closed_sessions(db, self.run_id(), batch_id, closed)
+            closed = sorted((closed_session_figures(json.loads(r.doc)) for r in closed), key=lambda s: s["session_id"])
+            apply_closed_sessions(client_for(uri)[database], self.run_id(), batch_id, closed)
             timer.step("aggregates")
-            log.info("[sessions] batch %d steps: %s (%d output rows)", batch_id, timer, rows)
+            log.info("[%s] batch %d steps: %s (%d output rows)", QUERY_NAME, batch_id, timer, rows)
         finally:
             batch.unpersist()
 
@@ -111,31 +119,35 @@ class _StepTimer:
         return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.steps)
 
 
+V1_LAYOUT = "quarantine"  # the v1 job's second query: its checkpoint holds sessions in hash buckets
+
+
+def check_checkpoint(config: AppConfig) -> None:
+    if Path(config.checkpoint_dir, V1_LAYOUT).is_dir():
+        raise InvalidConfigError(
+            f"CHECKPOINT_DIR={config.checkpoint_dir} holds a v1 checkpoint (sessions in hash buckets); the "
+            "per-user state needs a new checkpoint and a fresh database (make reset, or another CHECKPOINT_DIR "
+            "and MONGODB_DATABASE)")
+
+
 def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery]:
+    check_checkpoint(config)  # main() checks it before Spark starts too; tests call this directly
     load_rules(config.rules_file)  # fail at start-up, naming the field, before anything runs
     rules_document = yaml.safe_load(Path(config.rules_file).read_text(encoding="utf-8"))
     out.ensure_indexes(client_for(config.mongodb_uri)[config.mongodb_database])
 
-    parsed = kafka_source(spark, config).transform(parse_events())
-    sessions = (
-        valid_events(parsed)
+    rows = (
+        kafka_source(spark, config)
+        .transform(parse_events())
         .transform(with_event_enrichment)
         .transform(sessionize(rules_document, config.session_gap_s, config.session_max_s,
-                              config.watermark_delay_s))
-        .transform(with_late_event_metrics)
+                              config.watermark_delay_s, config.session_id_retention_s))
+        .transform(with_batch_metrics)
     )
-    uri, database = config.mongodb_uri, config.mongodb_database
-    quarantine_ckpt = str(Path(config.checkpoint_dir, "quarantine"))
-    sessions_ckpt = str(Path(config.checkpoint_dir, "sessions"))
-    queries = [
-        _start(quarantined_records(parsed).writeStream.queryName("quarantine")
-               .foreachBatch(lambda df, _id: df.foreachPartition(out.write_quarantine(uri, database))),
-               quarantine_ckpt, config),
-        _start(sessions.writeStream.queryName("sessions").outputMode("update")
-               .foreachBatch(SessionBatchWriter(config, sessions_ckpt)),
-               sessions_ckpt, config),
-    ]
-    return queries
+    checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))
+    writer = (rows.writeStream.queryName(QUERY_NAME).outputMode("update")
+              .foreachBatch(SessionBatchWriter(config, checkpoint)))
+    return [_start(writer, checkpoint, config)]
 
 
 def _start(writer, checkpoint: str, config: AppConfig) -> StreamingQuery:

@@ -131,13 +131,20 @@ def utf8_prefix(text: Column, max_bytes: int) -> Column:
     return F.substring(data, F.lit(1), keep).cast("string")
 
 
-def quarantined_records(parsed: DataFrame) -> DataFrame:
-    """Bad records keep their raw value (truncated past 64 KiB, with its size), reasons and Kafka coordinates."""
-    return parsed.filter(F.size("quarantine_reasons") > 0).select(
+def quarantine_columns(kafka_timestamp: Column | None = None) -> list[Column]:
+    """A quarantined document's fields: the raw value (truncated past 64 KiB, with its size),
+    reasons and Kafka coordinates."""
+    return [
         F.concat_ws(":", "kafka_topic", "kafka_partition", "kafka_offset").alias("_id"),
         utf8_prefix(F.col("raw_value"), C.MAX_VALUE_BYTES).alias("raw_value"),
         F.col("raw_size"),
         (F.col("raw_size") > C.MAX_VALUE_BYTES).alias("raw_value_truncated"),
         F.col("quarantine_reasons").alias("reasons"),
-        "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
-    )
+        "kafka_topic", "kafka_partition", "kafka_offset",
+        F.col("kafka_timestamp") if kafka_timestamp is None else kafka_timestamp,
+    ]
+
+
+def quarantined_records(parsed: DataFrame) -> DataFrame:
+    """Bad records as quarantined documents."""
+    return parsed.filter(F.size("quarantine_reasons") > 0).select(*quarantine_columns())

@@ -1,6 +1,8 @@
 """The segment rules engine: the rules are data (a YAML file), this is the small code that runs them."""
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ class Segment:
 class RuleSet:
     version: str
     segments: tuple[Segment, ...]
+    content_hash: str = ""  # of the whole rules document: a changed threshold is a change of rules
 
     def classify(self, metrics: Mapping[str, Any]) -> Segment:
         """First match wins; the last segment is `otherwise`, so this always returns one."""
@@ -48,7 +51,10 @@ class RuleSet:
         raise AssertionError("unreachable: the last segment matches everything")
 
     def by_name(self, name: str) -> Segment:
-        return next(s for s in self.segments if s.name == name)
+        for segment in self.segments:
+            if segment.name == name:
+                return segment
+        raise KeyError(f"no segment {name!r} in rules {self.version}")
 
 
 def load_rules(path: str | Path) -> RuleSet:
@@ -76,7 +82,9 @@ def parse_rules(document: Any, source: str = "rules") -> RuleSet:
     names = [s.name for s in segments]
     if len(set(names)) != len(names):
         raise InvalidConfigError(f"{where}: segment names must be unique (got {names})")
-    return RuleSet(version=version, segments=segments)
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return RuleSet(version=version, segments=segments,
+                   content_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16])
 
 
 def _segment(raw: Any, where: str) -> Segment:

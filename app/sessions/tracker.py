@@ -1,16 +1,37 @@
-"""The session state machine (DESIGN.md §5): pure Python, no Spark.
+"""The per-user session state machine (DESIGN.md §5): pure Python, no Spark.
 
-One state per session key: `s:<user_session>` (explicit sessions) or `u:<user_id>` (sessions
-derived by the inactivity gap). Spark's GroupState holds the dict this module returns; the
-adapter in app/sessions/stateful.py moves it in and out of the state store.
+One `UserState` per user_id holds that user's open sessions and the generation counters of the
+explicit session ids (`user_session`) the user has used. Spark keeps one state entry per user
+(app/sessions/stateful.py); a micro-batch decodes and rewrites only the users it touches.
+
+Transitions, each returning a `Step` (the new state or None, what to write, the next timeout):
+- `process_events(state, events, watermark_ms, settings)`: a batch of one user's events.
+- `process_timeout(state, watermark_ms, settings)`: the watermark passed the state's timeout.
+
+Rules the transitions keep:
+- An event joins the user's open session it belongs to: the same `user_session`, or, without
+  one, the derived session whose [start - gap, end + gap] it falls in. Nothing splits or closes
+  an open session except the watermark passing its end + gap (or its start + SESSION_MAX).
+- An event with no open session to join opens one, unless it is behind the watermark: then it is
+  late (still written to enriched_events, counted, never sessionized).
+- An event id already counted by its session is a duplicate: not counted again (the last
+  `SeenIds.CAPACITY` distinct ids of a session are remembered).
+- A `user_session` that comes back after its session closed continues as `<id>#2`, `#3`, ...:
+  the user's entry remembers the generation counters for `id_retention_ms` after the user's last
+  event, so a closed document is never overwritten within that window.
+- The rules are re-applied at every update and at close: a session classified under another
+  rules file (content hash) is reclassified, and its history records the new rule_version.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
-from app.segments.rules import RuleSet
+from app.segments.rules import RuleSet, Segment
 from app.sessions.metrics import SessionAccumulator, session_metrics
 
 
@@ -25,129 +46,221 @@ class Event(NamedTuple):
     price: float | None
 
 
+class EventOut(NamedTuple):
+    event_id: str
+    session_id: str | None      # None: late, and its session is gone
+    seconds_since_prev: float | None
+    is_late: bool
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     gap_ms: int
     max_ms: int
     rules: RuleSet
+    id_retention_ms: int = 30 * 24 * 3_600_000
+
+
+class SeenIds:
+    """The last CAPACITY distinct event ids of a session, as 64-bit hashes (8 bytes each in state)."""
+    CAPACITY = 4096
+
+    def __init__(self, hashes: Iterable[int] = ()):
+        self.order = array("Q", hashes)
+        self.members = set(self.order)
+
+    @staticmethod
+    def digest(event_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+
+    def add(self, event_id: str) -> bool:
+        """True when the id is new (and now remembered); False for a duplicate."""
+        h = self.digest(event_id)
+        if h in self.members:
+            return False
+        self.order.append(h)
+        self.members.add(h)
+        if len(self.order) > self.CAPACITY:
+            self.members.discard(self.order.pop(0))
+        return True
+
+    def to_text(self) -> str:
+        return base64.b64encode(self.order.tobytes()).decode()
+
+    @classmethod
+    def from_text(cls, text: str) -> "SeenIds":
+        hashes = array("Q")
+        hashes.frombytes(base64.b64decode(text))
+        return cls(hashes)
+
+
+@dataclass
+class Session:
+    session_id: str
+    user_session: str              # the explicit id, or the derived session's own id
+    explicit: bool
+    acc: SessionAccumulator
+    last_ms: int | None = None     # latest event time, for seconds_since_prev
+    segment: str | None = None
+    rule_hash: str | None = None   # the rules content the segment was decided with
+    history: list = field(default_factory=list)
+    seen: SeenIds = field(default_factory=SeenIds)
+    written: bool = False          # a document exists: later writes replace it
+
+    def timeout_ms(self, settings: SessionSettings) -> int:
+        return min(self.acc.end_ms + settings.gap_ms, self.acc.start_ms + settings.max_ms)
+
+    def covers(self, event_ms: int, gap_ms: int) -> bool:
+        """A derived session takes the events within the gap on either side of it."""
+        return self.acc.start_ms - gap_ms <= event_ms <= self.acc.end_ms + gap_ms
+
+
+@dataclass
+class UserState:
+    user_id: str
+    sessions: dict = field(default_factory=dict)     # session_id -> open Session
+    generations: dict = field(default_factory=dict)  # user_session -> generations used so far
+    last_event_ms: int = 0
+
+    def encode(self) -> str:
+        """-> the JSON text kept in Spark's state store."""
+        return json.dumps({
+            "user_id": self.user_id, "generations": self.generations, "last_event_ms": self.last_event_ms,
+            "sessions": [_session_to_dict(s) for s in self.sessions.values()],
+        }, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> "UserState":
+        raw = json.loads(text)
+        sessions = [_session_from_dict(s) for s in raw["sessions"]]
+        return cls(raw["user_id"], {s.session_id: s for s in sessions}, raw["generations"], raw["last_event_ms"])
 
 
 @dataclass
 class Outputs:
-    events: list      # (event_id, session_id | None, seconds_since_prev | None, is_late)
-    sessions: list    # session documents (dates as epoch millis), status active | closed
-    # Ids among `sessions` never written before: the sink can insert them instead of replacing.
-    first_writes: set = field(default_factory=set)
+    events: list = field(default_factory=list)       # EventOut of every counted or late event
+    duplicates: list = field(default_factory=list)   # ids of events already counted: not written again
+    sessions: list = field(default_factory=list)     # session documents (dates as epoch millis)
+    first_writes: set = field(default_factory=set)   # ids among `sessions` never written before
 
 
-def process_events(key: str, state: dict | None, events: Iterable[Event], watermark_ms: int,
-                   settings: SessionSettings) -> tuple[dict | None, Outputs, int | None]:
-    """Folds a batch of one key's events into its state. Returns (state, outputs, timeout_ms)."""
-    state = dict(state or {"gen": 0, "open": None})
-    out = Outputs([], [])
-    explicit = key.startswith("s:")
-    for ev in sorted(events, key=lambda e: (e.event_ms, e.event_id)):
-        session = state["open"]
-        if session is not None and _must_split(session, ev, explicit, settings):
-            _close(state, out, explicit, settings)
+class Step(NamedTuple):
+    state: UserState | None        # None: the entry leaves the state store
+    out: Outputs
+    timeout_ms: int | None
+
+
+def process_events(state: UserState | None, events: Iterable[Event], watermark_ms: int,
+                   settings: SessionSettings) -> Step:
+    """Folds a batch of one user's events into the user's state."""
+    events = sorted(events, key=lambda e: (e.event_ms, e.event_id))
+    if state is None:
+        state = UserState(events[0].user_id if events else "")
+    out, touched = Outputs(), {}
+    for ev in events:
+        session = _session_for(state, ev, settings)
+        if session is not None and ev.event_id and not session.seen.add(ev.event_id):
+            out.duplicates.append(ev.event_id)
+            continue
+        if session is not None and session.explicit and ev.event_ms - session.acc.start_ms >= settings.max_ms:
+            _close(state, session, out, settings.rules)  # the 24 h guard: the id continues as #n+1
+            touched.pop(session.session_id, None)
             session = None
         if session is None:
             if ev.event_ms < watermark_ms:
-                # Behind the watermark and its session is gone: kept as an event, counted as late.
-                out.events.append((ev.event_id, None, None, True))
+                out.events.append(EventOut(ev.event_id, None, None, True))
                 continue
-            session = _open(state, ev, explicit)
+            session = _open(state, ev)
+            session.seen.add(ev.event_id)
         out.events.append(_add(session, ev, watermark_ms, settings.rules))
-    return _finish_batch(state, out, watermark_ms, explicit, settings)
+        state.last_event_ms = max(state.last_event_ms, ev.event_ms)
+        touched[session.session_id] = session
+    return _finish(state, out, touched, watermark_ms, settings)
 
 
-def process_timeout(key: str, state: dict, watermark_ms: int,
-                    settings: SessionSettings) -> tuple[dict | None, Outputs, int | None]:
-    """The watermark passed the state's timeout: close the open session, or drop the tombstone."""
-    out = Outputs([], [])
-    state = dict(state)
-    if state["open"] is not None:
-        _close(state, out, key.startswith("s:"), settings)
-    return _finish_batch(state, out, watermark_ms, key.startswith("s:"), settings)
+def process_timeout(state: UserState, watermark_ms: int, settings: SessionSettings) -> Step:
+    """The watermark passed the entry's timeout: close what is due, or let the entry expire."""
+    return _finish(state, Outputs(), {}, watermark_ms, settings)
 
 
-def _must_split(session: dict, ev: Event, explicit: bool, settings: SessionSettings) -> bool:
-    runaway = ev.event_ms - session["acc"].start_ms >= settings.max_ms
-    # Derived sessions are separated by more than the gap, on either side of the open one.
-    idle = not explicit and (ev.event_ms - session["last_ms"] > settings.gap_ms
-                             or session["acc"].start_ms - ev.event_ms > settings.gap_ms)
-    return runaway or idle
+def _session_for(state: UserState, ev: Event, settings: SessionSettings) -> Session | None:
+    for session in state.sessions.values():
+        if ev.user_session is not None:
+            if session.explicit and session.user_session == ev.user_session:
+                return session
+        elif not session.explicit and session.covers(ev.event_ms, settings.gap_ms):
+            return session
+    return None
 
 
-def _open(state: dict, ev: Event, explicit: bool) -> dict:
-    state["gen"] += 1
-    if explicit:
-        # A user_session seen again after its session closed (or hit the 24 h cap) continues
-        # as <user_session>#2, #3 ... so the closed document is never overwritten.
-        session_id = ev.user_session if state["gen"] == 1 else f"{ev.user_session}#{state['gen']}"
+def _open(state: UserState, ev: Event) -> Session:
+    if ev.user_session is not None:
+        generation = state.generations.get(ev.user_session, 0) + 1
+        state.generations[ev.user_session] = generation
+        session_id = ev.user_session if generation == 1 else f"{ev.user_session}#{generation}"
+        user_session, explicit = ev.user_session, True
     else:
-        session_id = f"{ev.user_id}-{ev.event_ms}"
-    state["open"] = {
-        "session_id": session_id, "user_session": ev.user_session if explicit else session_id,
-        "user_id": ev.user_id, "last_ms": None, "segment": None, "history": [],
-        "acc": SessionAccumulator(start_ms=ev.event_ms, end_ms=ev.event_ms),
-    }
-    return state["open"]
+        session_id = user_session = f"{ev.user_id}-{ev.event_ms}"
+        explicit = False
+    session = Session(session_id, user_session, explicit, SessionAccumulator(ev.event_ms, ev.event_ms))
+    state.sessions[session_id] = session
+    return session
 
 
-def _add(session: dict, ev: Event, watermark_ms: int, rules: RuleSet) -> tuple:
-    acc = session["acc"]
+def _add(session: Session, ev: Event, watermark_ms: int, rules: RuleSet) -> EventOut:
+    acc = session.acc
     acc.add(ev.event_ms, ev.event_type, ev.product_id, ev.category_id, ev.price)
-    previous = session["last_ms"]
+    previous = session.last_ms
     since_prev = (ev.event_ms - previous) / 1000.0 if previous is not None and ev.event_ms >= previous else None
-    session["last_ms"] = ev.event_ms if previous is None else max(previous, ev.event_ms)
-    segment = rules.classify(session_metrics(acc)).name
-    if segment != session["segment"]:
-        session["segment"] = segment
-        session["history"].append({"segment": segment, "at": ev.event_ms, "total_events": acc.total_events})
-    return (ev.event_id, session["session_id"], since_prev, ev.event_ms < watermark_ms)
+    session.last_ms = ev.event_ms if previous is None else max(previous, ev.event_ms)
+    _classify(session, rules, ev.event_ms)
+    return EventOut(ev.event_id, session.session_id, since_prev, ev.event_ms < watermark_ms)
 
 
-def _close(state: dict, out: Outputs, explicit: bool, settings: SessionSettings) -> None:
-    session = state["open"]
-    _emit(session, "closed", out, settings.rules)
-    state["open"] = None
-    # Explicit sessions keep a tombstone (the generation counter) for one max-session length,
-    # so a late reuse of the id gets a fresh document id. Derived ids are unique by construction.
-    state["tomb_until"] = session["acc"].end_ms + settings.max_ms if explicit else None
+def _classify(session: Session, rules: RuleSet, at_ms: int) -> Segment:
+    """The session's segment under the current rules; a change of segment or of rules is history."""
+    segment = rules.classify(session_metrics(session.acc))
+    if segment.name != session.segment or rules.content_hash != session.rule_hash:
+        session.segment, session.rule_hash = segment.name, rules.content_hash
+        session.history.append({"segment": segment.name, "at": at_ms, "total_events": session.acc.total_events,
+                                "rule_version": rules.version})
+    return segment
 
 
-def _finish_batch(state: dict, out: Outputs, watermark_ms: int, explicit: bool,
-                  settings: SessionSettings) -> tuple[dict | None, Outputs, int | None]:
-    session = state["open"]
-    if session is not None:
-        acc = session["acc"]
-        timeout = min(acc.end_ms + settings.gap_ms, acc.start_ms + settings.max_ms)
-        if timeout >= watermark_ms:
-            _emit(session, "active", out, settings.rules)
-            return state, out, timeout
-        _close(state, out, explicit, settings)
-    tomb_until = state.get("tomb_until")
-    if tomb_until is not None and tomb_until >= watermark_ms:
-        return state, out, tomb_until
-    return None, out, None
+def _close(state: UserState, session: Session, out: Outputs, rules: RuleSet) -> None:
+    _emit(state, session, "closed", out, rules)
+    del state.sessions[session.session_id]
 
 
-def _emit(session: dict, status: str, out: Outputs, rules: RuleSet) -> None:
-    out.sessions.append(session_document(session, status, rules))
-    if not session.get("written"):  # kept in the state, so a replayed batch says the same
-        out.first_writes.add(session["session_id"])
-        session["written"] = True
+def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, settings: SessionSettings) -> Step:
+    for session in list(state.sessions.values()):
+        if session.timeout_ms(settings) < watermark_ms:  # Spark's rule: the watermark passed it
+            _close(state, session, out, settings.rules)
+        elif session.session_id in touched:
+            _emit(state, session, "active", out, settings.rules)
+    if state.sessions:
+        return Step(state, out, min(s.timeout_ms(settings) for s in state.sessions.values()))
+    retain_until = state.last_event_ms + settings.id_retention_ms
+    if state.generations and retain_until >= watermark_ms:
+        return Step(state, out, retain_until)
+    return Step(None, out, None)
 
 
-def session_document(session: dict, status: str, rules: RuleSet) -> dict:
-    acc = session["acc"]
+def _emit(state: UserState, session: Session, status: str, out: Outputs, rules: RuleSet) -> None:
+    segment = _classify(session, rules, session.acc.end_ms)
+    out.sessions.append(session_document(state.user_id, session, segment, status, rules))
+    if not session.written:  # kept in the state, so a replayed batch says the same
+        out.first_writes.add(session.session_id)
+        session.written = True
+
+
+def session_document(user_id: str, session: Session, segment: Segment, status: str, rules: RuleSet) -> dict:
+    acc = session.acc
     metrics = session_metrics(acc)
-    segment = rules.by_name(session["segment"])
     return {
-        "_id": session["session_id"],
-        "user_id": session["user_id"],
-        "user_session": session["user_session"],
+        "_id": session.session_id,
+        "user_id": user_id,
+        "user_session": session.user_session,
         "behavior_segment": segment.name,
         "segment_color": segment.color,
         "segment_score": segment.score,
@@ -157,23 +270,18 @@ def session_document(session: dict, status: str, rules: RuleSet) -> dict:
         "session_end": acc.end_ms,
         **metrics,
         "recommendations": segment.recommend(metrics),
-        "segment_history": [dict(h) for h in session["history"]],
+        "segment_history": [dict(h) for h in session.history],
         "rule_version": rules.version,
     }
 
 
-def encode_state(state: dict) -> str:
-    """State -> the JSON string kept in Spark's state store."""
-    open_session = state["open"]
-    if open_session is not None:
-        open_session = {**open_session, "acc": open_session["acc"].to_state()}
-    return json.dumps({**state, "open": open_session}, separators=(",", ":"))
+def _session_to_dict(s: Session) -> dict:
+    return {"session_id": s.session_id, "user_session": s.user_session, "explicit": s.explicit,
+            "acc": s.acc.to_state(), "last_ms": s.last_ms, "segment": s.segment, "rule_hash": s.rule_hash,
+            "history": s.history, "seen": s.seen.to_text(), "written": s.written}
 
 
-def decode_state(text: str | None) -> dict | None:
-    if text is None:
-        return None
-    state = json.loads(text)
-    if state["open"] is not None:
-        state["open"]["acc"] = SessionAccumulator.from_state(state["open"]["acc"])
-    return state
+def _session_from_dict(raw: dict) -> Session:
+    return Session(raw["session_id"], raw["user_session"], raw["explicit"],
+                   SessionAccumulator.from_state(raw["acc"]), raw["last_ms"], raw["segment"], raw["rule_hash"],
+                   raw["history"], SeenIds.from_text(raw["seen"]), raw["written"])

@@ -1,14 +1,11 @@
-"""The five output collections (DESIGN.md §8) plus stream_progress: documents, indexes, writes.
+"""The output collections (DESIGN.md §8) plus stream_progress: names, indexes, documents, writes.
 
-Every write is idempotent, so a batch replayed after a crash leaves the same result:
-events and quarantine are insert-or-ignore on _id, sessions are inserted once and then replaced
-whole by _id, and the aggregates apply a batch at most once per document (a (run_id, batch_id)
-guard).
+How each write stays exact when a micro-batch is replayed after a crash is stated in one place:
+app/sinks/exactly_once.py.
 """
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from datetime import datetime, timezone
 
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
@@ -42,7 +39,8 @@ def _now() -> datetime:
 
 
 def event_document(row, ingest_time: datetime) -> dict:
-    doc = json.loads(row.event_doc)
+    """An `event` row of the state step (app/sessions/stateful.py OutputRow) -> enriched_events document."""
+    doc = json.loads(row.doc)
     doc["_id"] = doc["event_id"]
     doc["event_timestamp"] = A.to_datetime(doc.pop("event_ms"))
     kafka_ms = doc.pop("kafka_timestamp_ms", None)
@@ -73,7 +71,7 @@ def _sub_document(properties):
 
 
 def session_document(row, processing_time: datetime) -> dict:
-    return session_for_mongo(json.loads(row.session_doc), processing_time)
+    return session_for_mongo(json.loads(row.doc), processing_time)
 
 
 def session_for_mongo(doc: dict, processing_time: datetime) -> dict:
@@ -85,13 +83,6 @@ def session_for_mongo(doc: dict, processing_time: datetime) -> dict:
     return doc
 
 
-def write_events(uri: str, database: str):
-    def write(rows) -> None:
-        now = _now()
-        insert_or_ignore(client_for(uri)[database][EVENTS], (event_document(r, now) for r in rows))
-    return write
-
-
 # Sessions written for the first time (the state machine says which) are inserted in chunks,
 # the rest replaced by _id. Measured on FerretDB 1.24 (SQLite, with deploy/local/patches):
 # insert_many ~5,600 session documents/s, bulk ReplaceOne ~1,500/s (2,100/s from two writers),
@@ -100,18 +91,36 @@ SESSION_INSERT_CHUNK = 1000
 SESSION_REPLACE_CHUNK = 500
 
 
-def write_sessions(uri: str, database: str):
+def write_outputs(uri: str, database: str):
+    """foreachPartition writer of one partition of the state step's output: bad records, events
+    (insert-or-ignore on _id), then sessions (first writes inserted, the rest replaced by _id)."""
     def write(rows) -> None:
-        coll, new, seen = client_for(uri)[database][SEGMENTS], [], []
+        db, now = client_for(uri)[database], _now()
+        quarantine, events, new_sessions, seen_sessions = [], [], [], []
         for row in rows:
-            pending, chunk = (new, SESSION_INSERT_CHUNK) if row.first_write else (seen, SESSION_REPLACE_CHUNK)
-            pending.append(row)
-            if len(pending) >= chunk:
-                _write_session_rows(coll, pending, insert=row.first_write)
-                pending.clear()
-        _write_session_rows(coll, new, insert=True)
-        _write_session_rows(coll, seen, insert=False)
+            if row.kind == "event":
+                events.append(event_document(row, now))
+            elif row.kind == "session":
+                pending, chunk = (new_sessions, SESSION_INSERT_CHUNK) if row.first_write else (seen_sessions, SESSION_REPLACE_CHUNK)
+                pending.append(row)
+                if len(pending) >= chunk:
+                    _write_session_rows(db[SEGMENTS], pending, insert=row.first_write)
+                    pending.clear()
+            elif row.kind == "quarantine":
+                quarantine.append(quarantine_document(row, now))
+        insert_or_ignore(db[QUARANTINE], quarantine)
+        insert_or_ignore(db[EVENTS], events)
+        _write_session_rows(db[SEGMENTS], new_sessions, insert=True)
+        _write_session_rows(db[SEGMENTS], seen_sessions, insert=False)
     return write
+
+
+def quarantine_document(row, quarantined_at: datetime) -> dict:
+    doc = json.loads(row.doc)
+    kafka_ms = doc.pop("kafka_timestamp_ms", None)
+    doc["kafka_timestamp"] = A.to_datetime(kafka_ms) if kafka_ms is not None else None
+    doc["quarantined_at"] = quarantined_at
+    return doc
 
 
 def _write_session_rows(coll, rows: list, insert: bool) -> None:
@@ -128,95 +137,6 @@ def _write_session_rows(coll, rows: list, insert: bool) -> None:
 def replace_documents(coll, docs: list[dict]) -> None:
     if docs:
         coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
-
-
-def write_quarantine(uri: str, database: str):
-    def write(rows) -> None:
-        now = _now()
-        docs = ({**r.asDict(), "quarantined_at": now} for r in rows)
-        insert_or_ignore(client_for(uri)[database][QUARANTINE], docs)
-    return write
-
-
-def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict]) -> None:
-    """Folds one batch's closed sessions into conversion_funnel and segment_distribution, once."""
-    if not closed:
-        return
-    funnel_users = _new_members(db[FUNNEL_USERS], run_id, batch_id, {
-        f"{s['behavior_segment']}|{s['user_id']}": s["behavior_segment"] for s in closed})
-    for segment, delta in A.funnel_deltas(closed).items():
-        delta["unique_users"] = funnel_users.get(segment, 0)
-        _apply_once(db[FUNNEL], segment, run_id, batch_id, delta, A.FUNNEL_SUMS,
-                    lambda sums, seg=segment: A.funnel_document(seg, sums))
-
-    window_users = _new_members(db[DISTRIBUTION_USERS], run_id, batch_id, {
-        f"{A.window_start_ms(s['session_end_ms'])}|{s['behavior_segment']}|{s['user_id']}":
-            (A.window_start_ms(s["session_end_ms"]), s["behavior_segment"]) for s in closed})
-    by_window: dict = defaultdict(dict)
-    for (window, segment), delta in A.distribution_deltas(closed).items():
-        delta["unique_users"] = window_users.get((window, segment), 0)
-        by_window[window][segment] = delta
-    for window, deltas in by_window.items():
-        _apply_window(db[DISTRIBUTION], window, run_id, batch_id, deltas)
-
-
-def _apply_window(coll, window: int, run_id: str, batch_id: int, deltas: dict) -> None:
-    """One 5-minute window: add this batch's sums once per segment, then every share_pct."""
-    start = A.to_datetime(window)
-    docs = {d["behavior_segment"]: d for d in coll.find({"window_start": start})}
-    changed = set()
-    for segment, delta in deltas.items():
-        previous = docs.get(segment)
-        if _already_applied(previous, run_id, batch_id):
-            continue
-        sums = A.add_sums(previous, delta, A.DISTRIBUTION_SUMS)
-        docs[segment] = {**A.distribution_document(window, segment, sums), "run_id": run_id, "batch_id": batch_id}
-        changed.add(segment)
-    shares = A.share_pct({segment: d["session_count"] for segment, d in docs.items()})
-    now = _now()
-    for segment, doc in docs.items():
-        if segment in changed or doc.get("share_pct") != shares[segment]:
-            doc.update(share_pct=shares[segment], processing_time=now)
-            coll.replace_one({"_id": doc["_id"]}, doc, upsert=True)
-
-
-def _already_applied(previous: dict | None, run_id: str, batch_id: int) -> bool:
-    return bool(previous) and previous.get("run_id") == run_id and previous.get("batch_id", -1) >= batch_id
-
-
-def _new_members(coll, run_id: str, batch_id: int, groups_by_id: dict) -> dict:
-    """Inserts member ids; counts, per group, those first seen in this batch (stable on replay).
-
-    A marker written before the inserts tells a replayed batch from a fresh one. Fresh: every
-    duplicate was seen by an earlier batch. Replayed: a duplicate may come from this batch's
-    first attempt, so its batch tag is read back (by _id, which FerretDB looks up by index)."""
-    marker = {"_id": f"members:{coll.name}:{run_id}"}
-    replay = (coll.database[PROGRESS].find_one(marker) or {}).get("batch_id", -1) >= batch_id
-    coll.database[PROGRESS].replace_one(marker, {**marker, "batch_id": batch_id}, upsert=True)
-    ids, counts = list(groups_by_id), defaultdict(int)
-    for start in range(0, len(ids), 1000):
-        chunk = [{"_id": i, "run_id": run_id, "batch_id": batch_id} for i in ids[start:start + 1000]]
-        seen_before = {d["_id"] for d in insert_returning_duplicates(coll, chunk)}
-        if replay:
-            seen_before = {i for i in seen_before if not _tagged(coll.find_one({"_id": i}), run_id, batch_id)}
-        for doc in chunk:
-            if doc["_id"] not in seen_before:
-                counts[groups_by_id[doc["_id"]]] += 1
-    return counts
-
-
-def _tagged(doc: dict | None, run_id: str, batch_id: int) -> bool:
-    return bool(doc) and doc.get("run_id") == run_id and doc.get("batch_id") == batch_id
-
-
-def _apply_once(coll, doc_id, run_id: str, batch_id: int, delta: dict, sum_names, render) -> None:
-    previous = coll.find_one({"_id": doc_id})
-    if _already_applied(previous, run_id, batch_id):
-        return  # this batch was applied before the crash
-    sums = A.add_sums(previous, delta, sum_names)
-    doc = {**render(sums), "sum_duration_minutes": sums["sum_duration_minutes"],
-           "run_id": run_id, "batch_id": batch_id, "processing_time": _now()}
-    coll.replace_one({"_id": doc_id}, doc, upsert=True)
 
 
 def record_progress(db, doc: dict) -> None:

@@ -10,8 +10,8 @@ from pyspark.sql import functions as F
 
 from app.config import DEFAULT_RULES_FILE
 from app.events.enrich import with_event_enrichment
-from app.events.parse import parse_events, valid_events
-from app.pipeline import with_late_event_metrics
+from app.events.parse import parse_events
+from app.pipeline import BATCH_METRICS, with_batch_metrics
 from app.sessions.stateful import sessionize
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -29,42 +29,53 @@ def event(minutes: float, session: str | None, user: int = 1, kind: str = "view"
 
 
 class SessionStream:
-    """The real parse -> enrich -> sessionize chain over a directory of JSON-lines files."""
+    """The real parse -> route -> sessionize chain over a directory of JSON-lines files."""
 
-    def __init__(self, spark, tmp_path, max_s: float = 24 * 3600):
-        self.dir, self.files, self.rows = tmp_path / "in", 0, []
-        self.dir.mkdir()
-        rules = yaml.safe_load(DEFAULT_RULES_FILE.read_text())
+    def __init__(self, spark, tmp_path, max_s: float = 24 * 3600, rules: dict | None = None, name: str = "in"):
+        self.dir, self.files, self.rows = tmp_path / name, 0, []
+        self.dir.mkdir(exist_ok=True)
+        self.files = len(list(self.dir.iterdir()))
+        rules = rules or yaml.safe_load(DEFAULT_RULES_FILE.read_text())
         raw = (spark.readStream.option("maxFilesPerTrigger", 1).text(str(self.dir))
                .select(F.lit(None).cast("binary").alias("key"), F.col("value").cast("binary").alias("value"),
                        F.lit("t").alias("topic"), F.lit(0).alias("partition"), F.lit(0).cast("long").alias("offset"),
                        F.current_timestamp().alias("timestamp")))
-        sessions = (valid_events(raw.transform(parse_events()))
+        sessions = (raw.transform(parse_events())
                     .transform(with_event_enrichment)
                     .transform(sessionize(rules, GAP_S, max_s, WATERMARK_S))
-                    .transform(with_late_event_metrics))
+                    .transform(with_batch_metrics))
         self.query = (sessions.writeStream.outputMode("update")
                       .foreachBatch(lambda df, batch_id: self.rows.extend(
                           dict(r.asDict(), batch_id=batch_id) for r in df.collect()))
                       .option("checkpointLocation", str(tmp_path / "ckpt")).start())
 
-    def send(self, *events: dict) -> None:
+    def send(self, *events: dict | str) -> None:
         self.files += 1
-        (self.dir / f"{self.files:04d}.json").write_text("".join(json.dumps(e) + "\n" for e in events))
+        lines = "".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in events)
+        (self.dir / f"{self.files:04d}.json").write_text(lines)
         self.query.processAllAvailable()
 
     def sessions(self, session_id: str) -> list[dict]:
-        return [json.loads(r["session_doc"]) for r in self.rows if r["kind"] == "session" and r["session_id"] == session_id]
+        return [json.loads(r["doc"]) for r in self.rows if r["kind"] == "session" and r["id"] == session_id]
+
+    def all_sessions(self) -> list[dict]:
+        return [json.loads(r["doc"]) for r in self.rows if r["kind"] == "session"]
 
     def events(self) -> list[dict]:
         return [r for r in self.rows if r["kind"] == "event"]
 
     def state_rows(self) -> int:
+        """State-store rows (users) after the last batch."""
         return sum(op["numRowsTotal"] for op in self.query.lastProgress["stateOperators"])
 
-    def late_metric(self) -> int:
-        return sum(p["observedMetrics"]["late_events"]["late_events"]
-                   for p in self.query.recentProgress if "late_events" in p.get("observedMetrics", {}))
+    def state_rows_updated(self) -> int:
+        """State-store rows written by the last batch that read input (a no-data batch may follow it)."""
+        progress = [p for p in self.query.recentProgress if p["numInputRows"] > 0][-1]
+        return sum(op["numRowsUpdated"] for op in progress["stateOperators"])
+
+    def metric(self, name: str) -> int:
+        return sum(p["observedMetrics"][BATCH_METRICS][name]
+                   for p in self.query.recentProgress if BATCH_METRICS in p.get("observedMetrics", {}))
 
 
 @pytest.fixture
@@ -93,10 +104,10 @@ def test_provisional_then_final(stream):
 def test_session_without_id_is_split_by_the_gap(stream):
     stream.send(event(0, None, user=7), event(1, None, user=7), event(45, None, user=7), event(46, None, user=7))
     stream.send(event(120, "X", user=99))  # advance the watermark past both sessions
-    closed = [r for r in stream.rows if r["kind"] == "session" and r["status"] == "closed" and r["user_id"] == "7"]
-    assert sorted(r["total_events"] for r in closed) == [2, 2]
-    assert len({r["session_id"] for r in closed}) == 2
-    by_event = {r["event_id"]: r["session_id"] for r in stream.events()}
+    closed = [d for d in stream.all_sessions() if d["status"] == "closed" and d["user_id"] == "7"]
+    assert sorted(d["total_events"] for d in closed) == [2, 2]
+    assert len({d["_id"] for d in closed}) == 2
+    by_event = {r["id"]: r["session_id"] for r in stream.events()}
     assert by_event["7-0"] == by_event["7-1"] != by_event["7-45"] == by_event["7-46"]
 
 
@@ -113,19 +124,79 @@ def test_runaway_session_is_force_closed_at_24_hours(stream):
 def test_late_events_are_counted_and_still_emitted(stream):
     stream.send(event(0, "A"), event(60, "B"))       # watermark -> 50 min; A closes
     stream.send(event(1, "A", eid="late-A"), event(2, "C", eid="late-C"), event(61, "B"))
-    late = {r["event_id"]: r for r in stream.events() if r["is_late"]}
+    late = {r["id"]: r for r in stream.events() if r["is_late"]}
     assert set(late) == {"late-A", "late-C"}
     assert late["late-C"]["session_id"] is None   # its session is gone: not sessionized
-    assert late["late-C"]["event_doc"] is not None  # but still written to enriched_events
-    assert stream.late_metric() == 2
+    assert late["late-C"]["doc"] is not None  # but still written to enriched_events
+    assert stream.metric("late_events") == 2
     assert not stream.sessions("C")
 
 
-def test_state_shrinks_to_zero_after_every_session_closes(stream):
-    stream.send(event(0, "A"), event(1, "B"), event(2, None, user=5))
-    assert stream.state_rows() == 3  # state rows are hash buckets of sessions: these three differ
-    stream.send(event(50, "Z"))  # closes A, B and user 5's session; tombstones remain for A and B
+def test_state_holds_one_entry_per_user_and_empties_when_sessions_close(stream):
+    stream.send(event(0, "A", user=1), event(1, "B", user=1), event(2, None, user=5), event(3, None, user=6))
+    assert stream.state_rows() == 3  # users 1, 5 and 6; user 1 has two sessions
+    stream.send(event(50, "Z", user=9))  # closes A, B and users 5 and 6's sessions
     assert {d["status"] for s in ("A", "B") for d in stream.sessions(s)[-1:]} == {"closed"}
-    stream.send(event(60 * 26, "LAST"))  # past every tombstone (end + 24 h)
-    stream.send(event(60 * 52, "LATER"))  # and past LAST's own
-    assert stream.state_rows() == 1  # only LATER's open session is left
+    # Users 5 and 6 (derived sessions only) leave the store at once; user 1 keeps its session id
+    # generations (SESSION_ID_RETENTION), user 9 its open session.
+    assert stream.state_rows() == 2
+
+
+def test_a_batch_rewrites_only_the_users_it_touches(spark, tmp_path):
+    stream = SessionStream(spark, tmp_path)
+    try:
+        stream.send(*[event(i % 20 / 10, f"S{i}", user=i) for i in range(10_000)])
+        assert stream.state_rows() == 10_000
+        stream.send(*[event(3, f"S{i}", user=i) for i in range(0, 100, 10)])  # 10 users of the 10,000
+        assert stream.state_rows_updated() == 10
+        assert stream.state_rows() == 10_000
+        last = max(r["batch_id"] for r in stream.rows)
+        assert len([r for r in stream.rows if r["kind"] == "session" and r["batch_id"] == last]) == 10
+    finally:
+        stream.query.stop()
+
+
+def test_a_redelivered_event_counts_once_in_the_same_and_a_later_batch(stream):
+    first = event(0, "D", eid="d1")
+    stream.send(first, event(1, "D", eid="d2"), first)
+    stream.send(event(2, "D", eid="d3"), event(1, "D", eid="d2"))
+    assert stream.sessions("D")[-1]["total_events"] == 3
+    assert stream.metric("duplicates") == 2
+    assert sorted(r["id"] for r in stream.events()) == ["d1", "d2", "d3"]
+
+
+def test_a_record_just_inside_the_future_limit_is_processed_and_never_quarantined(stream):
+    now = datetime.now(timezone.utc)
+    near = {"event_time": (now + timedelta(minutes=4, seconds=59)).isoformat(), "event_type": "view",
+            "user_id": 42, "user_session": "F", "event_id": "near"}
+    far = {**near, "event_time": (now + timedelta(minutes=5, seconds=30)).isoformat(), "event_id": "far"}
+    stream.send(near, far, "not json")
+    by_kind = {(r["kind"], r["id"].split(":")[0]) for r in stream.rows}
+    assert ("event", "near") in by_kind and stream.sessions("F")
+    quarantined = [json.loads(r["doc"]) for r in stream.rows if r["kind"] == "quarantine"]
+    assert sorted(q["reasons"][0] for q in quarantined) == ["event_time_in_future", "invalid_json"]
+    assert len(stream.rows) - len(stream.all_sessions()) == 3  # each record exactly once
+
+
+RENAMED = {"rule_version": "segments-v2-renamed"}
+
+
+def test_a_rules_file_renaming_a_segment_between_two_runs_on_one_checkpoint(spark, tmp_path):
+    rules = yaml.safe_load(DEFAULT_RULES_FILE.read_text())
+    first = SessionStream(spark, tmp_path, rules=rules)
+    try:
+        first.send(event(0, "R"), event(0.5, "R"))
+        assert first.sessions("R")[-1]["behavior_segment"] == "bouncer"
+    finally:
+        first.query.stop()
+    renamed = {**rules, **RENAMED, "segments": [
+        {**seg, "name": "one_pager"} if seg["name"] == "bouncer" else seg for seg in rules["segments"]]}
+    second = SessionStream(spark, tmp_path, rules=renamed)
+    try:
+        second.send(event(90, "OTHER"))  # the watermark closes R, under the new rules
+        [closed] = [d for d in second.sessions("R") if d["status"] == "closed"]
+        assert closed["behavior_segment"] == "one_pager" and closed["rule_version"] == "segments-v2-renamed"
+        assert [(h["segment"], h["rule_version"]) for h in closed["segment_history"]] == [
+            ("bouncer", "segments-v1"), ("one_pager", "segments-v2-renamed")]
+    finally:
+        second.query.stop()

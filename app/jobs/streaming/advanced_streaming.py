@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv if argv is not None else sys.argv[1:])
         load_rules(config.rules_file)
+        from app.pipeline import check_checkpoint
+        check_checkpoint(config)
         check_kafka(config)
         check_mongodb(config)
     except (InvalidConfigError, ServiceUnavailableError) as exc:
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     spark.streams.addListener(ProgressReporter(config.mongodb_uri, config.mongodb_database))
     queries = start_queries(spark, config)
-    log.info("queries %s running; Spark UI: %s", [q.name for q in queries], spark.sparkContext.uiWebUrl)
+    log.info("query %s running; Spark UI: %s", [q.name for q in queries], spark.sparkContext.uiWebUrl)
 
     def stop(signum, _frame):
         log.info("signal %s: stopping queries", signum)

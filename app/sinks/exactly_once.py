@@ -1,0 +1,133 @@
+"""Exactly once under replay (DESIGN.md §8): how every write survives a crash and a replayed batch.
+
+Spark's checkpoint makes a micro-batch all-or-nothing for the state store and the offsets, but
+not for MongoDB: a crash (even `kill -9`) after some writes and before the batch's commit replays
+the whole batch, with the same input, the same state before it and the same batch_id, so the
+state step emits the same rows again. Each collection is written so that writing the same rows
+twice leaves what writing them once leaves:
+
+1. enriched_events and quarantined_events: insert-or-ignore on a deterministic `_id` (event_id;
+   `topic:partition:offset`). A second insert of the same document is a duplicate-key no-op.
+2. user_behavior_segments: whole-document writes by `_id` (the session id). The state says
+   whether a session was ever written (`first_write`); a first write is inserted and, if a
+   replayed batch finds it there, replaced; later writes replace. The last write of a batch
+   carries the batch's final figures either way.
+3. conversion_funnel and segment_distribution: additive sums, so each batch's deltas must be
+   added exactly once per document. Each document stores the `(run_id, batch_id)` of the last
+   batch applied to it (`run_id` = the query id, which lives in the checkpoint); a batch whose
+   id is not newer than the stored one was applied before the crash and is skipped.
+4. unique_users of both: member collections (`conversion_funnel_users`,
+   `segment_distribution_users`) hold one document per (group, user), tagged with the run and
+   batch that first inserted it. A marker in stream_progress (`members:<collection>:<run_id>`,
+   written before the inserts) tells a replayed batch from a fresh one: in a fresh batch every
+   duplicate-key member was counted by an earlier batch; in a replay, a duplicate tagged with
+   this very batch was inserted by the failed attempt and is counted again for this batch.
+5. Derived figures (rates, averages, share_pct) are recomputed from the stored sums on each
+   write, never accumulated.
+
+A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
+checkpoint needs a fresh database (`make reset`).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from app import aggregates as A
+from app.sinks.collections import DISTRIBUTION, DISTRIBUTION_USERS, FUNNEL, FUNNEL_USERS, PROGRESS
+from app.sinks.mongo import insert_returning_duplicates
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def closed_session_figures(doc: dict) -> dict:
+    """A closed session document (epoch-millis dates) -> the figures the aggregates add up."""
+    return {"session_id": doc["_id"], "behavior_segment": doc["behavior_segment"], "user_id": doc["user_id"],
+            "session_end_ms": doc["session_end"], "session_duration_minutes": doc["session_duration_minutes"],
+            "view_count": doc["view_count"], "cart_count": doc["cart_count"],
+            "purchase_count": doc["purchase_count"], "total_amount": doc["total_amount"]}
+
+
+def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict]) -> None:
+    """Folds one batch's closed sessions into conversion_funnel and segment_distribution, once."""
+    if not closed:
+        return
+    funnel_users = _new_members(db[FUNNEL_USERS], run_id, batch_id, {
+        f"{s['behavior_segment']}|{s['user_id']}": s["behavior_segment"] for s in closed})
+    for segment, delta in A.funnel_deltas(closed).items():
+        delta["unique_users"] = funnel_users.get(segment, 0)
+        _apply_once(db[FUNNEL], segment, run_id, batch_id, delta, A.FUNNEL_SUMS,
+                    lambda sums, seg=segment: A.funnel_document(seg, sums))
+
+    window_users = _new_members(db[DISTRIBUTION_USERS], run_id, batch_id, {
+        f"{A.window_start_ms(s['session_end_ms'])}|{s['behavior_segment']}|{s['user_id']}":
+            (A.window_start_ms(s["session_end_ms"]), s["behavior_segment"]) for s in closed})
+    by_window: dict = defaultdict(dict)
+    for (window, segment), delta in A.distribution_deltas(closed).items():
+        delta["unique_users"] = window_users.get((window, segment), 0)
+        by_window[window][segment] = delta
+    for window, deltas in by_window.items():
+        _apply_window(db[DISTRIBUTION], window, run_id, batch_id, deltas)
+
+
+def _apply_window(coll, window: int, run_id: str, batch_id: int, deltas: dict) -> None:
+    """One 5-minute window: add this batch's sums once per segment, then every share_pct."""
+    start = A.to_datetime(window)
+    docs = {d["behavior_segment"]: d for d in coll.find({"window_start": start})}
+    changed = set()
+    for segment, delta in deltas.items():
+        previous = docs.get(segment)
+        if _already_applied(previous, run_id, batch_id):
+            continue
+        sums = A.add_sums(previous, delta, A.DISTRIBUTION_SUMS)
+        docs[segment] = {**A.distribution_document(window, segment, sums), "run_id": run_id, "batch_id": batch_id}
+        changed.add(segment)
+    shares = A.share_pct({segment: d["session_count"] for segment, d in docs.items()})
+    now = _now()
+    for segment, doc in docs.items():
+        if segment in changed or doc.get("share_pct") != shares[segment]:
+            doc.update(share_pct=shares[segment], processing_time=now)
+            coll.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+
+def _already_applied(previous: dict | None, run_id: str, batch_id: int) -> bool:
+    return bool(previous) and previous.get("run_id") == run_id and previous.get("batch_id", -1) >= batch_id
+
+
+def _new_members(coll, run_id: str, batch_id: int, groups_by_id: dict) -> dict:
+    """Inserts member ids; counts, per group, those first seen in this batch (stable on replay).
+
+    A marker written before the inserts tells a replayed batch from a fresh one. Fresh: every
+    duplicate was seen by an earlier batch. Replayed: a duplicate may come from this batch's
+    first attempt, so its batch tag is read back (by _id, which FerretDB looks up by index)."""
+    marker = {"_id": f"members:{coll.name}:{run_id}"}
+    replay = (coll.database[PROGRESS].find_one(marker) or {}).get("batch_id", -1) >= batch_id
+    coll.database[PROGRESS].replace_one(marker, {**marker, "batch_id": batch_id}, upsert=True)
+    ids, counts = list(groups_by_id), defaultdict(int)
+    for start in range(0, len(ids), 1000):
+        chunk = [{"_id": i, "run_id": run_id, "batch_id": batch_id} for i in ids[start:start + 1000]]
+        seen_before = {d["_id"] for d in insert_returning_duplicates(coll, chunk)}
+        if replay:
+            seen_before = {i for i in seen_before if not _tagged(coll.find_one({"_id": i}), run_id, batch_id)}
+        for doc in chunk:
+            if doc["_id"] not in seen_before:
+                counts[groups_by_id[doc["_id"]]] += 1
+    return counts
+
+
+def _tagged(doc: dict | None, run_id: str, batch_id: int) -> bool:
+    return bool(doc) and doc.get("run_id") == run_id and doc.get("batch_id") == batch_id
+
+
+def _apply_once(coll, doc_id, run_id: str, batch_id: int, delta: dict, sum_names, render) -> None:
+    previous = coll.find_one({"_id": doc_id})
+    if _already_applied(previous, run_id, batch_id):
+        return  # this batch was applied before the crash
+    sums = A.add_sums(previous, delta, sum_names)
+    doc = {**render(sums), "sum_duration_minutes": sums["sum_duration_minutes"],
+           "run_id": run_id, "batch_id": batch_id, "processing_time": _now()}
+    coll.replace_one({"_id": doc_id}, doc, upsert=True)
+
+
