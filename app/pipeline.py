@@ -13,6 +13,7 @@ from pyspark.sql.streaming import StreamingQuery
 from app.config import AppConfig, InvalidConfigError
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
+from app.monitoring.progress import BATCH_METRICS
 from app.segments.rules import load_rules
 from app.sessions.stateful import sessionize
 from app.sinks import collections as out
@@ -49,9 +50,6 @@ def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
 
 def _count(condition) -> "F.Column":
     return F.coalesce(F.sum(condition.cast("int")), F.lit(0))
-
-
-BATCH_METRICS = "batch_metrics"
 
 
 def with_batch_metrics(rows: DataFrame) -> DataFrame:

@@ -26,7 +26,7 @@ from app.aggregates import to_datetime
 from app.config import DEFAULT_RULES_FILE
 from app.events import contract as C
 from app.segments.rules import load_rules
-from app.sessions.tracker import Event, SessionSettings, process_events, process_timeout
+from app.sessions.tracker import Event, SessionSettings, UserState, process_events, process_timeout
 from app.sinks.collections import EVENTS, RAPID_ACTION_SECONDS, SEGMENTS, session_for_mongo
 
 GAP_MS, MAX_MS, WATERMARK_DELAY_MS = 30 * 60_000, 24 * 3_600_000, 10 * 60_000
@@ -102,7 +102,7 @@ class NaiveSessionizer:
     def __init__(self, settings: SessionSettings, partitions: int = 1,
                  watermark_delay_ms: int = WATERMARK_DELAY_MS):
         self.settings, self.partitions, self.delay_ms = settings, partitions, watermark_delay_ms
-        self.states: dict[str, dict] = {}
+        self.states: dict[str, UserState] = {}  # user_id -> state, as the job keys it
         self.timeouts: dict[str, int] = {}
         self._due: list[tuple[int, str]] = []  # (timeout_ms, key); stale entries are skipped
         self._max_event_ms: dict[int, int] = {}  # partition -> max event time seen
@@ -113,26 +113,27 @@ class NaiveSessionizer:
         return max(min(self._max_event_ms.values()) - self.delay_ms, 0)
 
     def add(self, ev: Event, partition: int = 0) -> tuple[tuple, list[dict]]:
-        """-> (event_id, session_id, seconds_since_prev, is_late) and the session documents to write."""
+        """-> (event_id, session_id, seconds_since_prev, is_late), or None for a duplicate, and the
+        session documents to write."""
         watermark = self.watermark_ms()
         sessions = self._expire(watermark)
-        key = f"s:{ev.user_session}" if ev.user_session else f"u:{ev.user_id}"
-        state, out, timeout = process_events(key, self.states.get(key), [ev], watermark, self.settings)
-        self._keep(key, state, timeout)
+        key = ev.user_id
+        step = process_events(self.states.get(key), [ev], watermark, self.settings)
+        self._keep(key, step.state, step.timeout_ms)
         self._max_event_ms[partition] = max(self._max_event_ms.get(partition, ev.event_ms), ev.event_ms)
-        return out.events[0], sessions + out.sessions
+        return (step.out.events[0] if step.out.events else None), sessions + step.out.sessions
 
     def _expire(self, watermark: int) -> list[dict]:
         sessions = []
         while self._due and self._due[0][0] < watermark:
             timeout, key = heapq.heappop(self._due)
             if self.timeouts.get(key) == timeout:
-                state, out, new_timeout = process_timeout(key, self.states[key], watermark, self.settings)
-                self._keep(key, state, new_timeout)
-                sessions += out.sessions
+                step = process_timeout(self.states[key], watermark, self.settings)
+                self._keep(key, step.state, step.timeout_ms)
+                sessions += step.out.sessions
         return sessions
 
-    def _keep(self, key: str, state: dict | None, timeout: int | None) -> None:
+    def _keep(self, key: str, state: UserState | None, timeout: int | None) -> None:
         if state is None:
             self.states.pop(key, None)
             self.timeouts.pop(key, None)
@@ -190,8 +191,9 @@ def run_baseline(bootstrap: str, topic: str, mongodb_uri: str, database: str, ma
                            fields["user_session"], fields["product_id"], fields["category_id"], fields["price"])
                 tracked, sessions = sessionizer.add(ev, record.partition)
                 wall = datetime.now(timezone.utc)
-                doc = enriched_document(fields, record, tracked, wall)
-                db[EVENTS].update_one({"_id": doc.pop("_id")}, {"$setOnInsert": doc}, upsert=True)
+                if tracked is not None:  # None: a redelivered event, already written
+                    doc = enriched_document(fields, record, tracked, wall)
+                    db[EVENTS].update_one({"_id": doc.pop("_id")}, {"$setOnInsert": doc}, upsert=True)
                 for session in sessions:
                     db[SEGMENTS].replace_one({"_id": session["_id"]}, session_for_mongo(dict(session), wall), upsert=True)
                 session_writes += len(sessions)

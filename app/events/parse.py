@@ -44,9 +44,13 @@ def _reason(condition: Column, code: str) -> Column:
     return F.when(condition, F.lit(code))
 
 
-def parse_events(max_future_seconds: int = C.MAX_FUTURE_SECONDS):
+def parse_events(max_future_seconds: int = C.MAX_FUTURE_SECONDS, now: Column | None = None):
     """Raw Kafka rows (key, value, topic, partition, offset, timestamp) -> one row per record
-    with typed fields and `quarantine_reasons` (empty array = valid)."""
+    with typed fields and `quarantine_reasons` (empty array = valid).
+
+    `now` (default current_timestamp(), which a streaming query fixes once per micro-batch and
+    keeps on a replay) is what "in the future" is measured from."""
+    now = F.current_timestamp() if now is None else now
 
     def transform(raw: DataFrame) -> DataFrame:
         value = F.col("value").cast("string")
@@ -82,7 +86,7 @@ def parse_events(max_future_seconds: int = C.MAX_FUTURE_SECONDS):
             _reason(is_object & event_type.isNull(), C.MISSING_EVENT_TYPE),
             _reason(is_object & user_id.isNull(), C.MISSING_USER_ID),
             _reason(is_object & event_time_text.isNotNull() & event_ts.isNull(), C.UNPARSEABLE_EVENT_TIME),
-            _reason(is_object & (event_ts > F.current_timestamp() + F.expr(f"INTERVAL {int(max_future_seconds)} SECONDS")),
+            _reason(is_object & (event_ts > now + F.expr(f"INTERVAL {int(max_future_seconds)} SECONDS")),
                     C.EVENT_TIME_IN_FUTURE),
             _reason(is_object & price_text.isNotNull() & ~price_is_number, C.PRICE_NOT_A_NUMBER),
             _reason(is_object & price_is_number & (price < 0), C.NEGATIVE_PRICE),

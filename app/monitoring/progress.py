@@ -10,14 +10,17 @@ from app.sinks import collections as out
 from app.sinks.mongo import client_for
 
 log = logging.getLogger("behavior.progress")
+BATCH_METRICS = "batch_metrics"  # app/pipeline.py with_batch_metrics
+_COUNTS = ("events", "late_events", "late_unsessionized", "duplicates", "quarantined", "sessions_opened",
+           "sessions_closed")
+# State-store size: RocksDB reports its files; the in-memory provider (tests) its map.
+_STATE_BYTES_METRICS = ("rocksdbSstFileSize", "stateOnCurrentVersionSizeBytes")
 
 
 def progress_document(p) -> dict:
-    state_rows = sum(op.numRowsTotal for op in p.stateOperators)
-    dropped = sum(op.numRowsDroppedByWatermark for op in p.stateOperators)
-    observed = p.observedMetrics.get("late_events")
-    late = (observed["late_events"] or 0) if observed is not None else 0
-    unsessionized = (observed["late_unsessionized"] or 0) if observed is not None else 0
+    """A StreamingQueryProgress -> the batch's figures (open_sessions is added by the reporter)."""
+    observed = p.observedMetrics.get(BATCH_METRICS)
+    counts = {name: (observed[name] or 0) if observed is not None else 0 for name in _COUNTS}
     return {
         "_id": f"{p.name}:{p.id}:{p.batchId}",
         "query": p.name,
@@ -29,19 +32,42 @@ def progress_document(p) -> dict:
         "processed_rows_per_second": round(p.processedRowsPerSecond or 0.0, 1),
         "batch_duration_ms": p.batchDuration,
         "duration_ms": dict(p.durationMs),
-        "state_rows": state_rows,
+        **counts,
+        # One state row per user with open sessions or remembered session ids.
+        "state_users": sum(op.numRowsTotal for op in p.stateOperators),
+        "state_users_updated": sum(op.numRowsUpdated for op in p.stateOperators),
+        "state_bytes": sum(_state_bytes(op) for op in p.stateOperators),
         "state_memory_bytes": sum(op.memoryUsedBytes for op in p.stateOperators),
-        "rows_dropped_by_watermark": dropped + unsessionized,
-        "late_events": late,
+        "rows_dropped_by_watermark": sum(op.numRowsDroppedByWatermark for op in p.stateOperators)
+        + counts["late_unsessionized"],
         "watermark": p.eventTime.get("watermark"),
     }
+
+
+def _state_bytes(op) -> int:
+    metrics = op.customMetrics or {}
+    return next((int(metrics[name]) for name in _STATE_BYTES_METRICS if name in metrics), op.memoryUsedBytes)
 
 
 def progress_line(doc: dict) -> str:
     return (f"[{doc['query']}] batch {doc['batch_id']}: {doc['input_rows']} rows, "
             f"{doc['processed_rows_per_second']:.0f} rows/s, batch {doc['batch_duration_ms']} ms, "
-            f"state rows {doc['state_rows']}, late {doc['late_events']}, "
-            f"dropped by watermark {doc['rows_dropped_by_watermark']}, watermark {doc['watermark'] or '-'}")
+            f"open sessions {doc.get('open_sessions', '-')}, state users {doc['state_users']} "
+            f"({doc['state_users_updated']} written, {doc['state_bytes'] / 1e6:.1f} MB), "
+            f"duplicates {doc['duplicates']}, late {doc['late_events']}, quarantined {doc['quarantined']}, "
+            f"watermark {doc['watermark'] or '-'}")
+
+
+def open_sessions(db, doc: dict) -> int:
+    """The query's running count of open sessions, advanced once per batch id (a replayed batch
+    reports the same opened/closed counts and is not applied twice)."""
+    key = {"_id": f"open_sessions:{doc['query_id']}"}
+    total = db[out.PROGRESS].find_one(key) or {"open_sessions": 0, "batch_id": -1}
+    if doc["batch_id"] > total["batch_id"]:
+        total = {**key, "batch_id": doc["batch_id"],
+                 "open_sessions": total["open_sessions"] + doc["sessions_opened"] - doc["sessions_closed"]}
+        db[out.PROGRESS].replace_one(key, total, upsert=True)
+    return total["open_sessions"]
 
 
 class ProgressReporter(StreamingQueryListener):
@@ -53,13 +79,15 @@ class ProgressReporter(StreamingQueryListener):
 
     def onQueryProgress(self, event) -> None:
         doc = progress_document(event.progress)
-        if doc["input_rows"] == 0 and doc["state_rows"] == 0:
+        if doc["input_rows"] == 0 and doc["sessions_closed"] == 0 and doc["state_users_updated"] == 0:
             return
-        log.info(progress_line(doc))
         try:
-            out.record_progress(client_for(self.mongodb_uri)[self.database], doc)
+            db = client_for(self.mongodb_uri)[self.database]
+            doc["open_sessions"] = open_sessions(db, doc)
+            out.record_progress(db, doc)
         except Exception as exc:  # monitoring must never stop the stream
             log.warning("could not record progress: %s", exc)
+        log.info(progress_line(doc))
 
     def onQueryIdle(self, event) -> None:
         pass

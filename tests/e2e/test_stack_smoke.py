@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 from pymongo import MongoClient
@@ -50,13 +49,11 @@ def test_stack_up_is_idempotent(stack):
 def test_smoke_job_fails_fast_naming_the_stopped_mongodb_server(stack, unique_name):
     subprocess.run([str(ROOT / "deploy/local/stack.sh"), "down", "mongo"], cwd=ROOT, check=True)
     try:
-        started = time.monotonic()
+        # The timeout is a hang guard: the check runs before any Spark work, so it returns at once.
         result = run_smoke({"KAFKA_TOPIC": unique_name}, unique_name, timeout=120)
-        elapsed = time.monotonic() - started
     finally:
         subprocess.run([str(ROOT / "deploy/local/stack.sh"), "up", "mongo"], cwd=ROOT, check=True)
     assert result.returncode == 2
     output = result.stdout + result.stderr  # spark-submit merges the Python driver's stderr into stdout
     assert "MongoDB-compatible server is not reachable at mongodb://127.0.0.1" in output
     assert "make up" in output
-    assert elapsed < 60  # fails at start-up, before any Spark work (not a timing goal: a hang guard)

@@ -44,6 +44,7 @@ def test_env_vars(tmp_path):
         "MAX_OFFSETS_PER_TRIGGER": "5000",
         "RULES_FILE": str(rules),
         "SESSION_MAX": "12h",
+        "SESSION_ID_RETENTION": "90 days",
         "STARTING_OFFSETS": "latest",
         "SHUFFLE_PARTITIONS": "8",
     }
@@ -60,6 +61,7 @@ def test_env_vars(tmp_path):
         "max_offsets_per_trigger": 5000,
         "rules_file": str(rules),
         "session_max_s": 43200.0,
+        "session_id_retention_s": 90 * 86400.0,
         "starting_offsets": "latest",
         "available_now": False,
         "shuffle_partitions": 8,
@@ -122,6 +124,7 @@ def test_parse_duration_rejects_garbage_naming_the_setting(text):
     ("RULES_FILE", "/nonexistent/rules.yaml"),
     ("SESSION_MAX", "10m"),       # not longer than the 30 min default gap
     ("SESSION_MAX", "forever"),
+    ("SESSION_ID_RETENTION", "1h"),   # shorter than SESSION_MAX (24 h)
     ("STARTING_OFFSETS", "middle"),
     ("SHUFFLE_PARTITIONS", "0"),
     ("SHUFFLE_PARTITIONS", "four"),

@@ -19,7 +19,7 @@ TOPIC, PARTITION, FIRST_OFFSET = "ecommerce_events", 3, 1000
 KAFKA_TS = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 KIB64 = 64 * 1024
 UTC = timezone.utc
-NOW = datetime.now(UTC)
+NOW = datetime(2024, 5, 1, 12, 30, 0, tzinfo=UTC)  # the parse's "now", fixed: see parse_events(now=...)
 
 
 def raw_rows(values):
@@ -83,6 +83,7 @@ CASES = {
     "purchase_price_zero": event(event_type="purchase", price=0),
     "view_without_price": event(event_type="view"),
     "future_4_minutes": event(event_time=(NOW + timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ")),
+    "future_4_min_59_s": event(event_time=(NOW + timedelta(minutes=4, seconds=59)).strftime("%Y-%m-%dT%H:%M:%SZ")),
     "exactly_64kib": padded_event(KIB64),
     # --- event type aliases (DESIGN §3), case and surrounding blanks ignored
     "type_view": event(event_type="view"),
@@ -115,6 +116,7 @@ CASES = {
     "unparseable_time_words": event(event_time="yesterday at noon"),
     "unparseable_time_bad_date": event(event_time="2019-13-45 25:61:00"),
     "future_1_hour": event(event_time=(NOW + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")),
+    "future_5_min_1_s": event(event_time=(NOW + timedelta(minutes=5, seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")),
     "negative_price": event(price=-0.01),
     "price_text": event(price="abc"),
     "price_nan": event(price="NaN"),
@@ -144,7 +146,7 @@ def offset_of(name: str) -> int:
 @pytest.fixture(scope="module")
 def parsed(spark):
     raw = spark.createDataFrame(raw_rows(CASES.values()), RAW_SCHEMA)
-    parsed = raw.transform(parse_events()).cache()
+    parsed = raw.transform(parse_events(now=F.lit(NOW))).cache()
     yield parsed
     parsed.unpersist()
 
@@ -304,7 +306,7 @@ def test_kafka_coordinates_are_carried(rows):
 @pytest.mark.parametrize("name", [
     "rees46_row", "string_ids", "empty_optional_strings", "given_event_id", "properties_object",
     "properties_string", "context_fields", "purchase_price_zero", "view_without_price",
-    "future_4_minutes", "exactly_64kib",
+    "future_4_minutes", "future_4_min_59_s", "exactly_64kib",
 ])
 def test_valid_records_have_no_reasons(rows, name):
     assert rows[name].quarantine_reasons == []
@@ -327,6 +329,7 @@ def test_valid_records_have_no_reasons(rows, name):
     ("unparseable_time_words", ["unparseable_event_time"]),
     ("unparseable_time_bad_date", ["unparseable_event_time"]),
     ("future_1_hour", ["event_time_in_future"]),
+    ("future_5_min_1_s", ["event_time_in_future"]),
     ("negative_price", ["negative_price"]),
     ("price_text", ["price_not_a_number"]),
     ("price_nan", ["price_not_a_number"]),

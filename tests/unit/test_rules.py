@@ -109,17 +109,28 @@ def test_first_match_wins_follows_file_order():
     assert parse_rules(document).classify(metrics(total_events=0)).name == "rest"
 
 
-def test_every_session_gets_exactly_one_known_segment(rules):
-    names = {s.name for s in rules.segments}
+def _first_matching_by_hand(events: int, minutes: float, carts: int, purchases: int) -> str:
+    """DESIGN §7's table, written out independently of the rules file."""
+    if events >= 30 and minutes >= 30 and purchases >= 1:
+        return "power_user"
+    if purchases >= 1 or (events >= 10 and minutes >= 10 and carts >= 1):
+        return "engaged_shopper"
+    if events >= 3 or minutes >= 1 or carts >= 1:
+        return "browser"
+    return "bouncer"
+
+
+def test_every_session_gets_exactly_the_segment_of_the_design_table(rules):
     seen = set()
     grid = itertools.product([0, 1, 2, 3, 9, 10, 29, 30, 100], [0.0, 0.5, 1.0, 9.9, 10.0, 30.0, 1440.0],
                              [0, 1, 3], [0, 1, 2])
     for events, minutes, carts, purchases in grid:
         segment = rules.classify(metrics(total_events=events, session_duration_minutes=minutes,
                                          cart_count=carts, purchase_count=purchases))
-        assert segment.name in names
+        assert segment.name == _first_matching_by_hand(events, minutes, carts, purchases), \
+            (events, minutes, carts, purchases)
         seen.add(segment.name)
-    assert seen == names
+    assert seen == {s.name for s in rules.segments}
 
 
 def test_missing_metric_counts_as_zero(rules):
