@@ -108,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="records per second, 0 = as fast as possible (0)")
     parser.add_argument("--bad-ratio", type=_non_negative(float), default=0.0,
                         help="extra malformed records per valid event, cycling through every kind (0)")
+    parser.add_argument("--duplicate-ratio", type=_non_negative(float), default=0.0,
+                        help="fraction of events sent twice, like a producer retry (same event_id; 0)")
     parser.add_argument("--replay", type=Path, metavar="FILE.csv", help="send a REES46 CSV instead")
     parser.add_argument("--speedup", type=_non_negative(float), default=0.0,
                         help="with --replay: X times real time by event-time gaps, 0 = no pacing (0)")
@@ -214,7 +216,23 @@ def _source_events(args, rng: random.Random, now: datetime, intent):
     _write_jsonl(intent, (session.intent() for session in sessions))
     # A stable sort of per-session runs: ties keep each session's own order.
     events = sorted((e for s in sessions for e in s.events), key=itemgetter("event_time"))
+    events = with_redeliveries(events, args.duplicate_ratio, rng)
     return sessions, events, len(events) + round(len(events) * args.bad_ratio)
+
+
+def with_redeliveries(events: list[dict], ratio: float, rng: random.Random, within: int = 20) -> list[dict]:
+    """A copy of about `ratio` of the events (same event_id) a few records after the original, as a
+    producer that retries after a lost acknowledgement delivers it."""
+    out: list[dict] = []
+    pending: list[tuple[int, dict]] = []  # (position to send the copy at, event)
+    for i, event in enumerate(events):
+        out.extend(copy for due, copy in pending if due <= i)
+        pending = [(due, copy) for due, copy in pending if due > i]
+        out.append(event)
+        if ratio and rng.random() < ratio:
+            pending.append((i + rng.randint(1, within), event))
+    out.extend(copy for _, copy in pending)
+    return out
 
 
 def main(argv=None) -> int:

@@ -97,25 +97,40 @@ def test_the_real_rees46_sample_matches_a_direct_computation(stack, mongo, tmp_p
         mongo.drop_database(database)
 
 
-def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(stack, mongo, tmp_path):
+def _inside_a_batch(db) -> bool:
+    """True between the first write of a batch and its commit: more records are written than the
+    recorded batches (their progress is recorded after the commit) account for."""
+    recorded = sum(p["events"] + p["quarantined"]
+                   for p in db.stream_progress.find({"query": "sessions"}, {"events": 1, "quarantined": 1}))
+    return db.enriched_events.count_documents({}) + db.quarantined_events.count_documents({}) > recorded
+
+
+KILL_POINTS = ("inside a batch's writes", "right after a batch", "inside a batch's writes")
+
+
+def test_kill_9_at_several_points_then_restart_equals_an_uninterrupted_run(stack, mongo, tmp_path):
     topic = "e2e_kill_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--sessions", "400", "--bad-ratio", "0.02", "--seed", "5",
-             "--spread-minutes", "240", "--start-minutes-ago", "300")
+             "--spread-minutes", "240", "--start-minutes-ago", "300", "--duplicate-ratio", "0.05")
     small_batches = {"MAX_OFFSETS_PER_TRIGGER": "300"}
     reference, crashed = topic + "_ref", topic + "_crash"
     try:
         run_job(job_env(stack, topic, reference, tmp_path / "ckpt_ref", **small_batches))
+        total = mongo[reference].enriched_events.count_documents({})
 
         env = job_env(stack, topic, crashed, tmp_path / "ckpt_crash", **small_batches)
-        job = start_job(env, tmp_path / "crashed_job.log")
-        progress = mongo[crashed].stream_progress
-        try:
-            eventually(lambda: progress.count_documents({"query": "sessions", "batch_id": {"$gte": 3}}) > 0,
-                       timeout_s=300, what="three session batches before the kill")
-        finally:
-            kill_hard(job)
-        total = mongo[reference].enriched_events.count_documents({})
-        assert mongo[crashed].enriched_events.count_documents({}) < total, "the job finished before the kill"
+        db = mongo[crashed]
+        for i, point in enumerate(KILL_POINTS):
+            job = start_job(env, tmp_path / f"crashed_job_{i}.log")
+            try:
+                batches = db.stream_progress.count_documents({"query": "sessions"})
+                eventually(lambda: db.stream_progress.count_documents({"query": "sessions"}) > batches,
+                           timeout_s=300, interval_s=0.2, what=f"a batch after restart {i}")
+                if point == "inside a batch's writes":
+                    eventually(lambda: _inside_a_batch(db), timeout_s=120, interval_s=0.02, what=point)
+            finally:
+                kill_hard(job)
+            assert db.enriched_events.count_documents({}) < total, f"the job finished before kill {i}"
 
         run_job(env)  # restart from the checkpoint and finish
 

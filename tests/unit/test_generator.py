@@ -226,3 +226,18 @@ def test_planned_sessions_are_in_the_past_in_their_segment_and_repeatable():
 def test_cli_says_clearly_when_kafka_is_unreachable(capsys):
     assert main(["127.0.0.1:1", "t", "--sessions", "1", "--connect-timeout", "1"]) == 2
     assert "error: cannot reach Kafka at 127.0.0.1:1 (start it with: make up)" in capsys.readouterr().err
+
+
+def test_redeliveries_repeat_about_the_ratio_of_events_soon_after_the_original():
+    from app.generator.cli import with_redeliveries
+    events = [{"event_id": f"e{i}"} for i in range(10_000)]
+    out = with_redeliveries(events, 0.1, random.Random(3))
+    ids = [e["event_id"] for e in out]
+    assert set(ids) == {e["event_id"] for e in events}
+    assert 900 <= len(out) - len(events) <= 1100
+    firsts = {}
+    for position, event_id in enumerate(ids):
+        if event_id in firsts:
+            assert 0 < position - firsts[event_id] <= 40
+        firsts.setdefault(event_id, position)
+    assert with_redeliveries(events, 0.0, random.Random(3)) == events
