@@ -32,6 +32,7 @@ from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
 from app.events.enrich import SESSION_INPUT_COLUMNS
 from app.segments.rules import parse_rules
+from app.sessions.lean_arrow import LeanUdf
 from app.sessions.tracker import Event, SessionSettings, Step, UserState, process_events, process_timeout
 
 
@@ -55,19 +56,22 @@ WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # Spark's EventTimeWatermark.del
 _GUARD_TS = "2200-01-01 00:00:00"  # far future, yet inside pandas' nanosecond range
 
 
+INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "watermark_guard")
+
+
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
-               id_retention_s: float = 30 * 24 * 3600):
+               id_retention_s: float = 30 * 24 * 3600, lean: bool = True):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
-    once, and every session the batch changed."""
+    once, and every session the batch changed. `lean`: use app/sessions/lean_arrow.py where it applies."""
     state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
-                                     int(id_retention_s * 1000))
+                                     int(id_retention_s * 1000), lean)
     delay_ms = int(watermark_delay_s * 1000)
 
     def transform(records: DataFrame) -> DataFrame:
         guard = F.lit(_GUARD_TS).cast("timestamp").alias("watermark_guard", metadata={WATERMARK_DELAY_KEY: delay_ms})
         return (
             records.withWatermark("event_timestamp", f"{delay_ms} milliseconds")
-            .select("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", guard)
+            .select(*INPUT_COLUMNS[:-1], guard)
             .groupBy("quarantined", "state_key")
             .applyInPandasWithState(state_function, OUTPUT_SCHEMA, STATE_SCHEMA, "update",
                                     GroupStateTimeout.EventTimeTimeout)
@@ -76,7 +80,7 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
     return transform
 
 
-def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention_ms: int):
+def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention_ms: int, lean: bool):
     settings_cache: list[SessionSettings] = []
 
     def settings() -> SessionSettings:
@@ -84,23 +88,35 @@ def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention
             settings_cache.append(SessionSettings(gap_ms, max_ms, parse_rules(rules_document), id_retention_ms))
         return settings_cache[0]
 
-    def run(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
+    def process(key: tuple, columns: dict | None, state: GroupState) -> list[OutputRow]:
+        """One group: a user's events (columns by name; None when the group timed out), or bad records."""
         quarantined, _ = key
         if quarantined:  # bad records: passed through, no state
-            frame = pd.concat(list(batches), ignore_index=True)
-            yield _frame([OutputRow("quarantine", json.loads(doc)["_id"], doc) for doc in frame["doc"].tolist()])
-            return
+            return [OutputRow("quarantine", json.loads(doc)["_id"], doc) for doc in columns["doc"]]
         watermark_ms = state.getCurrentWatermarkMs()
         previous = UserState.decode(state.get[0]) if state.exists else None
-        if state.hasTimedOut:
+        if columns is None:
             step, docs = process_timeout(previous, watermark_ms, settings()), {}
         else:
-            events, docs = _events(pd.concat(list(batches), ignore_index=True))
+            events, docs = _events(columns)
             step = process_events(previous, events, watermark_ms, settings())
         _save(state, step)
-        yield _frame(_rows(step, docs))
+        return _rows(step, docs)
+
+    lean_udf = LeanUdf(process, [c if c in _READ + ("quarantined", "state_key") else None
+                                 for c in INPUT_COLUMNS]) if lean else None
+
+    def run(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
+        """Spark's own pandas path (where the lean path is off or does not apply)."""
+        assert lean_udf is None or lean_udf.core is process  # travels with the function: installs the lean path
+        frame = None if state.hasTimedOut else pd.concat(list(batches), ignore_index=True)
+        columns = None if frame is None else {name: frame[name].tolist() for name in _READ}
+        yield pd.DataFrame.from_records(process(key, columns, state), columns=OutputRow._fields)
 
     return run
+
+
+_READ = ("doc", *SESSION_INPUT_COLUMNS)
 
 
 def _save(state: GroupState, step: Step) -> None:
@@ -111,14 +127,14 @@ def _save(state: GroupState, step: Step) -> None:
         state.setTimeoutTimestamp(step.timeout_ms)
 
 
-def _events(frame: pd.DataFrame) -> tuple[list[Event], dict]:
+def _events(columns: dict) -> tuple[list[Event], dict]:
     """The group's rows as tracker Events, and event_id -> event document."""
-    columns = [frame[name].tolist() for name in
-               ("event_ms", "event_id", "event_type", "user_id", "user_session", "product_id", "category_id", "price")]
+    names = ("event_ms", "event_id", "event_type", "user_id", "user_session", "product_id", "category_id", "price")
     events = [Event(int(ms), event_id, event_type, user_id, _none_if_nan(user_session), _none_if_nan(product),
                     _none_if_nan(category), _none_if_nan(price))
-              for ms, event_id, event_type, user_id, user_session, product, category, price in zip(*columns)]
-    return events, dict(zip(columns[1], frame["doc"].tolist()))
+              for ms, event_id, event_type, user_id, user_session, product, category, price
+              in zip(*(columns[name] for name in names))]
+    return events, dict(zip(columns["event_id"], columns["doc"]))
 
 
 def _none_if_nan(value):
@@ -134,7 +150,3 @@ def _rows(step: Step, docs: dict) -> list[OutputRow]:
                        status=doc["status"], first_write=doc["_id"] in out.first_writes)
              for doc in out.sessions]
     return rows
-
-
-def _frame(rows: list[OutputRow]) -> pd.DataFrame:
-    return pd.DataFrame.from_records(rows, columns=OutputRow._fields)

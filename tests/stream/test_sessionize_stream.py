@@ -31,7 +31,8 @@ def event(minutes: float, session: str | None, user: int = 1, kind: str = "view"
 class SessionStream:
     """The real parse -> route -> sessionize chain over a directory of JSON-lines files."""
 
-    def __init__(self, spark, tmp_path, max_s: float = 24 * 3600, rules: dict | None = None, name: str = "in"):
+    def __init__(self, spark, tmp_path, max_s: float = 24 * 3600, rules: dict | None = None, name: str = "in",
+                 lean: bool = True):
         self.dir, self.files, self.rows = tmp_path / name, 0, []
         self.dir.mkdir(exist_ok=True)
         self.files = len(list(self.dir.iterdir()))
@@ -42,12 +43,12 @@ class SessionStream:
                        F.current_timestamp().alias("timestamp")))
         sessions = (raw.transform(parse_events())
                     .transform(with_event_enrichment)
-                    .transform(sessionize(rules, GAP_S, max_s, WATERMARK_S))
+                    .transform(sessionize(rules, GAP_S, max_s, WATERMARK_S, lean=lean))
                     .transform(with_batch_metrics))
         self.query = (sessions.writeStream.outputMode("update")
                       .foreachBatch(lambda df, batch_id: self.rows.extend(
                           dict(r.asDict(), batch_id=batch_id) for r in df.collect()))
-                      .option("checkpointLocation", str(tmp_path / "ckpt")).start())
+                      .option("checkpointLocation", str(tmp_path / f"ckpt_{name}")).start())
 
     def send(self, *events: dict | str) -> None:
         self.files += 1
@@ -200,3 +201,33 @@ def test_a_rules_file_renaming_a_segment_between_two_runs_on_one_checkpoint(spar
             ("bouncer", "segments-v1"), ("one_pager", "segments-v2-renamed")]
     finally:
         second.query.stop()
+
+
+def test_the_lean_arrow_path_and_sparks_pandas_path_give_the_same_rows(spark, tmp_path):
+    """app/sessions/lean_arrow.py replaces pyspark's per-group pandas conversion: same input, same output."""
+    batches = [
+        [event(0, "A"), event(0.5, "A", kind="cart"), event(1, None, user=5), "not json", event(1, "A", eid="A-0")],
+        [event(2, "B", user=2, kind="purchase", price=12.5), event(3, None, user=5)],
+        [event(90, "C", user=3)],  # the watermark closes A, B and user 5's session: timed-out groups
+    ]
+    results = {}
+    for lean in (True, False):
+        harness = SessionStream(spark, tmp_path, name=f"lean_{lean}", lean=lean)
+        try:
+            for batch in batches:
+                harness.send(*batch)
+        finally:
+            harness.query.stop()
+        results[lean] = sorted((r["batch_id"], r["kind"], r["id"], _without_clock(r["doc"]), r["session_id"],
+                                r["seconds_since_prev"], r["is_late"], r["status"], r["first_write"])
+                               for r in harness.rows)
+    assert results[True] == results[False]
+    assert {"quarantine", "event", "duplicate", "session"} <= {row[1] for row in results[True]}
+    assert any(row[1] == "session" and row[7] == "closed" for row in results[True])
+
+
+def _without_clock(doc: str | None) -> str | None:
+    """The harness stamps each file's records with the wall clock as their Kafka timestamp."""
+    if doc is None:
+        return None
+    return json.dumps({k: v for k, v in json.loads(doc).items() if k != "kafka_timestamp_ms"}, sort_keys=True)

@@ -1,0 +1,166 @@
+"""A lean Arrow path for applyInPandasWithState in the Python worker of PySpark 4.0.0.
+
+Spark's worker turns each group's rows into pandas Series, concatenates them into a DataFrame,
+and wraps each group's state in a one-row pandas DataFrame on the way back: about a millisecond
+of pandas set-up per group, whatever the group's size (measured: 20,000 one-user groups of 3 rows,
+1,183 groups/s on 2 cores; py-spy: 90% of the worker's time in pandas constructors). With state
+keyed by user, that is a millisecond per user per batch. This path hands our state function the
+group's columns as Python lists and takes its output as tuples; rows and states of many groups go
+back as one Arrow batch. The bytes exchanged with the JVM are laid out exactly as pyspark's own
+ApplyInPandasWithStateSerializer lays them out, so the JVM side and the checkpoint are the same.
+
+How it is switched on: the state function carries a `LeanUdf`. Unpickling it in the worker
+(before Spark wraps the function) installs three replacements, once per worker process, on the
+one PySpark version they were written against (SUPPORTED_PYSPARK), and marks the UDF being set
+up as lean. The replacements fall back to Spark's own code for any other UDF; on any other PySpark
+version nothing is installed and Spark's pandas path runs the same state function.
+"""
+from __future__ import annotations
+
+import json
+from itertools import groupby
+
+SUPPORTED_PYSPARK = "4.0.0"
+_pending: list = []       # the LeanUdf unpickled for the UDF Spark is about to wrap
+_lean_serializer: list = [None]  # the LeanUdf this worker's current UDF runs, or None
+_originals: dict = {}
+
+
+class LeanUdf:
+    """core(key tuple, {column: list} | None when timed out, GroupState) -> list of output tuples.
+    `columns` names the operator's input columns in order; None skips a column the core never reads."""
+
+    def __init__(self, core, columns):
+        self.core, self.columns = core, tuple(columns)
+
+    def __reduce__(self):
+        return _restore, (self.core, self.columns)
+
+
+def _restore(core, columns) -> LeanUdf:
+    udf = LeanUdf(core, columns)
+    if install():
+        _pending[:] = [udf]
+    return udf
+
+
+def install() -> bool:
+    """Installs the lean path in this process; False when this PySpark is not the supported one."""
+    import pyspark
+    if pyspark.__version__ != SUPPORTED_PYSPARK:
+        return False
+    if _originals:
+        return True
+    import pyspark.worker as worker
+    from pyspark.sql.pandas.serializers import ApplyInPandasWithStateSerializer as S
+    _originals.update(wrap=worker.wrap_grouped_map_pandas_udf_with_state, load=S.load_stream, dump=S.dump_stream)
+    worker.wrap_grouped_map_pandas_udf_with_state = _wrap
+    S.load_stream, S.dump_stream = _load_stream, _dump_stream
+    return True
+
+
+def _wrap(f, return_type, runner_conf):
+    if not _pending:
+        _lean_serializer[0] = None
+        return _originals["wrap"](f, return_type, runner_conf)
+    udf = _lean_serializer[0] = _pending.pop()
+    from pyspark.sql.pandas.types import to_arrow_type
+    from pyspark.worker import use_large_var_types
+    arrow_type = to_arrow_type(return_type, prefers_large_types=use_large_var_types(runner_conf))
+
+    def wrapped(key_columns, value_chunks, state):
+        key = tuple(column[0] for column in key_columns)
+        columns = None
+        if not state.hasTimedOut:
+            columns = {name: [] for name in udf.columns if name}
+            for chunk in value_chunks:
+                for name, values in zip(udf.columns, chunk):
+                    if name:
+                        columns[name] += values
+        return [((udf.core(key, columns, state), state), arrow_type)]
+
+    return wrapped
+
+
+def _load_stream(self, stream):
+    """As pyspark's load_stream, with each group's columns as Python lists instead of pandas Series
+    (each Arrow batch is converted once, then sliced per group)."""
+    udf = _lean_serializer[0]
+    if udf is None:
+        yield from _originals["load"](self, stream)
+        return
+    from pyspark.sql.pandas.serializers import ArrowStreamSerializer
+    from pyspark.sql.streaming.state import GroupState
+
+    def construct_state(info: dict) -> GroupState:
+        properties = json.loads(info["properties"])
+        properties["optionalValue"] = self.pickleSer.loads(info["object"]) if info["object"] else None
+        return GroupState(keyAsUnsafe=info["keyRowAsUnsafe"], valueSchema=self.state_object_schema, **properties)
+
+    def chunks_and_states(batches):
+        current = None
+        for batch in batches:
+            data = [column.to_pylist() if name else [None] * len(column)
+                    for name, column in zip(udf.columns, batch.columns[:-1])]
+            for info in batch.column(batch.num_columns - 1).to_pylist():
+                if not info:
+                    break  # no more groups in this batch
+                state = current or construct_state(info)
+                current = None if info["isLastChunk"] else state
+                start, rows = info["startOffset"], info["numRows"]
+                yield [column[start:start + rows] for column in data], state
+
+    for state, chunks in groupby(chunks_and_states(ArrowStreamSerializer.load_stream(self, stream)),
+                                 key=lambda x: x[1]):
+        yield chunks, state
+
+
+def _dump_stream(self, iterator, stream):
+    """As pyspark's dump_stream, from output tuples: one Arrow batch per ~maxRecordsPerBatch rows."""
+    if _lean_serializer[0] is None:
+        return _originals["dump"](self, iterator, stream)
+    import pyarrow as pa
+    from pyspark.serializers import write_int
+    from pyspark.sql.pandas.serializers import ArrowStreamSerializer, SpecialLengths
+
+    def batch_of(rows: list, states: list, data_type):
+        n = max(1, len(rows), len(states))
+        count_type, state_type = self.result_count_pdf_arrow_type, self.result_state_pdf_arrow_type
+        padded_rows = rows + [None] * (n - len(rows))
+        data = pa.StructArray.from_arrays(
+            [pa.array([row[i] if row is not None else None for row in padded_rows], f.type)
+             for i, f in enumerate(data_type)], fields=list(data_type))
+        padded_states = states + [(None,) * 4] * (n - len(states))
+        state_info = pa.StructArray.from_arrays(
+            [pa.array([s[i] for s in padded_states], f.type) for i, f in enumerate(state_type)],
+            fields=list(state_type))
+        counts = pa.StructArray.from_arrays([pa.array([len(rows)] * n, count_type[0].type),
+                                             pa.array([len(states)] * n, count_type[1].type)],
+                                            fields=list(count_type))
+        return pa.RecordBatch.from_arrays([counts, data, state_info], ["_0", "_1", "_2"])
+
+    def state_info(state) -> tuple:
+        value = self.pickleSer.dumps(state._value_schema.toInternal(state._value)) if state.exists else None
+        return state.json(), state._keyAsUnsafe, value, state.oldTimeoutTimestamp
+
+    def batches():
+        rows, states, data_type, started = [], [], None, False
+        for result in iterator:
+            (group_rows, state), data_type = result[0]
+            rows.extend(group_rows)
+            states.append(state_info(state))  # after the function ran: the state is final
+            if len(rows) > self.arrow_max_records_per_batch:
+                yield batch_of(rows, states, data_type)
+                rows, states = [], []
+        if rows or states:
+            yield batch_of(rows, states, data_type)
+
+    def with_start_marker(items):
+        first = True
+        for item in items:
+            if first:
+                write_int(SpecialLengths.START_ARROW_STREAM, stream)
+                first = False
+            yield item
+
+    return ArrowStreamSerializer.dump_stream(self, with_start_marker(batches()), stream)
