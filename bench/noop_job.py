@@ -49,12 +49,16 @@ def main(argv: list[str]) -> int:
     query.awaitTermination()
     ended = time.time()
     batches = [p for p in query.recentProgress if p.numInputRows > 0 or p.batchId == 0]
+    operators = query.lastProgress.stateOperators if query.lastProgress else []
     events = sum(p.numInputRows for p in query.recentProgress)
     first_batch_start = min(_epoch(p.timestamp) for p in batches) if batches else started
     print("NOOP_RESULT " + json.dumps({
         "mode": mode, "events": events, "seconds": round(ended - first_batch_start, 2),
         "events_per_s": round(events / max(ended - first_batch_start, 1e-9)),
         "batches": [{"batch": p.batchId, "rows": p.numInputRows, "ms": p.batchDuration} for p in query.recentProgress],
+        "state_users": sum(op.numRowsTotal for op in operators),
+        "state_bytes": sum(int((op.customMetrics or {}).get("rocksdbSstFileSize", op.memoryUsedBytes))
+                           for op in operators),
     }), flush=True)
     spark.stop()
     return 0

@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-GOALS = {"events_per_s": 30_000, "baseline_ratio": 10, "upper_bound_share": 0.5, "p50_s": 1.5, "p99_s": 4.0,
-         "cold_start_s": 30}
+# The engine issue's goals: no-op state >= 10,000/s and >= 80% of parse alone; the job >= 80% of the
+# sink ceiling and >= 10x the baseline; p50 <= 2 s, p99 <= 5 s at 1,000 events/s; cold start <= 30 s;
+# events/s at the most open sessions >= 80% of events/s at the fewest.
+GOALS = {"state_events_per_s": 10_000, "state_share_of_parse": 0.8, "sink_share": 0.8, "baseline_ratio": 10,
+         "p50_s": 2.0, "p99_s": 5.0, "latency_rate": 1_000, "cold_start_s": 30, "scale_share": 0.8}
 
 
 def write_report(results: dict, out: Path) -> list[Path]:
@@ -28,7 +31,10 @@ def markdown(r: dict) -> str:
     parse, state = r["upper_bound"]["parse"], r["upper_bound"]["state"]
     base, sink = r["baseline"], r["sink_ceiling"]
     ratio = t["events_per_s"] / max(base["events_per_s"], 1)
-    share = t["events_per_s"] / max(state["events_per_s"], 1)
+    state_share = state["events_per_s"] / max(parse["events_per_s"], 1)
+    sink_share = t["events_per_s"] / max(sink["job_pattern_events_per_s"], 1)
+    scale = r.get("state_scale") or []
+    scale_share = scale[-1]["events_per_s"] / max(scale[0]["events_per_s"], 1) if len(scale) > 1 else None
     lines = [
         f"# Benchmark ({r['profile']} profile, {m['date']}, commit {m['commit']})",
         "",
@@ -41,11 +47,12 @@ def markdown(r: dict) -> str:
         "| what | events | seconds | events/s | vs goal |",
         "|---|---:|---:|---:|---|",
         f"| the job, all outputs (first offset read -> last MongoDB write) | {_n(t['events'])} | {_n(t['seconds'], 1)} "
-        f"| **{_n(t['events_per_s'])}** | goal {_n(GOALS['events_per_s'])} |",
+        f"| **{_n(t['events_per_s'])}** | {sink_share:.0%} of the sink ceiling (goal >= 80%) |",
         f"| upper bound: read + parse, no-op sink | {_n(parse['events'])} | {_n(parse['seconds'], 1)} "
         f"| {_n(parse['events_per_s'])} | |",
         f"| upper bound: read + parse + session state, no-op sink | {_n(state['events'])} | "
-        f"{_n(state['seconds'], 1)} | {_n(state['events_per_s'])} | job = {share:.0%} of it (goal >= 50%) |",
+        f"{_n(state['seconds'], 1)} | {_n(state['events_per_s'])} | {state_share:.0%} of parse alone (goal >= 80%; "
+        f">= {_n(GOALS['state_events_per_s'])}/s) |",
         f"| naive baseline: kafka-python + per-event pymongo upserts | {_n(base['events'])} | "
         f"{_n(base['seconds'], 1)} | {_n(base['events_per_s'])} | job = {ratio:.1f}x (goal >= 10x) |",
         f"| sink ceiling: the server alone, the job's write pattern ({sink['writers']} writers) | | | "
@@ -57,15 +64,15 @@ def markdown(r: dict) -> str:
         "",
         f"Main run: cold start to first MongoDB write {_n(t['cold_start_s'], 1)} s (goal <= 30 s); "
         f"peak RSS: JVM {_n(t['peak_rss_mb']['jvm'])} MB, job process tree {_n(t['peak_rss_mb']['total'])} MB; "
-        f"max state rows {_n(t['max_state_rows'])} (hash buckets of sessions); "
+        f"at most {_n(t['max_open_sessions'])} open sessions held by {_n(t['max_state_users'])} users' state rows; "
         f"{_n(t['sessions'])} sessions, {_n(t['events_written'])} events written.",
         "",
-        "Batches of the main run (query, batch, input rows, ms, state rows):",
+        "Batches of the main run:",
         "",
-        "| query | batch | rows | ms | state rows |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {b['query']} | {b['batch']} | {_n(b['rows'])} | {_n(b['ms'])} | {_n(b['state_rows'])} |"
-          for b in t["batches"]],
+        "| query | batch | rows | ms | open sessions | state users | state MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *[f"| {b['query']} | {b['batch']} | {_n(b['rows'])} | {_n(b['ms'])} | {_n(b.get('open_sessions'))} "
+          f"| {_n(b['state_users'])} | {_n(b['state_bytes'] / 1e6, 1)} |" for b in t["batches"]],
         "",
         "Where a sessions batch spends its time (the job's own log):",
         "",
@@ -73,20 +80,33 @@ def markdown(r: dict) -> str:
         "",
         "## Latency (the job live, trigger 1 s; producer timestamp -> provisional session document written)",
         "",
-        "| rate (events/s) | sent | achieved rate | sessions measured | p50 s | p95 s | p99 s | kept up |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
-        *[f"| {_n(x['rate'])} | {_n(x['sent']['events'])} | {_n(x['sent']['events_per_s'])} | {_n(x['samples'])} "
-          f"| {_n(x['p50_s'], 2)} | {_n(x['p95_s'], 2)} | {_n(x['p99_s'], 2)} | {'yes' if x['caught_up'] else 'NO'} |"
-          for x in r["latency"]],
+        "| rate (events/s) | warm-up s | sent | achieved rate | sessions measured | p50 s | p95 s | p99 s | kept up |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        *[f"| {_n(x['rate'])} | {_n(x.get('warmup_s'))} | {_n(x['sent']['events'])} | {_n(x['sent']['events_per_s'])} "
+          f"| {_n(x['samples'])} | {_n(x['p50_s'], 2)} | {_n(x['p95_s'], 2)} | {_n(x['p99_s'], 2)} "
+          f"| {'yes' if x['caught_up'] else 'NO'} |" for x in r["latency"]],
         "",
-        f"Goals: p50 <= {GOALS['p50_s']} s, p99 <= {GOALS['p99_s']} s at 10,000 events/s.",
+        f"Goals: p50 <= {GOALS['p50_s']} s, p99 <= {GOALS['p99_s']} s at {_n(GOALS['latency_rate'])} events/s, "
+        "measured after the warm-up at that rate.",
+        "",
+        "## State scale (read + parse + per-user state, no-op sink, N sessions open in state, "
+        f"{_n(scale[0]['events'] if scale else None)} events of other users measured)",
+        "",
+        "| open sessions | events/s | state users | state MB | state bytes per user | peak RSS JVM MB | peak RSS tree MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {_n(x['open_sessions'])} | {_n(x['events_per_s'])} | {_n(x['state_users'])} "
+          f"| {_n(x['state_bytes'] / 1e6, 1)} | {_n(x['state_bytes_per_open_session'])} | {_n(x['rss_mb']['jvm'])} "
+          f"| {_n(x['rss_mb']['total'])} |" for x in scale],
+        "",
+        (f"Events/s at {_n(scale[-1]['open_sessions'])} open sessions = {scale_share:.0%} of events/s at "
+         f"{_n(scale[0]['open_sessions'])} (goal >= 80%)." if scale_share is not None else ""),
         "",
         "## Scaling (the same job, preloaded topics of N events)",
         "",
-        "| events | seconds | events/s | peak RSS JVM MB | peak RSS tree MB | max state rows |",
+        "| events | seconds | events/s | peak RSS JVM MB | peak RSS tree MB | max open sessions |",
         "|---:|---:|---:|---:|---:|---:|",
         *[f"| {_n(s['events'])} | {_n(s['seconds'], 1)} | {_n(s['events_per_s'])} | {_n(s['peak_rss_mb']['jvm'])} "
-          f"| {_n(s['peak_rss_mb']['total'])} | {_n(s['max_state_rows'])} |" for s in r["scaling"]],
+          f"| {_n(s['peak_rss_mb']['total'])} | {_n(s['max_open_sessions'])} |" for s in r["scaling"]],
         "",
         f"Whole benchmark: {_n(r['bench_seconds'])} s. Raw figures: latest.json; plot: latest.png.",
         "",
@@ -99,7 +119,7 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, (left, middle, right, scale_ax) = plt.subplots(1, 4, figsize=(21, 4.8))
     bars = [("naive\nbaseline", r["baseline"]["events_per_s"]), ("job, all\noutputs", r["throughput"]["events_per_s"]),
             ("sink\nceiling", r["sink_ceiling"]["job_pattern_events_per_s"]),
             ("no-op:\nparse+state", r["upper_bound"]["state"]["events_per_s"]),
@@ -113,8 +133,8 @@ def plot(r: dict, path: Path) -> None:
     rates = [str(x["rate"]) for x in r["latency"]]
     for pct, color in (("p50_s", "#1f77b4"), ("p95_s", "#ff7f0e"), ("p99_s", "#d62728")):
         middle.plot(rates, [x[pct] for x in r["latency"]], marker="o", label=pct[:-2], color=color)
-    middle.axhline(4.0, color="#d62728", linestyle=":", linewidth=1)
-    middle.axhline(1.5, color="#1f77b4", linestyle=":", linewidth=1)
+    middle.axhline(GOALS["p99_s"], color="#d62728", linestyle=":", linewidth=1)
+    middle.axhline(GOALS["p50_s"], color="#1f77b4", linestyle=":", linewidth=1)
     middle.set_yscale("log")
     middle.set_title("Latency to provisional session doc (s)")
     middle.set_xlabel("events/s offered")
@@ -131,6 +151,20 @@ def plot(r: dict, path: Path) -> None:
               label="peak RSS MB")
     twin.set_ylabel("peak RSS (MB)")
     right.set_title("Scaling")
+
+    scale = r.get("state_scale") or []
+    opened = [x["open_sessions"] for x in scale]
+    scale_ax.plot(opened, [x["events_per_s"] for x in scale], marker="o", color="#2ca02c", label="events/s")
+    scale_ax.set_xscale("log")
+    scale_ax.set_xlabel("sessions open in state")
+    scale_ax.set_ylabel("events/s (no-op sink)")
+    scale_ax.set_ylim(bottom=0)
+    rss = scale_ax.twinx()
+    rss.plot(opened, [x["rss_mb"]["total"] for x in scale], marker="s", color="#ff7f0e", label="peak RSS MB")
+    rss.plot(opened, [x["rss_mb"]["jvm"] for x in scale], marker="^", color="#9467bd", label="JVM RSS MB")
+    rss.set_ylabel("RSS (MB)")
+    rss.legend(loc="lower left", fontsize=8)
+    scale_ax.set_title("State scale: cost vs open sessions")
     fig.suptitle(f"{r['machine']['cores']} cores, {r['machine']['memory_gib']} GiB; Spark {r['machine']['spark']}, "
                  f"Kafka {r['machine']['kafka']}, FerretDB {r['machine']['ferretdb']}; {r['machine']['date']}",
                  fontsize=9)

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 from pymongo import MongoClient
 
-from bench import load, sink_ceiling, workload
+from bench import load, sink_ceiling, state_scale, workload
 from bench.baseline import run_baseline
 from bench.jobproc import MONGODB_URI, ROOT, Job, say
 from bench.latency import TOPIC_PREFIX, latency
@@ -29,10 +29,11 @@ from bench.report import write_report
 RESULTS = ROOT / "bench" / "results"
 PROFILES = {
     # events of the main run, scaling sizes, baseline seconds, latency rates and seconds per rate
-    "quick": {"events": 100_000, "sizes": [20_000, 100_000], "baseline_s": 20, "rates": [1_000, 10_000],
-              "latency_s": 20},
+    # and open sessions of the state-scale runs
+    "quick": {"events": 100_000, "sizes": [20_000, 100_000], "baseline_s": 20, "rates": [1_000],
+              "latency_s": 30, "open_sessions": [10_000, 100_000]},
     "full": {"events": 500_000, "sizes": [100_000, 500_000], "baseline_s": 60, "rates": [1_000, 10_000],
-             "latency_s": 30},
+             "latency_s": 60, "open_sessions": [10_000, 100_000, 1_000_000]},
 }
 
 
@@ -70,8 +71,10 @@ def throughput(topic: str, n_events: int, label: str, env: dict | None = None) -
         "peak_rss_mb": job.peak_rss_mb(),
         "rss_mb_over_time": [[round(t), round(j / 2**20), round(a / 2**20)] for t, j, a in job.rss_samples[::10]],
         "batches": [{"query": p["query"], "batch": p["batch_id"], "rows": p["input_rows"],
-                     "ms": p["batch_duration_ms"], "state_rows": p["state_rows"]} for p in progress],
-        "max_state_rows": max((p["state_rows"] for p in sessions_batches), default=0),
+                     "ms": p["batch_duration_ms"], "state_users": p["state_users"],
+                     "state_bytes": p["state_bytes"], "open_sessions": p.get("open_sessions")} for p in progress],
+        "max_state_users": max((p["state_users"] for p in sessions_batches), default=0),
+        "max_open_sessions": max((p.get("open_sessions") or 0 for p in sessions_batches), default=0),
         "steps": _step_lines(job.log_path),
     }
     say(f"throughput [{label}]: {n_events:,} events in {result['seconds']} s = {result['events_per_s']:,} events/s; "
@@ -138,6 +141,7 @@ def main(argv=None) -> int:
                                                    results["throughput"]["sessions"], say)
     rates = sorted({*profile["rates"], max(100, results["throughput"]["events_per_s"] // 2)})
     results["latency"] = [latency(rate, profile["latency_s"]) for rate in rates]
+    results["state_scale"] = [state_scale.measure(n) for n in profile["open_sessions"]]
     results["scaling"] = []
     for size in profile["sizes"]:
         if size == profile["events"]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from bench import workload
 from bench.latency import _percentile
-from bench.report import markdown
+from bench.report import markdown, write_report
 
 
 def test_workload_yields_exactly_n_events_in_event_time_order():
@@ -35,11 +35,13 @@ def test_percentile_picks_the_nearest_rank():
     assert _percentile([], 50) is None
 
 
-def test_report_states_the_ratios_against_baseline_and_upper_bound():
-    run = {"events": 1000, "seconds": 2.0, "events_per_s": 500, "cold_start_s": 12.0, "sessions": 100,
-           "events_written": 1000, "peak_rss_mb": {"jvm": 900, "total": 1200}, "max_state_rows": 128,
-           "batches": [{"query": "sessions", "batch": 0, "rows": 1000, "ms": 2000, "state_rows": 128}],
-           "steps": ["[sessions] batch 0 steps: events 1.0 s"]}
+def test_report_states_the_ratios_against_the_goals(tmp_path):
+    run = {"events": 1000, "seconds": 2.0, "events_per_s": 560, "cold_start_s": 12.0, "sessions": 100,
+           "events_written": 1000, "peak_rss_mb": {"jvm": 900, "total": 1200}, "max_state_users": 80,
+           "max_open_sessions": 90,
+           "batches": [{"query": "sessions", "batch": 0, "rows": 1000, "ms": 2000, "state_users": 80,
+                        "state_bytes": 2_500_000, "open_sessions": 90}],
+           "steps": ["[sessions] batch 0 steps: writes 1.0 s"]}
     results = {
         "profile": "quick", "bench_seconds": 60,
         "machine": {"date": "d", "commit": "c", "cores": 2, "memory_gib": 24, "platform": "p", "python": "3",
@@ -47,13 +49,23 @@ def test_report_states_the_ratios_against_baseline_and_upper_bound():
         "throughput": run, "scaling": [run],
         "upper_bound": {"parse": {"events": 1000, "seconds": 1, "events_per_s": 1000},
                         "state": {"events": 1000, "seconds": 1, "events_per_s": 800}},
-        "baseline": {"events": 100, "seconds": 2, "events_per_s": 50},
+        "baseline": {"events": 100, "seconds": 2, "events_per_s": 56},
         "sink_ceiling": {"writers": 2, "job_pattern_events_per_s": 700, "event_inserts_per_s": 1,
                          "session_inserts_per_s": 1, "session_replaces_per_s": 1, "sessions_per_event": 0.1},
-        "latency": [{"rate": 100, "sent": {"events": 100, "events_per_s": 100}, "samples": 10, "p50_s": 0.5,
-                     "p95_s": 0.9, "p99_s": 1.0, "caught_up": True}],
+        "latency": [{"rate": 100, "warmup_s": 120, "sent": {"events": 100, "events_per_s": 100}, "samples": 10,
+                     "p50_s": 0.5, "p95_s": 0.9, "p99_s": 1.0, "caught_up": True}],
+        "state_scale": [
+            {"open_sessions": 10_000, "events": 100_000, "events_per_s": 4000, "state_users": 20_000,
+             "state_bytes": 10_000_000, "state_bytes_per_open_session": 500, "rss_mb": {"jvm": 1, "total": 2}},
+            {"open_sessions": 1_000_000, "events": 100_000, "events_per_s": 3000, "state_users": 1_010_000,
+             "state_bytes": 500_000_000, "state_bytes_per_open_session": 495, "rss_mb": {"jvm": 1, "total": 2}}],
     }
     text = markdown(results)
     assert "job = 10.0x (goal >= 10x)" in text
-    assert "job = 62% of it" in text
-    assert "| 100 | 100 | 100 | 10 | 0.50 | 0.90 | 1.00 | yes |" in text
+    assert "80% of the sink ceiling" in text
+    assert "80% of parse alone" in text
+    assert "| 100 | 120 | 100 | 100 | 10 | 0.50 | 0.90 | 1.00 | yes |" in text
+    assert "| 1,000,000 | 3,000 | 1,010,000 | 500.0 | 495 | 1 | 2 |" in text
+    assert "= 75% of events/s at 10,000 (goal >= 80%)" in text
+    paths = write_report(results, tmp_path)
+    assert all(p.stat().st_size > 0 for p in paths)
