@@ -57,8 +57,8 @@ def main(argv: list[str]) -> int:
         "events_per_s": round(events / max(ended - first_batch_start, 1e-9)),
         "batches": [{"batch": p.batchId, "rows": p.numInputRows, "ms": p.batchDuration} for p in query.recentProgress],
         "state_users": sum(op.numRowsTotal for op in operators),
-        "state_bytes": sum(int((op.customMetrics or {}).get("rocksdbSstFileSize", op.memoryUsedBytes))
-                           for op in operators),
+        "state_bytes_written": sum(int((op.customMetrics or {}).get("rocksdbTotalBytesWritten", 0))
+                                   for p in query.recentProgress for op in p.stateOperators),
     }), flush=True)
     spark.stop()
     return 0

@@ -69,10 +69,10 @@ def markdown(r: dict) -> str:
         "",
         "Batches of the main run:",
         "",
-        "| query | batch | rows | ms | open sessions | state users | state MB |",
+        "| query | batch | rows | ms | open sessions | state users | state MB written |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *[f"| {b['query']} | {b['batch']} | {_n(b['rows'])} | {_n(b['ms'])} | {_n(b.get('open_sessions'))} "
-          f"| {_n(b['state_users'])} | {_n(b['state_bytes'] / 1e6, 1)} |" for b in t["batches"]],
+          f"| {_n(b['state_users'])} | {_n(b['state_bytes_written'] / 1e6, 1)} |" for b in t["batches"]],
         "",
         "Where a sessions batch spends its time (the job's own log):",
         "",
@@ -92,10 +92,11 @@ def markdown(r: dict) -> str:
         "## State scale (read + parse + per-user state, no-op sink, N sessions open in state, "
         f"{_n(scale[0]['events'] if scale else None)} events of other users measured)",
         "",
-        "| open sessions | events/s | state users | state MB | state bytes per user | peak RSS JVM MB | peak RSS tree MB |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| open sessions | events/s | state users | state MB on disk | state bytes per open session | state MB written by the measured batches | peak RSS JVM MB | peak RSS tree MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {_n(x['open_sessions'])} | {_n(x['events_per_s'])} | {_n(x['state_users'])} "
-          f"| {_n(x['state_bytes'] / 1e6, 1)} | {_n(x['state_bytes_per_open_session'])} | {_n(x['rss_mb']['jvm'])} "
+          f"| {_n(x['state_bytes'] / 1e6, 1)} | {_n(x['state_bytes_per_open_session'])} "
+          f"| {_n(x['tail_state_bytes_written'] / 1e6, 1)} | {_n(x['rss_mb']['jvm'])} "
           f"| {_n(x['rss_mb']['total'])} |" for x in scale],
         "",
         (f"Events/s at {_n(scale[-1]['open_sessions'])} open sessions = {scale_share:.0%} of events/s at "

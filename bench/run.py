@@ -72,7 +72,7 @@ def throughput(topic: str, n_events: int, label: str, env: dict | None = None) -
         "rss_mb_over_time": [[round(t), round(j / 2**20), round(a / 2**20)] for t, j, a in job.rss_samples[::10]],
         "batches": [{"query": p["query"], "batch": p["batch_id"], "rows": p["input_rows"],
                      "ms": p["batch_duration_ms"], "state_users": p["state_users"],
-                     "state_bytes": p["state_bytes"], "open_sessions": p.get("open_sessions")} for p in progress],
+                     "state_bytes_written": p["state_bytes_written"], "open_sessions": p.get("open_sessions")} for p in progress],
         "max_state_users": max((p["state_users"] for p in sessions_batches), default=0),
         "max_open_sessions": max((p.get("open_sessions") or 0 for p in sessions_batches), default=0),
         "steps": _step_lines(job.log_path),

@@ -57,13 +57,21 @@ def measure(open_sessions: int) -> dict:
     shutil.rmtree(checkpoint, ignore_errors=True)
     load.preload(BOOTSTRAP, topic, _opening(open_sessions, t0), open_sessions)
     filled = _noop_state(f"scale-{open_sessions}-fill", topic, checkpoint)
+    filled_bytes = _state_bytes_after_fill(checkpoint)
     load.preload(BOOTSTRAP, topic, _tail(TAIL, t0), TAIL)
     tail = _noop_state(f"scale-{open_sessions}-tail", topic, checkpoint)
-    state_bytes = tail.get("state_bytes") or 0
+    state_bytes = filled_bytes
     result = {"open_sessions": open_sessions, "events": tail["events"], "events_per_s": tail["events_per_s"],
               "state_users": tail.get("state_users"), "state_bytes": state_bytes,
-              "state_bytes_per_open_session": round(state_bytes / max(tail.get("state_users") or 1, 1)),
+              "tail_state_bytes_written": tail.get("state_bytes_written") or 0,
+              "state_bytes_per_open_session": round(state_bytes / open_sessions),
               "rss_mb": tail["peak_rss_mb"], "fill_events_per_s": filled["events_per_s"]}
     say(f"state scale [{open_sessions:,} open]: {result['events_per_s']:,} events/s over the tail; state "
         f"{state_bytes / 1e6:.1f} MB for {result['state_users']:,} users; peak RSS {result['rss_mb']}")
     return result
+
+
+def _state_bytes_after_fill(checkpoint: Path) -> int:
+    """The state store's files on disk after the fill run (its changelog: every open session once,
+    compressed); the checkpoint's state directory holds nothing else."""
+    return sum(f.stat().st_size for f in (checkpoint / "noop-state" / "state").rglob("*") if f.is_file())

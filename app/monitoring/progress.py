@@ -13,8 +13,10 @@ log = logging.getLogger("behavior.progress")
 BATCH_METRICS = "batch_metrics"  # app/pipeline.py with_batch_metrics
 _COUNTS = ("events", "late_events", "late_unsessionized", "duplicates", "quarantined", "sessions_opened",
            "sessions_closed")
-# State-store size: RocksDB reports its files; the in-memory provider (tests) its map.
-_STATE_BYTES_METRICS = ("rocksdbSstFileSize", "stateOnCurrentVersionSizeBytes")
+# Bytes the batch wrote to the state store: RocksDB counts them; the in-memory provider (tests)
+# reports only its map's size. (rocksdbSstFileSize stays 0 between snapshots with changelog
+# checkpointing, so it says nothing about the state's size from batch to batch.)
+_WRITTEN_METRIC = "rocksdbTotalBytesWritten"
 
 
 def progress_document(p) -> dict:
@@ -36,7 +38,7 @@ def progress_document(p) -> dict:
         # One state row per user with open sessions or remembered session ids.
         "state_users": sum(op.numRowsTotal for op in p.stateOperators),
         "state_users_updated": sum(op.numRowsUpdated for op in p.stateOperators),
-        "state_bytes": sum(_state_bytes(op) for op in p.stateOperators),
+        "state_bytes_written": sum(int((op.customMetrics or {}).get(_WRITTEN_METRIC, 0)) for op in p.stateOperators),
         "state_memory_bytes": sum(op.memoryUsedBytes for op in p.stateOperators),
         "rows_dropped_by_watermark": sum(op.numRowsDroppedByWatermark for op in p.stateOperators)
         + counts["late_unsessionized"],
@@ -44,16 +46,11 @@ def progress_document(p) -> dict:
     }
 
 
-def _state_bytes(op) -> int:
-    metrics = op.customMetrics or {}
-    return next((int(metrics[name]) for name in _STATE_BYTES_METRICS if name in metrics), op.memoryUsedBytes)
-
-
 def progress_line(doc: dict) -> str:
     return (f"[{doc['query']}] batch {doc['batch_id']}: {doc['input_rows']} rows, "
             f"{doc['processed_rows_per_second']:.0f} rows/s, batch {doc['batch_duration_ms']} ms, "
             f"open sessions {doc.get('open_sessions', '-')}, state users {doc['state_users']} "
-            f"({doc['state_users_updated']} written, {doc['state_bytes'] / 1e6:.1f} MB), "
+            f"({doc['state_users_updated']} written, {doc['state_bytes_written'] / 1e6:.1f} MB), "
             f"duplicates {doc['duplicates']}, late {doc['late_events']}, quarantined {doc['quarantined']}, "
             f"watermark {doc['watermark'] or '-'}")
 

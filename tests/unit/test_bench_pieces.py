@@ -40,7 +40,7 @@ def test_report_states_the_ratios_against_the_goals(tmp_path):
            "events_written": 1000, "peak_rss_mb": {"jvm": 900, "total": 1200}, "max_state_users": 80,
            "max_open_sessions": 90,
            "batches": [{"query": "sessions", "batch": 0, "rows": 1000, "ms": 2000, "state_users": 80,
-                        "state_bytes": 2_500_000, "open_sessions": 90}],
+                        "state_bytes_written": 2_500_000, "open_sessions": 90}],
            "steps": ["[sessions] batch 0 steps: writes 1.0 s"]}
     results = {
         "profile": "quick", "bench_seconds": 60,
@@ -56,16 +56,16 @@ def test_report_states_the_ratios_against_the_goals(tmp_path):
                      "p50_s": 0.5, "p95_s": 0.9, "p99_s": 1.0, "caught_up": True}],
         "state_scale": [
             {"open_sessions": 10_000, "events": 100_000, "events_per_s": 4000, "state_users": 20_000,
-             "state_bytes": 10_000_000, "state_bytes_per_open_session": 500, "rss_mb": {"jvm": 1, "total": 2}},
+             "state_bytes": 10_000_000, "state_bytes_per_open_session": 500, "tail_state_bytes_written": 1_000_000, "rss_mb": {"jvm": 1, "total": 2}},
             {"open_sessions": 1_000_000, "events": 100_000, "events_per_s": 3000, "state_users": 1_010_000,
-             "state_bytes": 500_000_000, "state_bytes_per_open_session": 495, "rss_mb": {"jvm": 1, "total": 2}}],
+             "state_bytes": 500_000_000, "state_bytes_per_open_session": 495, "tail_state_bytes_written": 1_100_000, "rss_mb": {"jvm": 1, "total": 2}}],
     }
     text = markdown(results)
     assert "job = 10.0x (goal >= 10x)" in text
     assert "80% of the sink ceiling" in text
     assert "80% of parse alone" in text
     assert "| 100 | 120 | 100 | 100 | 10 | 0.50 | 0.90 | 1.00 | yes |" in text
-    assert "| 1,000,000 | 3,000 | 1,010,000 | 500.0 | 495 | 1 | 2 |" in text
+    assert "| 1,000,000 | 3,000 | 1,010,000 | 500.0 | 495 | 1.1 | 1 | 2 |" in text
     assert "= 75% of events/s at 10,000 (goal >= 80%)" in text
     paths = write_report(results, tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
