@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import yaml
-from pyspark.sql import DataFrame, SparkSession, functions as F
+from pyspark.sql import Column, DataFrame, SparkSession, functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from app.config import AppConfig, InvalidConfigError
@@ -48,7 +48,7 @@ def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
     )
 
 
-def _count(condition) -> "F.Column":
+def _count(condition: Column) -> Column:
     return F.coalesce(F.sum(condition.cast("int")), F.lit(0))
 
 
@@ -121,6 +121,7 @@ V1_LAYOUT = "quarantine"  # the v1 job's second query: its checkpoint holds sess
 
 
 def check_checkpoint(config: AppConfig) -> None:
+    """Called by the job's main() at start-up, before Spark starts."""
     if Path(config.checkpoint_dir, V1_LAYOUT).is_dir():
         raise InvalidConfigError(
             f"CHECKPOINT_DIR={config.checkpoint_dir} holds a v1 checkpoint (sessions in hash buckets); the "
@@ -129,7 +130,6 @@ def check_checkpoint(config: AppConfig) -> None:
 
 
 def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery]:
-    check_checkpoint(config)  # main() checks it before Spark starts too; tests call this directly
     load_rules(config.rules_file)  # fail at start-up, naming the field, before anything runs
     rules_document = yaml.safe_load(Path(config.rules_file).read_text(encoding="utf-8"))
     out.ensure_indexes(client_for(config.mongodb_uri)[config.mongodb_database])

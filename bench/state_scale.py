@@ -57,10 +57,9 @@ def measure(open_sessions: int) -> dict:
     shutil.rmtree(checkpoint, ignore_errors=True)
     load.preload(BOOTSTRAP, topic, _opening(open_sessions, t0), open_sessions)
     filled = _noop_state(f"scale-{open_sessions}-fill", topic, checkpoint)
-    filled_bytes = _state_bytes_after_fill(checkpoint)
+    state_bytes = _state_bytes_after_fill(checkpoint)
     load.preload(BOOTSTRAP, topic, _tail(TAIL, t0), TAIL)
     tail = _noop_state(f"scale-{open_sessions}-tail", topic, checkpoint)
-    state_bytes = filled_bytes
     result = {"open_sessions": open_sessions, "events": tail["events"], "events_per_s": tail["events_per_s"],
               "state_users": tail.get("state_users"), "state_bytes": state_bytes,
               "tail_state_bytes_written": tail.get("state_bytes_written") or 0,

@@ -144,7 +144,7 @@ def _dump_stream(self, iterator, stream):
         return state.json(), state._keyAsUnsafe, value, state.oldTimeoutTimestamp
 
     def batches():
-        rows, states, data_type, started = [], [], None, False
+        rows, states, data_type = [], [], None
         for result in iterator:
             (group_rows, state), data_type = result[0]
             rows.extend(group_rows)

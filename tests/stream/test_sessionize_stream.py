@@ -33,9 +33,9 @@ class SessionStream:
 
     def __init__(self, spark, tmp_path, max_s: float = 24 * 3600, rules: dict | None = None, name: str = "in",
                  lean: bool = True):
-        self.dir, self.files, self.rows = tmp_path / name, 0, []
+        self.dir, self.rows = tmp_path / name, []
         self.dir.mkdir(exist_ok=True)
-        self.files = len(list(self.dir.iterdir()))
+        self.files = len(list(self.dir.iterdir()))  # a second run on the same input goes on numbering
         rules = rules or yaml.safe_load(DEFAULT_RULES_FILE.read_text())
         raw = (spark.readStream.option("maxFilesPerTrigger", 1).text(str(self.dir))
                .select(F.lit(None).cast("binary").alias("key"), F.col("value").cast("binary").alias("value"),
@@ -133,7 +133,7 @@ def test_late_events_are_counted_and_still_emitted(stream):
     assert not stream.sessions("C")
 
 
-def test_state_holds_one_entry_per_user_and_empties_when_sessions_close(stream):
+def test_state_holds_one_entry_per_user_and_drops_users_without_session_ids_once_closed(stream):
     stream.send(event(0, "A", user=1), event(1, "B", user=1), event(2, None, user=5), event(3, None, user=6))
     assert stream.state_rows() == 3  # users 1, 5 and 6; user 1 has two sessions
     stream.send(event(50, "Z", user=9))  # closes A, B and users 5 and 6's sessions
