@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -47,6 +47,18 @@ class AppConfig:
     starting_offsets: str = "earliest"
     available_now: bool = False
     shuffle_partitions: int = 4
+    # Data safety and operations (DESIGN.md §16)
+    kafka_fail_on_data_loss: bool = True
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_options: tuple[tuple[str, str], ...] = ()  # KAFKA_OPT_<NAME> -> ("kafka.<name>", value)
+    mongodb_write_concern: str = ""  # "" = majority when MONGODB_URI names a replicaSet, else 1
+    mongodb_retry_timeout_s: float = 120.0
+    health_port: int = 8090
+    health_stall_after_s: float = 300.0
+    reset_output: bool = False
 
     def __post_init__(self) -> None:
         _require(self.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS")
@@ -79,6 +91,100 @@ class AppConfig:
             raise InvalidConfigError(f"SHUFFLE_PARTITIONS must be a positive integer (got {self.shuffle_partitions})")
         if not Path(self.rules_file).is_file():
             raise InvalidConfigError(f"RULES_FILE={self.rules_file!r} does not exist")
+        self._check_operations()
+
+    def _check_operations(self) -> None:
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise InvalidConfigError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r} must be one of "
+                                     + ", ".join(KAFKA_SECURITY_PROTOCOLS))
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism not in SASL_LOGIN_MODULES:
+                raise InvalidConfigError(f"KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r} must be one of "
+                                         + ", ".join(SASL_LOGIN_MODULES))
+            if not self.kafka_sasl_username or not self.kafka_sasl_password:
+                raise InvalidConfigError(f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                                         "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        for option, _ in self.kafka_options:
+            if option in RESERVED_KAFKA_OPTIONS:
+                raise InvalidConfigError(f"KAFKA_OPT_{_env_suffix(option)} is set by the job; "
+                                         f"use {RESERVED_KAFKA_OPTIONS[option]} instead")
+        if self.mongodb_write_concern and not re.match(r"^(majority|\d+)$", self.mongodb_write_concern):
+            raise InvalidConfigError(f"MONGODB_WRITE_CONCERN={self.mongodb_write_concern!r} must be 'majority' "
+                                     "or a number of members (e.g. 1)")
+        if self.mongodb_retry_timeout_s < 0:
+            raise InvalidConfigError(f"MONGODB_RETRY_TIMEOUT must not be negative (got {self.mongodb_retry_timeout_s:g} s)")
+        if not 0 <= self.health_port <= 65535:
+            raise InvalidConfigError(f"HEALTH_PORT must be 0 (off) or a TCP port (got {self.health_port})")
+        if self.health_stall_after_s <= self.mongodb_retry_timeout_s:
+            raise InvalidConfigError(
+                f"HEALTH_STALL_AFTER ({self.health_stall_after_s:g} s) must be longer than MONGODB_RETRY_TIMEOUT "
+                f"({self.mongodb_retry_timeout_s:g} s): a batch riding out a store outage is not stalled")
+
+    @property
+    def write_concern(self) -> str | int:
+        """MONGODB_WRITE_CONCERN, or majority when the URI names a replica set (else 1)."""
+        value = self.mongodb_write_concern or ("majority" if "replicaset=" in self.mongodb_uri.lower() else "1")
+        return value if value == "majority" else int(value)
+
+    def kafka_client_options(self) -> dict[str, str]:
+        """The `kafka.*` options of Spark's Kafka source: security, then KAFKA_OPT_* pass-through."""
+        options = {"kafka.security.protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            module = SASL_LOGIN_MODULES[self.kafka_sasl_mechanism]
+            options["kafka.sasl.mechanism"] = self.kafka_sasl_mechanism
+            options["kafka.sasl.jaas.config"] = (f'{module} required username="{_jaas(self.kafka_sasl_username)}" '
+                                                 f'password="{_jaas(self.kafka_sasl_password)}";')
+        options.update(self.kafka_options)
+        return options
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+KAFKA_OPTION_PREFIX = "KAFKA_OPT_"
+RESERVED_KAFKA_OPTIONS = {"kafka.bootstrap.servers": "KAFKA_BOOTSTRAP_SERVERS",
+                          "kafka.security.protocol": "KAFKA_SECURITY_PROTOCOL",
+                          "kafka.sasl.mechanism": "KAFKA_SASL_MECHANISM",
+                          "kafka.sasl.jaas.config": "KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD"}
+
+
+def _env_suffix(option: str) -> str:
+    return option.removeprefix("kafka.").replace(".", "_").upper()
+
+
+def _jaas(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def kafka_options_from(env: Mapping[str, str], flags: Sequence[str] = ()) -> tuple[tuple[str, str], ...]:
+    """KAFKA_OPT_SSL_TRUSTSTORE_LOCATION=/x (env) or --kafka-option ssl.truststore.location=/x (flag)
+    -> ("kafka.ssl.truststore.location", "/x"); flags override env."""
+    options = {}
+    for name, value in env.items():
+        if name.startswith(KAFKA_OPTION_PREFIX) and len(name) > len(KAFKA_OPTION_PREFIX):
+            options["kafka." + name[len(KAFKA_OPTION_PREFIX):].lower().replace("_", ".")] = value
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        if not sep or not key.strip():
+            raise InvalidConfigError(f"--kafka-option {flag!r} must be key=value (e.g. ssl.truststore.location=/x)")
+        key = key.strip()
+        options[key if key.startswith("kafka.") else "kafka." + key] = value
+    return tuple(sorted(options.items()))
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+_bool.__name__ = "boolean (true/false)"
 
 
 def _require(value: str, setting: str) -> None:
@@ -102,12 +208,24 @@ _SETTINGS = {
     "SESSION_ID_RETENTION": ("session_id_retention_s", parse_duration),
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
+    "KAFKA_FAIL_ON_DATA_LOSS": ("kafka_fail_on_data_loss", _bool),
+    "KAFKA_SECURITY_PROTOCOL": ("kafka_security_protocol", str),
+    "KAFKA_SASL_MECHANISM": ("kafka_sasl_mechanism", str),
+    "KAFKA_SASL_USERNAME": ("kafka_sasl_username", str),
+    "KAFKA_SASL_PASSWORD": ("kafka_sasl_password", str),
+    "MONGODB_WRITE_CONCERN": ("mongodb_write_concern", str),
+    "MONGODB_RETRY_TIMEOUT": ("mongodb_retry_timeout_s", parse_duration),
+    "HEALTH_PORT": ("health_port", int),
+    "HEALTH_STALL_AFTER": ("health_stall_after_s", parse_duration),
 }
+_SECRET_SETTINGS = {"KAFKA_SASL_PASSWORD"}  # never on the command line (ps shows it): env only
 
 
 def _convert(setting: str, parser, raw: str):
     if parser is parse_duration:
         return parse_duration(setting, raw)
+    if setting in _SECRET_SETTINGS:
+        return raw
     try:
         return parser(raw)
     except ValueError:
@@ -119,19 +237,31 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(description="Real-time session segmentation job")
     for setting in _SETTINGS:
+        if setting in _SECRET_SETTINGS:
+            continue
         parser.add_argument("--" + setting.lower().replace("_", "-"), dest=setting, metavar="VALUE",
                             help=f"overrides ${setting}")
     parser.add_argument("--available-now", action="store_true",
                         help="process what is in the topic, then exit (backfills, tests)")
+    parser.add_argument("--kafka-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Kafka client option for the source, e.g. ssl.truststore.location=/x (repeatable; "
+                             "env: KAFKA_OPT_SSL_TRUSTSTORE_LOCATION)")
+    parser.add_argument("--reset-output", action="store_true",
+                        help="drop the job's output collections first (only with a new checkpoint)")
     args = parser.parse_args(list(argv or []))
     values = {}
-    for setting, (field, conv) in _SETTINGS.items():
-        raw = getattr(args, setting) if getattr(args, setting) is not None else env.get(setting)
+    for setting, (name, conv) in _SETTINGS.items():
+        flag = getattr(args, setting, None)
+        raw = flag if flag is not None else env.get(setting)
         if raw is not None and str(raw) != "":
-            values[field] = _convert(setting, conv, str(raw))
+            values[name] = _convert(setting, conv, str(raw))
     values["available_now"] = args.available_now
+    values["reset_output"] = args.reset_output
+    values["kafka_options"] = kafka_options_from(env, args.kafka_option)
     return AppConfig(**values)
 
 
 def describe(config: AppConfig) -> str:
-    return ", ".join(f"{f.name}={getattr(config, f.name)}" for f in fields(config) if f.name != "mongodb_uri")
+    hidden = {"mongodb_uri", "kafka_sasl_password", "kafka_options"}
+    shown = [f"{f.name}={getattr(config, f.name)}" for f in fields(config) if f.name not in hidden]
+    return ", ".join(shown + [f"kafka_options={[key for key, _ in config.kafka_options]}"])

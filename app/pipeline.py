@@ -18,7 +18,7 @@ from app.segments.rules import load_rules
 from app.sessions.stateful import sessionize
 from app.sinks import collections as out
 from app.sinks.exactly_once import apply_closed_sessions, closed_session_figures
-from app.sinks.mongo import client_for
+from app.sinks.mongo import Store
 
 log = logging.getLogger("behavior.sink")
 QUERY_NAME = "sessions"
@@ -41,11 +41,17 @@ def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
     return (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", config.kafka_bootstrap_servers)
+        .options(**config.kafka_client_options())
         .option("subscribe", config.kafka_topic)
         .option("startingOffsets", config.starting_offsets)
         .option("maxOffsetsPerTrigger", config.max_offsets_per_trigger)
+        .option("failOnDataLoss", str(config.kafka_fail_on_data_loss).lower())
         .load()
     )
+
+
+def store_for(config: AppConfig) -> Store:
+    return Store(config.mongodb_uri, config.mongodb_database, config.write_concern, config.mongodb_retry_timeout_s)
 
 
 def _count(condition: Column) -> Column:
@@ -70,8 +76,8 @@ def with_batch_metrics(rows: DataFrame) -> DataFrame:
 class SessionBatchWriter:
     """foreachBatch sink of the sessions query: events, sessions, then the closed-session aggregates."""
 
-    def __init__(self, config: AppConfig, checkpoint: str):
-        self.config = config
+    def __init__(self, store: Store, checkpoint: str):
+        self.store = store
         self.checkpoint = checkpoint
         self._run_id: str | None = None
 
@@ -82,7 +88,6 @@ class SessionBatchWriter:
         return self._run_id
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        uri, database = self.config.mongodb_uri, self.config.mongodb_database
         timer = _StepTimer()
         batch.persist()
         try:
@@ -90,12 +95,14 @@ class SessionBatchWriter:
             timer.step("read+parse+state")
             if rows == 0:
                 return
-            batch.foreachPartition(out.write_outputs(uri, database))
+            batch.foreachPartition(out.write_outputs(self.store))
             timer.step("writes")
             closed = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
             # Sorted, so the float sums come out bit-identical however the rows were partitioned.
             closed = sorted((closed_session_figures(json.loads(r.doc)) for r in closed), key=lambda s: s["session_id"])
-            apply_closed_sessions(client_for(uri)[database], self.run_id(), batch_id, closed)
+            # The whole step is idempotent per batch id (a crash replay takes the same path).
+            self.store.retrying("aggregates", lambda: apply_closed_sessions(self.store.db(), self.run_id(),
+                                                                            batch_id, closed))
             timer.step("aggregates")
             log.info("[%s] batch %d steps: %s (%d output rows)", QUERY_NAME, batch_id, timer, rows)
         finally:
@@ -129,10 +136,35 @@ def check_checkpoint(config: AppConfig) -> None:
             "and MONGODB_DATABASE)")
 
 
+def check_outputs(config: AppConfig, store: Store) -> None:
+    """Called by main() at start-up: a new checkpoint would add its sums to another run's
+    aggregates, so it is refused against a database that holds them, unless --reset-output."""
+    metadata = Path(config.checkpoint_dir, QUERY_NAME, "metadata")
+    run_id = json.loads(metadata.read_text())["id"] if metadata.is_file() else None
+    db = store.db()
+    if config.reset_output:
+        if run_id is not None:
+            raise InvalidConfigError(
+                f"--reset-output drops what the checkpoint in CHECKPOINT_DIR={config.checkpoint_dir} says is "
+                "written: delete that checkpoint too (make reset), or run without --reset-output")
+        for name in out.OUTPUTS:
+            db.drop_collection(name)
+        log.info("--reset-output: dropped %s in %s", ", ".join(out.OUTPUTS), config.mongodb_database)
+        return
+    others = {r for name in out.AGGREGATES for r in db[name].distinct("run_id")} - {run_id, None}
+    if others:
+        owner = "a new checkpoint" if run_id is None else f"the checkpoint's run {run_id}"
+        raise InvalidConfigError(
+            f"MONGODB_DATABASE={config.mongodb_database} holds the aggregates of another run "
+            f"({', '.join(sorted(others))}) and {owner} would add to them: pass --reset-output to drop "
+            "the job's outputs, or use another MONGODB_DATABASE (or that run's CHECKPOINT_DIR)")
+
+
 def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery]:
     load_rules(config.rules_file)  # fail at start-up, naming the field, before anything runs
     rules_document = yaml.safe_load(Path(config.rules_file).read_text(encoding="utf-8"))
-    out.ensure_indexes(client_for(config.mongodb_uri)[config.mongodb_database])
+    store = store_for(config)
+    store.retrying("indexes", lambda: out.ensure_indexes(store.db()))
 
     rows = (
         kafka_source(spark, config)
@@ -144,7 +176,7 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))
     writer = (rows.writeStream.queryName(QUERY_NAME).outputMode("update")
-              .foreachBatch(SessionBatchWriter(config, checkpoint)))
+              .foreachBatch(SessionBatchWriter(store, checkpoint)))
     return [_start(writer, checkpoint, config)]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 
 from app.config import AppConfig
+from app.sinks.mongo import redact
 
 
 class ServiceUnavailableError(RuntimeError):
@@ -32,15 +33,8 @@ def check_mongodb(config: AppConfig, timeout_s: float = 3.0) -> None:
         client.admin.command("ping")
     except PyMongoError as exc:
         raise ServiceUnavailableError(
-            f"the MongoDB-compatible server is not reachable at {_redact(config.mongodb_uri)} "
+            f"the MongoDB-compatible server is not reachable at {redact(config.mongodb_uri)} "
             f"(local stack: run 'make up' to start FerretDB; or set MONGODB_URI): {type(exc).__name__}") from None
     finally:
         client.close()
 
-
-def _redact(uri: str) -> str:
-    """Hide a password in a URI before printing it."""
-    if "@" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

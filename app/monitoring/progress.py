@@ -1,13 +1,18 @@
-"""One log line per micro-batch, and the same figures in the stream_progress collection."""
+"""One log line per micro-batch, the same figures in the stream_progress collection, and the
+health signal (app/monitoring/health.py). The listener never waits for MongoDB: documents go to
+a bounded queue that one thread writes, so a store outage cannot hold up Spark's listener bus."""
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from datetime import datetime
 
 from pyspark.sql.streaming import StreamingQueryListener
 
+from app.monitoring.health import Health, kafka_lag
 from app.sinks import collections as out
-from app.sinks.mongo import client_for
+from app.sinks.mongo import Store
 
 log = logging.getLogger("behavior.progress")
 BATCH_METRICS = "batch_metrics"  # app/pipeline.py with_batch_metrics
@@ -67,30 +72,74 @@ def open_sessions(db, doc: dict) -> int:
     return total["open_sessions"]
 
 
+def batch_lag(p) -> int | None:
+    """Records in the sources beyond what this batch processed (Kafka sources report both)."""
+    lags = [kafka_lag(source.latestOffset, source.endOffset) for source in p.sources]
+    return None if any(lag is None for lag in lags) else sum(lags)
+
+
 class ProgressReporter(StreamingQueryListener):
-    def __init__(self, mongodb_uri: str, database: str):
-        self.mongodb_uri, self.database = mongodb_uri, database
+    QUEUE_SIZE = 1000  # ~hours of batches; beyond it, during a long outage, the oldest documents are dropped
+
+    def __init__(self, store: Store, health: Health | None = None):
+        self.store, self.health = store, health
+        self.dropped = 0
+        self._names: dict[str, str] = {}  # query id -> name (idle and terminated events carry only the id)
+        self._pending: queue.Queue = queue.Queue(self.QUEUE_SIZE)
+        threading.Thread(target=self._write_loop, name="progress-writer", daemon=True).start()
 
     def onQueryStarted(self, event) -> None:
         log.info("query %s started (id %s)", event.name, event.id)
+        self._names[str(event.id)] = event.name
+        if self.health:
+            self.health.started(event.name, str(event.id))
 
     def onQueryProgress(self, event) -> None:
-        doc = progress_document(event.progress)
+        p = event.progress
+        doc = progress_document(p)
+        doc["kafka_lag"] = batch_lag(p)
+        if self.health:
+            self.health.progress(p.name, p.batchId, p.numInputRows, p.batchDuration, doc["kafka_lag"])
         if doc["input_rows"] == 0 and doc["sessions_closed"] == 0 and doc["state_users_updated"] == 0:
             return
         try:
-            db = client_for(self.mongodb_uri)[self.database]
-            doc["open_sessions"] = open_sessions(db, doc)
-            out.record_progress(db, doc)
-        except Exception as exc:  # monitoring must never stop the stream
-            log.warning("could not record progress: %s", exc)
-        log.info(progress_line(doc))
+            self._pending.put_nowait(doc)
+        except queue.Full:
+            self._pending.get_nowait()
+            self._pending.put_nowait(doc)
+            self.dropped += 1
+            log.warning("progress queue full (store down?): dropped the oldest document (%d so far)", self.dropped)
+
+    def _write_loop(self) -> None:
+        while True:
+            doc = self._pending.get()
+            try:
+                db = self.store.db()
+                doc["open_sessions"] = self.store.retrying("stream_progress", lambda: open_sessions(db, doc))
+                self.store.retrying("stream_progress", lambda: out.record_progress(db, doc))
+            except Exception as exc:  # monitoring must never stop the stream
+                log.warning("could not record progress of batch %s: %s", doc["batch_id"], exc)
+            log.info(progress_line(doc))
+            self._pending.task_done()
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Waits (bounded) until the queued documents are written: at a clean stop."""
+        done = threading.Event()
+        threading.Thread(target=lambda: (self._pending.join(), done.set()), daemon=True).start()
+        done.wait(timeout_s)
 
     def onQueryIdle(self, event) -> None:
-        pass
+        if self.health:
+            self.health.idle(self._name(event))
 
     def onQueryTerminated(self, event) -> None:
-        if event.exception:
-            log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
+        error = event.exception.splitlines()[0] if event.exception else None
+        if error:
+            log.error("query %s failed: %s", self._name(event), error)
         else:
-            log.info("query %s stopped", event.id)
+            log.info("query %s stopped", self._name(event))
+        if self.health:
+            self.health.terminated(self._name(event), error)
+
+    def _name(self, event) -> str:
+        return self._names.get(str(event.id), str(event.id))

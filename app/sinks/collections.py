@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
 
 from app import aggregates as A
-from app.sinks.mongo import client_for, insert_or_ignore, insert_returning_duplicates
+from app.sinks.mongo import Store, insert_or_ignore, insert_returning_duplicates
 
 SEGMENTS = "user_behavior_segments"
 DISTRIBUTION = "segment_distribution"
@@ -22,6 +22,9 @@ PROGRESS = "stream_progress"
 FUNNEL_USERS = "conversion_funnel_users"
 DISTRIBUTION_USERS = "segment_distribution_users"
 RAPID_ACTION_SECONDS = 2.0
+# Everything the job writes: what --reset-output drops.
+OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS)
+AGGREGATES = (FUNNEL, DISTRIBUTION)  # additive sums tagged with the run (query id) that made them
 
 
 def ensure_indexes(db) -> None:
@@ -91,27 +94,28 @@ SESSION_INSERT_CHUNK = 1000
 SESSION_REPLACE_CHUNK = 500
 
 
-def write_outputs(uri: str, database: str):
+def write_outputs(store: Store):
     """foreachPartition writer of one partition of the state step's output: bad records, events
-    (insert-or-ignore on _id), then sessions (first writes inserted, the rest replaced by _id)."""
+    (insert-or-ignore on _id), then sessions (first writes inserted, the rest replaced by _id).
+    Each step is idempotent, so a step cut short by a store outage is simply run again."""
     def write(rows) -> None:
-        db, now = client_for(uri)[database], _now()
+        db, now = store.db(), _now()
         quarantine, events, new_sessions, seen_sessions = [], [], [], []
         for row in rows:
             if row.kind == "event":
                 events.append(event_document(row, now))
             elif row.kind == "session":
-                pending, chunk = (new_sessions, SESSION_INSERT_CHUNK) if row.first_write else (seen_sessions, SESSION_REPLACE_CHUNK)
-                pending.append(row)
-                if len(pending) >= chunk:
-                    _write_session_rows(db[SEGMENTS], pending, insert=row.first_write)
-                    pending.clear()
+                (new_sessions if row.first_write else seen_sessions).append(row)
             elif row.kind == "quarantine":
                 quarantine.append(quarantine_document(row, now))
-        insert_or_ignore(db[QUARANTINE], quarantine)
-        insert_or_ignore(db[EVENTS], events)
-        _write_session_rows(db[SEGMENTS], new_sessions, insert=True)
-        _write_session_rows(db[SEGMENTS], seen_sessions, insert=False)
+        store.retrying("quarantined_events", lambda: insert_or_ignore(db[QUARANTINE], quarantine))
+        store.retrying("enriched_events", lambda: insert_or_ignore(db[EVENTS], events))
+        for start in range(0, len(new_sessions), SESSION_INSERT_CHUNK):
+            chunk = new_sessions[start:start + SESSION_INSERT_CHUNK]
+            store.retrying("new sessions", lambda: _write_session_rows(db[SEGMENTS], chunk, insert=True))
+        for start in range(0, len(seen_sessions), SESSION_REPLACE_CHUNK):
+            chunk = seen_sessions[start:start + SESSION_REPLACE_CHUNK]
+            store.retrying("session updates", lambda: _write_session_rows(db[SEGMENTS], chunk, insert=False))
     return write
 
 

@@ -1,22 +1,70 @@
-"""MongoDB I/O shared by the jobs: one client per Python worker, bulk writes, idempotent inserts."""
+"""MongoDB I/O shared by the jobs: one client per Python worker, bulk writes, idempotent inserts,
+and bounded retries that ride out a short store outage (DESIGN.md §16)."""
 from __future__ import annotations
 
-from typing import Iterable
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, TypeVar
 
 from pymongo import MongoClient
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, ConnectionFailure
 
 DUPLICATE_KEY = 11000
-_clients: dict[str, MongoClient] = {}
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+_clients: dict[tuple[str, str | int], MongoClient] = {}
+log = logging.getLogger("behavior.mongo")
+T = TypeVar("T")
 
 
-def client_for(uri: str) -> MongoClient:
+def client_for(uri: str, write_concern: str | int = 1) -> MongoClient:
     """Executors reuse Python workers, so one client per worker process serves every batch."""
-    client = _clients.get(uri)
+    client = _clients.get((uri, write_concern))
     if client is None:
-        client = MongoClient(uri, w=1, retryWrites=True, serverSelectionTimeoutMS=10_000)
-        _clients[uri] = client
+        client = MongoClient(uri, w=write_concern, retryWrites=True,
+                             serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS)
+        _clients[(uri, write_concern)] = client
     return client
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the job writes, and how patiently: shipped to the executors with the write function."""
+    uri: str
+    database: str
+    write_concern: str | int = 1
+    retry_timeout_s: float = 120.0
+
+    def db(self):
+        return client_for(self.uri, self.write_concern)[self.database]
+
+    def retrying(self, step: str, call: Callable[[], T]) -> T:
+        """Runs an idempotent step, again and again while the server is unreachable (connection
+        refused or reset, no server selectable), with backoff, for at most retry_timeout_s; then
+        the last error propagates and fails the batch. Other errors propagate at once."""
+        deadline, delay, attempt = time.monotonic() + self.retry_timeout_s, 1.0, 1
+        while True:
+            try:
+                return call()
+            except ConnectionFailure as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConnectionFailure(f"MongoDB at {redact(self.uri)} unreachable for "
+                                            f"{self.retry_timeout_s:g} s (MONGODB_RETRY_TIMEOUT) during "
+                                            f"{step}: {exc}") from exc
+                wait = min(delay, left)
+                log.warning("MongoDB unreachable during %s (attempt %d: %s); retrying in %.0f s, %.0f s left",
+                            step, attempt, type(exc).__name__, wait, left)
+                time.sleep(wait)
+                delay, attempt = min(delay * 2, 15.0), attempt + 1
+
+
+def redact(uri: str) -> str:
+    """Hide a password in a URI before printing it."""
+    if "@" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 def insert_or_ignore(collection, docs: Iterable[dict], chunk: int = 1000) -> int:

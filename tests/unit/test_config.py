@@ -47,6 +47,16 @@ def test_env_vars(tmp_path):
         "SESSION_ID_RETENTION": "90 days",
         "STARTING_OFFSETS": "latest",
         "SHUFFLE_PARTITIONS": "8",
+        "KAFKA_FAIL_ON_DATA_LOSS": "false",
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": "job",
+        "KAFKA_SASL_PASSWORD": "s3cret",
+        "KAFKA_OPT_SSL_TRUSTSTORE_LOCATION": "/etc/kafka/truststore.jks",
+        "MONGODB_WRITE_CONCERN": "majority",
+        "MONGODB_RETRY_TIMEOUT": "90s",
+        "HEALTH_PORT": "0",
+        "HEALTH_STALL_AFTER": "10 minutes",
     }
     config = load_config([], env)
     assert dataclasses.asdict(config) == {
@@ -65,6 +75,17 @@ def test_env_vars(tmp_path):
         "starting_offsets": "latest",
         "available_now": False,
         "shuffle_partitions": 8,
+        "kafka_fail_on_data_loss": False,
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_sasl_username": "job",
+        "kafka_sasl_password": "s3cret",
+        "kafka_options": (("kafka.ssl.truststore.location", "/etc/kafka/truststore.jks"),),
+        "mongodb_write_concern": "majority",
+        "mongodb_retry_timeout_s": 90.0,
+        "health_port": 0,
+        "health_stall_after_s": 600.0,
+        "reset_output": False,
     }
 
 
@@ -174,3 +195,59 @@ def test_config_is_frozen_and_checks_itself():
         config.kafka_topic = "other"  # type: ignore[misc]
     with pytest.raises(InvalidConfigError, match="MAX_OFFSETS_PER_TRIGGER"):
         AppConfig(max_offsets_per_trigger=0)
+
+
+def test_kafka_client_options_carry_sasl_and_pass_through_options():
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "job",
+           "KAFKA_SASL_PASSWORD": 'p"w', "KAFKA_OPT_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "https"}
+    options = load_config(["--kafka-option", "request.timeout.ms=60000"], env).kafka_client_options()
+    assert options == {
+        "kafka.security.protocol": "SASL_PLAINTEXT",
+        "kafka.sasl.mechanism": "PLAIN",
+        "kafka.sasl.jaas.config": 'org.apache.kafka.common.security.plain.PlainLoginModule required '
+                                  'username="job" password="p\\"w";',
+        "kafka.ssl.endpoint.identification.algorithm": "https",
+        "kafka.request.timeout.ms": "60000",
+    }
+    assert load_config([], {}).kafka_client_options() == {"kafka.security.protocol": "PLAINTEXT"}
+
+
+def test_secrets_are_env_only_and_never_described():
+    config = load_config([], {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "job",
+                              "KAFKA_SASL_PASSWORD": "hunter2", "KAFKA_OPT_SSL_KEY_PASSWORD": "hunter3"})
+    from app.config import describe
+    assert "hunter2" not in describe(config) and "hunter3" not in describe(config)
+    assert "hunter2" not in repr(config)
+    with pytest.raises(SystemExit):
+        load_config(["--kafka-sasl-password", "x"], {})
+
+
+def test_write_concern_is_majority_on_a_replica_set_unless_set():
+    assert load_config([], {}).write_concern == 1
+    assert load_config([], {"MONGODB_URI": "mongodb://a,b,c/?replicaSet=rs0"}).write_concern == "majority"
+    assert load_config([], {"MONGODB_URI": "mongodb://a/?replicaSet=rs0",
+                            "MONGODB_WRITE_CONCERN": "1"}).write_concern == 1
+    assert load_config([], {"MONGODB_WRITE_CONCERN": "2"}).write_concern == 2
+
+
+@pytest.mark.parametrize("env, setting", [
+    ({"KAFKA_FAIL_ON_DATA_LOSS": "maybe"}, "KAFKA_FAIL_ON_DATA_LOSS"),
+    ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u"}, "KAFKA_SASL_PASSWORD"),
+    ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "GSSAPI", "KAFKA_SASL_USERNAME": "u",
+      "KAFKA_SASL_PASSWORD": "p"}, "KAFKA_SASL_MECHANISM"),
+    ({"KAFKA_OPT_BOOTSTRAP_SERVERS": "x:1"}, "KAFKA_BOOTSTRAP_SERVERS"),
+    ({"KAFKA_OPT_SASL_JAAS_CONFIG": "x"}, "KAFKA_SASL_USERNAME"),
+    ({"MONGODB_WRITE_CONCERN": "all"}, "MONGODB_WRITE_CONCERN"),
+    ({"MONGODB_RETRY_TIMEOUT": "soon"}, "MONGODB_RETRY_TIMEOUT"),
+    ({"HEALTH_PORT": "70000"}, "HEALTH_PORT"),
+    ({"HEALTH_STALL_AFTER": "1m"}, "HEALTH_STALL_AFTER"),
+])
+def test_operations_settings_fail_naming_the_setting(env, setting):
+    with pytest.raises(InvalidConfigError, match=setting):
+        load_config([], env)
+
+
+def test_kafka_option_flag_must_be_key_value():
+    with pytest.raises(InvalidConfigError, match="--kafka-option"):
+        load_config(["--kafka-option", "novalue"], {})

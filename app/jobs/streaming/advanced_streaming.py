@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
+from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file by spark-submit: make `app` importable
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
@@ -25,21 +27,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv if argv is not None else sys.argv[1:])
         load_rules(config.rules_file)
-        from app.pipeline import check_checkpoint
+        from app.pipeline import check_checkpoint, check_outputs, store_for
         check_checkpoint(config)
         check_kafka(config)
         check_mongodb(config)
+        store = store_for(config)
+        check_outputs(config, store)
     except (InvalidConfigError, ServiceUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    from app.monitoring.health import Health, HealthServer
     from app.monitoring.progress import ProgressReporter
     from app.pipeline import build_spark, start_queries
 
     log.info("starting: %s", describe(config))
+    health = Health(config.health_stall_after_s)
+    server = HealthServer(health, config.health_port, Path(config.checkpoint_dir, "health.json")).start()
     spark = build_spark(config)
     spark.sparkContext.setLogLevel("WARN")
-    spark.streams.addListener(ProgressReporter(config.mongodb_uri, config.mongodb_database))
+    reporter = ProgressReporter(store, health)
+    spark.streams.addListener(reporter)
     queries = start_queries(spark, config)
     log.info("query %s running; Spark UI: %s", [q.name for q in queries], spark.sparkContext.uiWebUrl)
 
@@ -49,11 +57,47 @@ def main(argv: list[str] | None = None) -> int:
             q.stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for q in queries:
-        q.awaitTermination()
-    failed = [q for q in queries if q.exception() is not None]
+    stalled = watch(spark, health, log)
+    if stalled:  # a hung batch may never return: leave now, the restart replays it exactly
+        server.write()
+        print(f"error: {stalled}", file=sys.stderr, flush=True)
+        os._exit(3)
+    failed = [(q.name, q.exception()) for q in queries if q.exception() is not None]
+    for q in queries:  # one query down means the job is down: never run half-alive
+        if q.isActive:
+            q.stop()
+    reporter.flush()
+    server.stop()
     spark.stop()
+    for name, exc in failed:
+        print(f"error: query {name} failed: {failure_cause(str(exc))}", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def watch(spark, health, log) -> str | None:
+    """Waits until any query terminates (returns None) or the health verdict says the job is
+    stalled (returns why)."""
+    while True:
+        try:
+            if spark.streams.awaitAnyTermination(5):
+                return None
+        except Exception:  # noqa: BLE001 (StreamingQueryException: the failure is read back from the query)
+            return None
+        snapshot = health.snapshot()
+        if not snapshot["live"]:
+            log.error("not live: %s", snapshot["reason"])
+            return snapshot["reason"]
+
+
+_PYTHON_ERROR = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Failure|Timeout)[\w]*): (.+)$")
+
+
+def failure_cause(message: str) -> str:
+    """A query's failure (Spark's wrapper, a Python traceback, a JVM stack) -> its root cause, one line."""
+    lines = message.splitlines()
+    causes = [f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}" for m in map(_PYTHON_ERROR.match, lines) if m]
+    cause = causes[-1] if causes else (lines[0] if lines else "unknown error")
+    return cause if len(cause) <= 300 else cause[:297] + "..."
 
 
 if __name__ == "__main__":
