@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import sys
 import time
@@ -161,7 +162,19 @@ def open_producer(bootstrap: str, connect_timeout_s: float):
               "max_block_ms": int(max(connect_timeout_s, 10) * 1000)}
     if "bootstrap_timeout_ms" in KafkaProducer.DEFAULT_CONFIG:  # kafka-python >= 3 waits 30 s otherwise
         config["bootstrap_timeout_ms"] = int(connect_timeout_s * 1000)
-    return KafkaProducer(**config)
+    return KafkaProducer(**config, **kafka_security(os.environ))
+
+
+def kafka_security(env) -> dict:
+    """The job's Kafka security settings (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*) in kafka-python's
+    terms, so the generator reaches the same secured broker as the job."""
+    protocol = env.get("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT"
+    options = {"security_protocol": protocol}
+    if protocol.startswith("SASL_"):
+        options.update(sasl_mechanism=env.get("KAFKA_SASL_MECHANISM") or "PLAIN",
+                       sasl_plain_username=env.get("KAFKA_SASL_USERNAME", ""),
+                       sasl_plain_password=env.get("KAFKA_SASL_PASSWORD", ""))
+    return options
 
 
 class _Progress:

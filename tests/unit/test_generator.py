@@ -241,3 +241,12 @@ def test_redeliveries_repeat_about_the_ratio_of_events_soon_after_the_original()
             assert 0 < position - firsts[event_id] <= 40
         firsts.setdefault(event_id, position)
     assert with_redeliveries(events, 0.0, random.Random(3)) == events
+
+
+def test_the_generator_uses_the_jobs_kafka_security_settings():
+    from app.generator.cli import kafka_security
+    assert kafka_security({}) == {"security_protocol": "PLAINTEXT"}
+    assert kafka_security({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                           "KAFKA_SASL_USERNAME": "gen", "KAFKA_SASL_PASSWORD": "pw"}) == {
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "gen", "sasl_plain_password": "pw"}

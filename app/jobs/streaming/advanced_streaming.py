@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file by spark-submit: make `app` importable
@@ -51,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     queries = start_queries(spark, config)
     log.info("query %s running; Spark UI: %s", [q.name for q in queries], spark.sparkContext.uiWebUrl)
 
-    def stop(signum, _frame):
+    stopping = threading.Event()
+
+    def stop(signum, _frame):  # only a flag: a Py4J call may be in progress on this very thread
         log.info("signal %s: stopping queries", signum)
-        for q in queries:
-            q.stop()
+        stopping.set()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    stalled = watch(spark, health, log)
+    stalled = watch(spark, health, stopping, log)
     if stalled:  # a hung batch may never return: leave now, the restart replays it exactly
         server.write()
         print(f"error: {stalled}", file=sys.stderr, flush=True)
@@ -74,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def watch(spark, health, log) -> str | None:
-    """Waits until any query terminates (returns None) or the health verdict says the job is
-    stalled (returns why)."""
-    while True:
+def watch(spark, health, stopping: threading.Event, log) -> str | None:
+    """Waits until any query terminates or a signal asks to stop (returns None), or the health
+    verdict says the job is stalled (returns why)."""
+    while not stopping.is_set():
         try:
             if spark.streams.awaitAnyTermination(5):
                 return None
@@ -87,6 +89,7 @@ def watch(spark, health, log) -> str | None:
         if not snapshot["live"]:
             log.error("not live: %s", snapshot["reason"])
             return snapshot["reason"]
+    return None
 
 
 _PYTHON_ERROR = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Failure|Timeout)[\w]*): (.+)$")

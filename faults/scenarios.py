@@ -1,0 +1,157 @@
+"""The fault scenarios (DESIGN.md §16, `make faults`). Each returns one row: scenario, events sent,
+distinct events in the store, events counted twice, lost, recovered without a human, seconds
+to recover, and what the job did (its exits and their one-line causes).
+
+The job consumes a backlog in small batches (MAX_OFFSETS_PER_TRIGGER) while the fault hits, so
+batch boundaries are set by offsets and the faulted run can be compared document by document
+with an uninterrupted run of the same topic: equality of every collection is the test.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from pymongo import MongoClient
+
+from faults.harness import (MONGODB_URI, WORK, SupervisedJob, Workload, differences, drop, say, service,
+                            snapshot, store_counts, wait_until)
+
+BATCH = {"MAX_OFFSETS_PER_TRIGGER": "200"}
+
+
+def reference(workload: Workload) -> dict:
+    """The uninterrupted run of the workload: what every faulted run must end up equal to."""
+    database = workload.topic + "_ref"
+    job = SupervisedJob("reference", workload.topic, database, **BATCH)
+    shutil.rmtree(job.checkpoint, ignore_errors=True)
+    result = job.run_once("--available-now", "--reset-output")
+    if result.returncode != 0:
+        raise RuntimeError("the reference run failed:\n" + (result.stdout + result.stderr)[-3000:])
+    expected = snapshot(database)
+    drop(database)
+    return expected
+
+
+def _batches(database: str) -> int:
+    client = MongoClient(MONGODB_URI)
+    try:
+        return client[database].stream_progress.count_documents({"query": "sessions"})
+    finally:
+        client.close()
+
+
+def faulted_run(name: str, workload: Workload, expected: dict, inject, timeout_s: float = 900,
+                checkpoint_dir: Path | None = None, **env: str) -> dict:
+    """Starts the supervised job, lets it finish a few batches, runs `inject(job)` (which returns
+    when the fault is over), then waits until every collection equals the reference."""
+    database = f"{workload.topic}_{name}".replace("-", "_")[:60]
+    drop(database)
+    job = SupervisedJob(name, workload.topic, database, checkpoint_dir=checkpoint_dir, **{**BATCH, **env})
+    shutil.rmtree(job.checkpoint, ignore_errors=True)
+    say(f"{name}: starting the job on {workload.topic} ({workload.records} records)")
+    job.start()
+    try:
+        wait_until(lambda: _batches(database) >= 3, 300, f"{name}: three batches")
+        fault_started = time.time()
+        note = inject(job) or ""
+        fault_ended = time.time()
+        recovered = True
+        try:
+            wait_until(lambda: _caught_up(database, workload) and snapshot(database) == expected, timeout_s,
+                       f"{name}: outputs equal to the uninterrupted run", interval_s=3)
+        except TimeoutError:
+            recovered = False
+        recover_s = time.time() - fault_ended
+    finally:
+        job.stop()
+    actual = snapshot(database)
+    row = {"scenario": name, **store_counts(database, workload), "recovered": recovered,
+           "equal_to_reference": not differences(expected, actual), "differences": differences(expected, actual),
+           "fault_s": round(fault_ended - fault_started, 1), "recover_s": round(recover_s, 1),
+           "exits": len(job.exits), "causes": sorted({e["error"] or f"exit {e['code']}" for e in job.exits}),
+           "note": note}
+    say(f"{name}: {row}")
+    drop(database)
+    return row
+
+
+def _caught_up(database: str, workload: Workload) -> bool:
+    client = MongoClient(MONGODB_URI)
+    try:
+        db = client[database]
+        return (db.enriched_events.count_documents({}) >= workload.events
+                and db.quarantined_events.count_documents({}) >= len(workload.malformed))
+    finally:
+        client.close()
+
+
+def store_outage(workload: Workload, expected: dict, seconds: float = 60) -> dict:
+    """The MongoDB-compatible server stopped for `seconds` while the job is mid-stream."""
+    def inject(job):
+        service("down", "mongo")
+        time.sleep(seconds)
+        service("up", "mongo")
+        return f"FerretDB down {seconds:.0f} s"
+    return faulted_run("store-outage", workload, expected, inject)
+
+
+def broker_restart(workload: Workload, expected: dict, seconds: float = 15) -> dict:
+    """Kafka stopped and started again while the job is mid-stream (its data survives)."""
+    def inject(job):
+        service("down", "kafka")
+        time.sleep(seconds)
+        service("up", "kafka")
+        return f"Kafka down {seconds:.0f} s"
+    return faulted_run("broker-restart", workload, expected, inject)
+
+
+def kill_9(workload: Workload, expected: dict, kills: int = 5, seed: int = 3) -> dict:
+    """kill -9 of the driver at random points inside batches; the supervisor restarts it."""
+    rng = random.Random(seed)
+
+    def inject(job):
+        for i in range(kills):
+            batches = _batches(job.database)
+            wait_until(lambda: _batches(job.database) > batches, 300, f"a batch before kill {i + 1}", 0.2)
+            time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside the next batch
+            job.kill_hard()
+            wait_until(lambda: len(job.exits) > i, 60, f"the supervisor to see kill {i + 1}", 0.2)
+        return f"{kills} kills"
+    return faulted_run("kill-9", workload, expected, inject)
+
+
+def data_faults(name: str, workload: Workload) -> dict:
+    """Duplicates or poison records in the topic: nothing to recover from, everything to count."""
+    expected = reference(workload)
+    row = faulted_run(name, workload, expected, lambda job: None)
+    row["note"] = (f"{workload.copies} copies sent, {len(workload.malformed)} malformed records, "
+                   f"{row['quarantined']} quarantined")
+    return row
+
+
+def checkpoint_disk_full(workload: Workload, expected: dict, size_mb: int = 256, full_s: float = 30) -> dict:
+    """The checkpoint on a small tmpfs, filled up mid-stream for `full_s`, then freed."""
+    mount = WORK / "small-checkpoint-fs"
+    mount.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        return {"scenario": "checkpoint-disk-full", "skipped": f"mount tmpfs failed: {mounted.stderr.strip()}"}
+
+    def inject(job):
+        filler = mount / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+        exits = len(job.exits)
+        try:
+            wait_until(lambda: len(job.exits) > exits, 120, "the job to stop on the full disk", 1)
+            time.sleep(full_s)
+        finally:
+            filler.unlink()
+        return f"checkpoint fs full; job exits while full: {len(job.exits) - exits}"
+    try:
+        return faulted_run("checkpoint-disk-full", workload, expected, inject, checkpoint_dir=mount / "ckpt")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
