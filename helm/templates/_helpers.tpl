@@ -91,25 +91,120 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s-%v.%s-headless.%s.svc.%s:27017" $sts (index . 1) $sts $root.Release.Namespace $root.Values.clusterDomain -}}
 {{- end -}}
 
-{{/* MONGODB_URI: the chart's MongoDB (every member + replicaSet when it is one), or the external URI. */}}
+{{/*
+seg.mongodbUri (list $ USER PASSWORD): the chart's MongoDB (every member + replicaSet when it
+is one; with USER, its credentials and authSource=admin, where the chart creates its users), or
+the external URI.
+*/}}
 {{- define "seg.mongodbUri" -}}
-{{- if .Values.mongodb.enabled -}}
-{{- if .Values.mongodb.replicaSet.enabled -}}
-{{- $hosts := list -}}
-{{- range $i := until (int .Values.mongodb.replicaSet.replicas) -}}
-{{- $hosts = append $hosts (include "seg.mongodbHost" (list $ $i)) -}}
+{{- $root := index . 0 -}}
+{{- $user := index . 1 -}}
+{{- $m := $root.Values.mongodb -}}
+{{- if $m.enabled -}}
+{{- $hosts := list (printf "%s:27017" (include "seg.component" (list $root "mongodb"))) -}}
+{{- $params := list -}}
+{{- if $m.replicaSet.enabled -}}
+{{- $hosts = list -}}
+{{- range $i := until (int $m.replicaSet.replicas) -}}
+{{- $hosts = append $hosts (include "seg.mongodbHost" (list $root $i)) -}}
 {{- end -}}
-{{- printf "mongodb://%s/?replicaSet=%s" (join "," $hosts) .Values.mongodb.replicaSet.name -}}
-{{- else -}}
-{{- printf "mongodb://%s:27017/" (include "seg.component" (list . "mongodb")) -}}
+{{- $params = append $params (printf "replicaSet=%s" $m.replicaSet.name) -}}
 {{- end -}}
+{{- $userinfo := "" -}}
+{{- if $user -}}
+{{- $userinfo = printf "%s:%s@" (urlquery $user) (urlquery (index . 2)) -}}
+{{- $params = append $params "authSource=admin" -}}
+{{- end -}}
+{{- printf "mongodb://%s%s/" $userinfo (join "," $hosts) -}}
+{{- if $params }}?{{ join "&" $params }}{{ end -}}
 {{- else -}}
-{{- required "mongodb.externalUri (or mongodb.existingSecret) is required when mongodb.enabled=false" .Values.mongodb.externalUri -}}
+{{- required "mongodb.externalUri (or mongodb.existingSecret) is required when mongodb.enabled=false" $m.externalUri -}}
 {{- end -}}
 {{- end -}}
 
+{{/* "true" when the chart runs MongoDB with authentication. */}}
+{{- define "seg.mongodbAuth" -}}
+{{- if and .Values.mongodb.enabled .Values.mongodb.auth.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret the chart generates for MongoDB: the URIs, and with auth the passwords and key file. */}}
+{{- define "seg.mongodbCredentialsName" -}}
+{{- include "seg.component" (list . "mongodb-credentials") -}}
+{{- end -}}
+
+{{/* The Secret with the server-side credentials (mongodb-*-password, mongodb-replica-set-key). */}}
+{{- define "seg.mongodbAuthSecretName" -}}
+{{- default (include "seg.mongodbCredentialsName" .) .Values.mongodb.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The Secret the pods read MONGODB_URI (and MONGODB_API_URI) from. */}}
 {{- define "seg.mongodbSecretName" -}}
-{{- default (include "seg.component" (list . "mongodb-uri")) .Values.mongodb.existingSecret -}}
+{{- if .Values.mongodb.existingSecret -}}
+{{- .Values.mongodb.existingSecret -}}
+{{- else if and (include "seg.mongodbAuth" .) .Values.mongodb.auth.existingSecret -}}
+{{- .Values.mongodb.auth.existingSecret -}}
+{{- else -}}
+{{- include "seg.mongodbCredentialsName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checksum of what the MongoDB URIs depend on, except the passwords (random until the Secret
+exists, so hashing them would restart the driver on the first upgrade): a new host list,
+user or Secret restarts the driver.
+*/}}
+{{- define "seg.mongodbUriChecksum" -}}
+{{- $secret := include "seg.mongodbSecretName" . -}}
+{{- $uri := "" -}}
+{{- if eq $secret (include "seg.mongodbCredentialsName" .) -}}
+{{- $uri = include "seg.mongodbUri" (list . "" "") -}}
+{{- end -}}
+{{- list $secret $uri .Values.mongodb.auth | toJson | sha256sum -}}
+{{- end -}}
+
+{{/*
+seg.secretValue (list $ SECRET-DATA KEY LENGTH): the value KEY had in an existing Secret's data
+(from lookup), else LENGTH random letters and digits. Keeps generated passwords stable across
+upgrades; `helm template` (no cluster) always generates.
+*/}}
+{{- define "seg.secretValue" -}}
+{{- $old := index (index . 1) (index . 2) | default "" | b64dec -}}
+{{- $old | default (randAlphaNum (int (index . 3))) -}}
+{{- end -}}
+
+{{- define "seg.kafkaSaslSecretName" -}}
+{{- default (include "seg.component" (list . "kafka-sasl")) .Values.kafka.sasl.existingSecret -}}
+{{- end -}}
+
+{{/* Kafka client login of the driver, the generator and the topic init container (kafka.sasl). */}}
+{{- define "seg.kafkaSaslEnv" -}}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: SASL_PLAINTEXT
+- name: KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ .Values.kafka.sasl.username | quote }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "seg.kafkaSaslSecretName" . }}
+      key: client-password
+{{- end -}}
+
+{{/* seg.podPeer (list $ "component"): a NetworkPolicyPeer for the release's pods of one component. */}}
+{{- define "seg.podPeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "seg.selectorLabels" . | nindent 6 }}
+{{- end -}}
+
+{{/* NetworkPolicyPeers of the executors: the chart's workers, or networkPolicy.externalExecutors. */}}
+{{- define "seg.executorPeers" -}}
+{{- if .Values.spark.enabled -}}
+{{ include "seg.podPeer" (list . "spark-worker") }}
+{{- else if .Values.networkPolicy.externalExecutors -}}
+{{ toYaml .Values.networkPolicy.externalExecutors }}
+{{- end -}}
 {{- end -}}
 
 {{- define "seg.rulesContent" -}}
@@ -136,6 +231,8 @@ Env vars every container of the app image gets: */}}
 {{/*
 seg.waitForKafka: init container that waits for Kafka and creates the topic (idempotent),
 run from the Kafka image so its own tools do the work. Bounded: fails after ~10 minutes.
+With kafka.sasl it logs in through a client properties file written at run time from its env
+into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
 */}}
 {{- define "seg.waitForKafka" -}}
 - name: kafka-topic
@@ -144,8 +241,19 @@ run from the Kafka image so its own tools do the work. Bounded: fails after ~10 
   command: ["/bin/bash", "-c"]
   args:
     - |
+      login=()
+      if [[ -n "${KAFKA_SASL_PASSWORD:-}" ]]; then
+        case "$KAFKA_SASL_MECHANISM" in
+          PLAIN) module=org.apache.kafka.common.security.plain.PlainLoginModule ;;
+          *) module=org.apache.kafka.common.security.scram.ScramLoginModule ;;
+        esac
+        (umask 077 && printf '%s\n' "security.protocol=$KAFKA_SECURITY_PROTOCOL" "sasl.mechanism=$KAFKA_SASL_MECHANISM" \
+          "sasl.jaas.config=$module required username=\"$KAFKA_SASL_USERNAME\" password=\"$KAFKA_SASL_PASSWORD\";" \
+          > /tmp/kafka-client.properties)
+        login=(--command-config /tmp/kafka-client.properties)
+      fi
       for i in {1..120}; do
-        /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" --create --if-not-exists \
+        /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" "${login[@]}" --create --if-not-exists \
           --topic "$KAFKA_TOPIC" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR" && exit 0
         echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS ($i/120)"; sleep 5
       done
@@ -163,6 +271,9 @@ run from the Kafka image so its own tools do the work. Bounded: fails after ~10 
       value: "-Xmx256m"
     - name: LOG_DIR
       value: /tmp
+    {{- if .Values.kafka.sasl.enabled }}
+    {{- include "seg.kafkaSaslEnv" . | nindent 4 }}
+    {{- end }}
   securityContext:
     {{- toYaml .Values.containerSecurityContext | nindent 4 }}
   resources:

@@ -5,83 +5,22 @@ them first when they are missing or older than the chart), and checks the wiring
 deployment depends on: the driver submits to the chart's master with the baked Kafka
 connector, the checkpoint volume sits at CHECKPOINT_DIR, the UIs have Services, the
 generator and the job find Kafka, and the check itself fails on a broken chart.
+Health probes, credentials, SASL and NetworkPolicies: test_chart_security.py.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm"
-HELM_CHECK = ROOT / "deploy" / "local" / "helm_check.sh"
-STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".local"))
-RENDER_DIR = STACK_DIR / "helm-rendered"
-RULES_FILE = ROOT / "app" / "rules" / "segments_v1.yaml"
-VALUE_SETS = ["default", "production"] + sorted(
-    "ci-" + p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
+from chart_manifests import (CHART, RULES_FILE, ROOT, VALUE_SETS, container, env_of, flag, named, one, pod_spec,
+                             rendered, run_helm_check, service_port_reaches, workloads)
 
-
-def run_helm_check(*parts: str, chart: Path = CHART, out: Path = RENDER_DIR) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HELM_CHART_DIR=str(chart), HELM_RENDER_DIR=str(out))
-    return subprocess.run(["bash", str(HELM_CHECK), *parts], env=env, capture_output=True, text=True, timeout=1800)
-
-
-def _newest_input_mtime() -> float:
-    inputs = [p for p in CHART.rglob("*") if p.is_file()] + [RULES_FILE, HELM_CHECK]
-    return max(p.stat().st_mtime for p in inputs)
-
-
-@pytest.fixture(scope="session")
-def rendered() -> dict[str, list[dict]]:
-    outputs = [RENDER_DIR / f"{name}.yaml" for name in VALUE_SETS]
-    if not all(p.is_file() for p in outputs) or min(p.stat().st_mtime for p in outputs) < _newest_input_mtime():
-        result = run_helm_check("render")
-        assert result.returncode == 0, f"helm_check.sh render failed:\n{result.stderr[-4000:]}"
-    return {name: [d for d in yaml.safe_load_all((RENDER_DIR / f"{name}.yaml").read_text()) if d]
-            for name in VALUE_SETS}
-
-
-def one(docs: list[dict], kind: str, component: str) -> dict:
-    found = [d for d in docs if d["kind"] == kind
-             and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
-    assert len(found) == 1, f"expected one {kind} of component {component}, found {len(found)}"
-    return found[0]
-
-
-def named(docs: list[dict], kind: str, name: str) -> dict:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} named {name}, found {len(found)}"
-    return found[0]
-
-
-def container(workload: dict, name: str) -> dict:
-    return next(c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name)
-
-
-def env_of(c: dict) -> dict[str, object]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
-
-
-def flag(args: list[str], name: str) -> str:
-    assert name in args, f"{name} missing from {args}"
-    return args[args.index(name) + 1]
-
-
-def service_port_reaches(docs: list[dict], service: dict, port: int, workload: dict) -> None:
-    """The Service exposes `port`, selects the workload's pods, and targets a port they declare."""
-    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    sp = next((p for p in service["spec"]["ports"] if p["port"] == port), None)
-    assert sp is not None, f"{service['metadata']['name']} does not expose {port}"
-    declared = {(p["name"], p["containerPort"]) for c in workload["spec"]["template"]["spec"]["containers"]
-                for p in c.get("ports", [])}
-    assert (sp["targetPort"], port) in declared or sp["targetPort"] == port
+__all__ = ["rendered"]  # the fixture, imported for pytest
 
 
 def dockerfile_env(name: str) -> str:
@@ -142,9 +81,10 @@ def test_master_keeps_its_state_on_a_volume(rendered):
     named(rendered["default"], "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
 
 
-def test_ui_services_expose_4040_and_8080(rendered):
+def test_ui_and_health_services_expose_4040_8090_and_8080(rendered):
     docs = rendered["default"]
-    service_port_reaches(docs, one(docs, "Service", "streaming"), 4040, one(docs, "Deployment", "streaming"))
+    for port in (4040, 8090):
+        service_port_reaches(docs, one(docs, "Service", "streaming"), port, one(docs, "Deployment", "streaming"))
     service_port_reaches(docs, one(docs, "Service", "spark-master"), 8080, one(docs, "Deployment", "spark-master"))
 
 
@@ -202,14 +142,21 @@ def test_mongodb_uri_comes_from_the_secret(rendered, value_set):
     secret = one(docs, "Secret", "mongodb")
     ref = env_of(container(one(docs, "Deployment", "streaming"), "driver"))["MONGODB_URI"]["secretKeyRef"]
     assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "MONGODB_URI")
-    uri = secret["stringData"]["MONGODB_URI"]
+    uri = urlsplit(secret["stringData"]["MONGODB_URI"])
+    query = parse_qs(uri.query)
     mongo = one(docs, "StatefulSet", "mongodb")
+    members = uri.netloc.rpartition("@")[2].split(",")
     if value_set == "production":
-        assert mongo["spec"]["replicas"] == 3 and uri.endswith("/?replicaSet=rs0") and uri.count(":27017") == 3
-        assert "--replSet" in container(mongo, "mongodb")["args"]
-        assert one(docs, "Job", "mongodb")["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+        assert mongo["spec"]["replicas"] == 3 and query["replicaSet"] == ["rs0"] and len(members) == 3
+        assert flag(container(mongo, "mongodb")["args"], "--replSet") == "rs0"
+        # Initiated by a Job of this revision, not a post-install hook: `helm install --wait`
+        # would run such a hook only after the driver is ready, which needs the initiated set.
+        init = one(docs, "Job", "mongodb-init")
+        assert "helm.sh/hook" not in init["metadata"].get("annotations", {})
+        assert "rs.initiate(" in container(init, "mongodb-init")["args"][0]
     else:
-        assert mongo["spec"]["replicas"] == 1 and "replicaSet" not in uri
+        assert mongo["spec"]["replicas"] == 1 and "replicaSet" not in query
+        assert members == [f"{named(docs, 'Service', mongo['metadata']['name'])['metadata']['name']}:27017"]
 
 
 def test_rules_configmap_holds_the_app_rules_file(rendered):
@@ -224,13 +171,11 @@ def test_rules_configmap_holds_the_app_rules_file(rendered):
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
 
 
-@pytest.mark.parametrize("value_set", ["default", "production"])
+@pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_pods_run_non_root_with_limits_and_probes(rendered, value_set):
     app_image = None
-    for d in rendered[value_set]:
-        if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
-            continue
-        pod = d["spec"]["template"]["spec"]
+    for d in workloads(rendered[value_set]):
+        pod = pod_spec(d)
         assert pod["securityContext"]["runAsNonRoot"] is True, d["metadata"]["name"]
         assert pod["automountServiceAccountToken"] is False
         for c in pod.get("initContainers", []) + pod["containers"]:
@@ -238,6 +183,9 @@ def test_pods_run_non_root_with_limits_and_probes(rendered, value_set):
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, where
             assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], where
             assert c["resources"]["limits"]["memory"], where
+            # Read-only everywhere but the Kafka broker, whose image writes its config at start.
+            is_broker = d["kind"] == "StatefulSet" and c["name"] == "kafka"
+            assert c["securityContext"]["readOnlyRootFilesystem"] is not is_broker, where
             if c["securityContext"]["readOnlyRootFilesystem"]:
                 assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, where
             if d["kind"] != "Job" and c in pod["containers"]:
