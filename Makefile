@@ -17,8 +17,9 @@ down:  ## stop the local stack
 	-./deploy/local/cluster.sh down 2>/dev/null
 	$(STACK) down
 
-status:  ## show what is running
+status:  ## show what is running, and the job's health (batches, lag, last batch age)
 	-$(STACK) status
+	-$(PY) -m app.monitoring.status
 	-./deploy/local/cluster.sh status 2>/dev/null
 
 smoke: up  ## produce 1,000 events, Spark reads them from Kafka and writes MongoDB
@@ -49,6 +50,9 @@ bench: up  ## the benchmark (~30 min): throughput, upper bound, baseline, latenc
 bench-quick: up  ## the same benchmark at a small scale (~8 min)
 	$(PY) -m bench.run --profile quick --out .local/bench/results
 
+faults: up  ## the fault suite (~50 min): outages, broker restart, kill -9, bad data, full disk, 30-min soak -> bench/results/faults.*
+	$(PY) -m faults.run
+
 report:  ## print sessions per segment, the funnel and open sessions to act on
 	$(PY) -m app.report
 
@@ -69,4 +73,4 @@ test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the r
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup up down status smoke demo faults bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

@@ -117,6 +117,7 @@ class SupervisedJob:
     def _supervise(self) -> None:
         backoff = 2.0
         while self._supervising:
+            started = time.time()
             code = self.proc.wait()
             if not self._supervising:
                 return
@@ -124,6 +125,8 @@ class SupervisedJob:
                       if line.startswith("error:")]
             self.exits.append({"at": time.time(), "code": code, "error": errors[-1] if errors else None,
                                "log": str(self.log_path)})
+            if time.time() - started > 120:  # it had been running well: a fresh failure
+                backoff = 2.0
             say(f"{self.name}: job exited {code}: {errors[-1] if errors else '(no error line)'}; restarting "
                 f"in {backoff:.0f} s")
             time.sleep(backoff)

@@ -145,3 +145,16 @@ def test_store_does_not_retry_other_errors():
     with pytest.raises(OperationFailure):
         Store("mongodb://x/", "db", retry_timeout_s=60).retrying("events", denied)
     assert calls == [1]
+
+
+def test_status_lines_for_make_status():
+    from app.monitoring.status import describe
+    clock = Clock()
+    health = Health(stall_after_s=300, clock=clock)
+    health.started("sessions", "q1")
+    health.progress("sessions", batch_id=41, input_rows=200, duration_ms=1200, lag=1500)
+    clock.now += 3
+    lines = describe(health.snapshot(), "http://127.0.0.1:8090", now=clock.now + 10)
+    assert lines[0].endswith("http://127.0.0.1:8090): live, ready: ok")
+    assert lines[1] == ("  query sessions: active, 1 batches, last batch 13 s ago (batch 41, 200 rows, 1.2 s), "
+                        "Kafka lag 1,500")
