@@ -33,8 +33,10 @@ def say(text: str) -> None:
 
 
 def service(action: str, name: str) -> None:
-    """stack.sh up|down kafka|mongo: the project's own script, as a user would run it."""
-    subprocess.run([str(STACK), action, name], cwd=ROOT, check=True, capture_output=True, text=True)
+    """stack.sh up|down kafka|mongo: the project's own script, as a user would run it. In a session
+    of its own, so a service restarted here outlives a harness stopped with its process group."""
+    subprocess.run([str(STACK), action, name], cwd=ROOT, check=True, capture_output=True, text=True,
+                   start_new_session=True)
 
 
 def free_port() -> int:
@@ -158,9 +160,9 @@ class SupervisedJob:
             return None
 
 
-def snapshot(database: str) -> dict[str, list[dict]]:
+def snapshot(database: str, uri: str = MONGODB_URI) -> dict[str, list[dict]]:
     """Every output collection, sorted by _id, without the fields that record wall-clock time."""
-    client = MongoClient(MONGODB_URI)
+    client = MongoClient(uri)
     try:
         db = client[database]
         return {name: [{k: v for k, v in doc.items() if k not in VOLATILE}

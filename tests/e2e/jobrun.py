@@ -7,14 +7,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-from pymongo import MongoClient
-
 from app.generator.cli import main as generator_main
+from faults.harness import snapshot as harness_snapshot
 from tests.conftest import ROOT
 
-OUTPUTS = ("user_behavior_segments", "segment_distribution", "conversion_funnel", "enriched_events",
-           "quarantined_events")
-VOLATILE = {"processing_time", "ingest_time", "quarantined_at", "run_id", "batch_id"}
 
 
 def generate(bootstrap: str, topic: str, *args: str) -> None:
@@ -54,11 +50,4 @@ def kill_hard(process: subprocess.Popen) -> None:
 
 
 def snapshot(uri: str, database: str) -> dict[str, list[dict]]:
-    """Every output collection, sorted by _id, without the fields that record wall-clock time."""
-    client = MongoClient(uri)
-    try:
-        db = client[database]
-        return {name: [{k: v for k, v in doc.items() if k not in VOLATILE}
-                       for doc in db[name].find().sort("_id", 1)] for name in OUTPUTS}
-    finally:
-        client.close()
+    return harness_snapshot(database, uri)
