@@ -12,7 +12,6 @@ from faults.harness import snapshot as harness_snapshot
 from tests.conftest import ROOT
 
 
-
 def generate(bootstrap: str, topic: str, *args: str) -> None:
     rc = generator_main([bootstrap, topic, *args])
     assert rc == 0, f"generator exited {rc}"

@@ -158,3 +158,17 @@ def test_status_lines_for_make_status():
     assert lines[0].endswith("http://127.0.0.1:8090): live, ready: ok")
     assert lines[1] == ("  query sessions: active, 1 batches, last batch 13 s ago (batch 41, 200 rows, 1.2 s), "
                         "Kafka lag 1,500")
+
+
+def test_failure_cause_of_a_full_checkpoint_disk_names_the_state_store_and_the_io_error():
+    message = "\n".join([
+        "[STREAM_FAILED] Query [id = 1, runId = 2] terminated with exception: [FOREACH_BATCH_USER_FUNCTION_ERROR] "
+        "An error occurred in the user provided function in foreach batch sink.",
+        "py4j.protocol.Py4JJavaError: An error occurred while calling o1063.count.",
+        ": org.apache.spark.SparkException: [CANNOT_WRITE_STATE_STORE.CANNOT_COMMIT] Error writing state store files",
+        "\tat org.apache.spark.sql.execution.streaming.state.RocksDB.commit(RocksDB.scala:1)",
+        "Caused by: org.apache.hadoop.fs.FSError: java.io.IOException: No space left on device",
+        "Caused by: java.io.IOException: No space left on device",
+        "\t... 34 more",
+    ])
+    assert failure_cause(message) == "CANNOT_WRITE_STATE_STORE.CANNOT_COMMIT: IOException: No space left on device"

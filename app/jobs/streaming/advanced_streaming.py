@@ -92,14 +92,22 @@ def watch(spark, health, stopping: threading.Event, log) -> str | None:
     return None
 
 
-_PYTHON_ERROR = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Failure|Timeout)[\w]*): (.+)$")
+_ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Failure|Timeout)\w*): (.+)$")
+_WRAPPERS = {"Py4JJavaError", "Py4JException", "StreamingQueryException", "ForeachBatchUserFuncException"}
+_ERROR_CLASS = re.compile(r"\[([A-Z][A-Z_]+(?:\.[A-Z_]+)?)\]")
+_WRAPPER_CLASSES = {"STREAM_FAILED", "FOREACH_BATCH_USER_FUNCTION_ERROR"}
 
 
 def failure_cause(message: str) -> str:
-    """A query's failure (Spark's wrapper, a Python traceback, a JVM stack) -> its root cause, one line."""
+    """A query's failure (Spark's wrapper, a Python traceback, a JVM stack) -> one line: Spark's
+    error class, if any, and the root cause (the last error that is not a wrapper of another)."""
     lines = message.splitlines()
-    causes = [f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}" for m in map(_PYTHON_ERROR.match, lines) if m]
+    causes = [f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}" for m in map(_ERROR_LINE.match, lines)
+              if m and m.group(1).rsplit(".", 1)[-1] not in _WRAPPERS]
     cause = causes[-1] if causes else (lines[0] if lines else "unknown error")
+    error_class = next((c for c in _ERROR_CLASS.findall(message) if c not in _WRAPPER_CLASSES), None)
+    if error_class and error_class not in cause:
+        cause = f"{error_class}: {cause}"
     return cause if len(cause) <= 300 else cause[:297] + "..."
 
 
