@@ -186,7 +186,9 @@ def store_counts(database: str, workload: Workload) -> dict:
         distinct = db.enriched_events.count_documents({})
         counted = sum(d["total_events"] for d in db.user_behavior_segments.find({}, {"total_events": 1}))
         quarantined = db.quarantined_events.count_documents({})
+        skipped = sum(p.get("duplicates", 0) for p in db.stream_progress.find({"query": "sessions"}, {"duplicates": 1}))
         return {"sent": workload.records, "distinct_events": distinct, "quarantined": quarantined,
+                "copies_sent": workload.copies, "copies_skipped": skipped,
                 "duplicates": max(0, counted - distinct),
                 "lost": max(0, workload.events - distinct) + max(0, len(workload.malformed) - quarantined)}
     finally:

@@ -132,8 +132,8 @@ def data_faults(name: str, workload: Workload) -> dict:
     """Duplicates or poison records in the topic: nothing to recover from, everything to count."""
     expected = reference(workload)
     row = faulted_run(name, workload, expected, lambda job: None)
-    row["note"] = (f"{workload.copies} copies sent, {len(workload.malformed)} malformed records, "
-                   f"{row['quarantined']} quarantined")
+    row["note"] = (f"{workload.copies} copies sent, {row['copies_skipped']} skipped as duplicates; "
+                   f"{len(workload.malformed)} malformed records, {row['quarantined']} quarantined")
     return row
 
 
