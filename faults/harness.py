@@ -142,6 +142,15 @@ class SupervisedJob:
         with self._lock:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
+    def python_workers(self) -> list:
+        """The executors' Python processes (pyspark.daemon and its forks) under this job's JVM."""
+        import psutil
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            return []
+        return [p for p in tree if "pyspark.daemon" in " ".join(p.cmdline())]
+
     def stop(self) -> None:
         self._supervising = False
         if self.proc and self.proc.poll() is None:

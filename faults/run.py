@@ -18,19 +18,21 @@ from faults.harness import ROOT, Workload, say
 from faults.soak import soak
 
 RESULTS = ROOT / "bench" / "results"
-SCENARIOS = ("store-outage", "broker-restart", "kill-9", "duplicates", "poison", "checkpoint-disk-full")
+SCENARIOS = ("store-outage", "broker-restart", "kill-9", "hung-batch", "duplicates", "poison",
+             "checkpoint-disk-full")
 COLUMNS = ("scenario", "sent", "distinct_events", "duplicates", "lost", "recovered", "recover_s")
 
 
 def run(only: list[str], sessions: int, outage_s: float) -> list[dict]:
     rows = []
-    exact = [name for name in only if name in ("store-outage", "broker-restart", "kill-9", "checkpoint-disk-full")]
+    exact = [name for name in only if name not in ("duplicates", "poison")]
     if exact:
         work = Workload("main", sessions, seed=31)
         expected = scenarios.reference(work)
         runs = {"store-outage": lambda: scenarios.store_outage(work, expected, seconds=outage_s),
                 "broker-restart": lambda: scenarios.broker_restart(work, expected),
                 "kill-9": lambda: scenarios.kill_9(work, expected, kills=5),
+                "hung-batch": lambda: scenarios.hung_batch(work, expected),
                 "checkpoint-disk-full": lambda: scenarios.checkpoint_disk_full(work, expected)}
         rows += [_guarded(name, runs[name]) for name in exact]
     if "duplicates" in only:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 from pymongo import MongoClient
 
 from faults.harness import (MONGODB_URI, WORK, SupervisedJob, Workload, differences, drop, say, service,
@@ -126,6 +127,27 @@ def kill_9(workload: Workload, expected: dict, kills: int = 5, seed: int = 3) ->
             wait_until(lambda: len(job.exits) > i, 60, f"the supervisor to see kill {i + 1}", 0.2)
         return f"{done} kills at random points" + ("" if done == kills else f" (of {kills}: the job finished first)")
     return faulted_run("kill-9", workload, expected, inject)
+
+
+def hung_batch(workload: Workload, expected: dict, stall_after: str = "60s") -> dict:
+    """The Python workers frozen (SIGSTOP) mid-stream: a batch that never returns. The job's
+    watchdog must notice the stall, exit, and the restart must replay the batch exactly."""
+    def inject(job):
+        exits = len(job.exits)
+        frozen = job.python_workers()
+        for process in frozen:
+            process.suspend()
+        try:
+            wait_until(lambda: len(job.exits) > exits, 600, "the job to exit on its stalled batch", 1)
+        finally:
+            for process in frozen:  # orphans of the dead driver's JVM: nothing else would end them
+                try:
+                    process.kill()
+                except psutil.Error:
+                    pass
+        return f"{len(frozen)} Python workers frozen; HEALTH_STALL_AFTER {stall_after}"
+    return faulted_run("hung-batch", workload, expected, inject, MONGODB_RETRY_TIMEOUT="10s",
+                       HEALTH_STALL_AFTER=stall_after)
 
 
 def data_faults(name: str, workload: Workload) -> dict:

@@ -114,3 +114,11 @@ def test_a_new_checkpoint_is_refused_against_another_runs_aggregates_unless_rese
     second_run = json.loads((tmp_path / "second" / "sessions" / "metadata").read_text())["id"]
     assert db.conversion_funnel.distinct("run_id") == [second_run]
     drop(unique_name)
+
+
+def test_a_batch_that_never_returns_makes_the_job_exit_and_the_restart_replays_it(workload):
+    work, expected = workload
+    row = scenarios.hung_batch(work, expected, stall_after="30s")
+    _assert_exact(row, work)
+    assert row["exits"] >= 1
+    assert any("stalled: no batch or idle tick" in cause for cause in row["causes"]), row["causes"]
