@@ -5,7 +5,9 @@ the progress listener, judged by one pure function, served over HTTP and written
     GET /readyz   readiness: 200 once the query has completed a batch (or an idle tick)
     GET /status   the whole picture as JSON (also in $CHECKPOINT_DIR/health.json)
 
-A tick is any sign of life from the query: a finished batch or an idle check. Kafka lag is the
+A tick is any sign of life from the query: a finished batch or an idle check; a task finished
+inside a long batch counts too (the driver's watch loop reports Spark's task progress), so a
+first batch of minutes is slow, not stalled, while a batch whose tasks never end is. Kafka lag is the
 source's latest offsets minus the offsets the last batch processed, summed over partitions, as
 Spark saw them when it planned that batch (an idle tick means no new data: lag 0).
 """
@@ -39,6 +41,8 @@ class Health:
         self._lock = threading.Lock()
         self._started_at = clock()
         self._queries: dict[str, dict] = {}
+        self._last_task_at: float | None = None
+        self._task_progress = None
 
     def _update(self, name: str, **fields) -> None:
         with self._lock:
@@ -61,12 +65,20 @@ class Health:
     def terminated(self, name: str, error: str | None) -> None:
         self._update(name, state="failed" if error else "stopped", error=error, last_tick=self.clock())
 
+    def tasks(self, progress) -> None:
+        """Spark's task progress (any comparable value); a change is a sign of life."""
+        with self._lock:
+            if progress != self._task_progress:
+                self._task_progress, self._last_task_at = progress, self.clock()
+
     def snapshot(self) -> dict:
         with self._lock:
             queries = [dict(q) for q in self._queries.values()]
+            last_task_at = self._last_task_at
         now = self.clock()
         for query in queries:
-            query["seconds_since_tick"] = round(now - query["last_tick"], 1) if "last_tick" in query else None
+            last = max(query.get("last_tick", 0.0), last_task_at or 0.0) if "last_tick" in query else None
+            query["seconds_since_tick"] = round(now - last, 1) if last is not None else None
             query["seconds_since_batch"] = (round(now - query["last_batch_at"], 1)
                                             if "last_batch_at" in query else None)
         return {"time": now, "pid": os.getpid(), "started_at": self._started_at,
@@ -87,7 +99,7 @@ def verdict(queries: list[dict], uptime_s: float, stall_after_s: float) -> dict:
         since = query.get("seconds_since_tick")
         if since is not None and since > stall_after_s:
             return {"live": False, "ready": False,
-                    "reason": f"query {query['name']} stalled: no batch or idle tick for {since:.0f} s "
+                    "reason": f"query {query['name']} stalled: no batch, idle tick or finished task for {since:.0f} s "
                               f"(HEALTH_STALL_AFTER {stall_after_s:g} s)"}
     if not all(q.get("ticked") for q in queries):
         return {"live": True, "ready": False, "reason": "first batch running"}

@@ -121,4 +121,4 @@ def test_a_batch_that_never_returns_makes_the_job_exit_and_the_restart_replays_i
     row = scenarios.hung_batch(work, expected, stall_after="30s")
     _assert_exact(row, work)
     assert row["exits"] >= 1
-    assert any("stalled: no batch or idle tick" in cause for cause in row["causes"]), row["causes"]
+    assert any("stalled: no batch, idle tick or finished task" in cause for cause in row["causes"]), row["causes"]

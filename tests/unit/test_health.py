@@ -172,3 +172,20 @@ def test_failure_cause_of_a_full_checkpoint_disk_names_the_state_store_and_the_i
         "\t... 34 more",
     ])
     assert failure_cause(message) == "CANNOT_WRITE_STATE_STORE.CANNOT_COMMIT: IOException: No space left on device"
+
+
+def test_finished_tasks_inside_a_long_batch_are_signs_of_life_but_a_frozen_batch_is_not():
+    clock = Clock()
+    health = Health(stall_after_s=300, clock=clock)
+    health.started("sessions", "q1")
+    health.tasks(((7, 0),))
+    for completed in range(1, 4):  # a 12-minute first batch whose tasks keep finishing
+        clock.now += 240
+        health.tasks(((7, completed),))
+        assert health.snapshot()["live"] is True
+    for _ in range(2):  # then nothing moves
+        clock.now += 200
+        health.tasks(((7, 3),))
+    snapshot = health.snapshot()
+    assert snapshot["live"] is False
+    assert "stalled: no batch, idle tick or finished task for 400 s" in snapshot["reason"]

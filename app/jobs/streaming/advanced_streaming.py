@@ -85,11 +85,19 @@ def watch(spark, health, stopping: threading.Event, log) -> str | None:
                 return None
         except Exception:  # noqa: BLE001 (StreamingQueryException: the failure is read back from the query)
             return None
+        health.tasks(task_progress(spark))
         snapshot = health.snapshot()
         if not snapshot["live"]:
             log.error("not live: %s", snapshot["reason"])
             return snapshot["reason"]
     return None
+
+
+def task_progress(spark) -> tuple:
+    """The active stages and their finished tasks: it changes while any batch makes headway."""
+    tracker = spark.sparkContext.statusTracker()
+    stages = [tracker.getStageInfo(stage) for stage in tracker.getActiveStageIds()]
+    return tuple(sorted((s.stageId, s.numCompletedTasks) for s in stages if s is not None))
 
 
 _ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Failure|Timeout)\w*): (.+)$")
