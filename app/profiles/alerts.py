@@ -55,6 +55,16 @@ class AlertState:
     def forget_session(self, session_id: str) -> None:
         self.runs.pop(session_id, None)
 
+    def to_state(self) -> dict:
+        return {"recent_ms": self.recent_ms, "ips": self.ips, "last_country": self.last_country,
+                "runs": self.runs, "last_raised": self.last_raised}
+
+    @classmethod
+    def from_state(cls, raw: dict) -> "AlertState":
+        country = raw["last_country"]
+        return cls(list(raw["recent_ms"]), dict(raw["ips"]), tuple(country) if country else None,
+                   {k: tuple(v) for k, v in raw["runs"].items()}, dict(raw["last_raised"]))
+
 
 def detect(state: AlertState, user_id: str, events: Iterable[AlertEvent], rules: ProfileRules) -> list[Alert]:
     """Feeds events (in event-time order) through every rule; returns the alerts raised."""
