@@ -25,7 +25,7 @@ _TYPE_COUNTS = {"view": "view_count", "cart": "cart_count", "remove_from_cart": 
 
 @dataclass
 class ProfileTotals:
-    epoch_ms: int                   # the first event time of this epoch: part of the stored document
+    epoch: str                      # which entry of the state store (see `new_epoch`): kept in the stored document
     first_seen: int
     last_seen: int
     sessions: int = 0               # sessions opened
@@ -80,6 +80,13 @@ class ProfileTotals:
         return cls(**raw)
 
 
+def new_epoch(watermark_ms: int, event_ms: int, event_id: str) -> ProfileTotals:
+    """A user (re)entering the state store. The epoch's id names the batch (its watermark) and the
+    event that opened it: a replay of that batch gives the same id, while an old event delivered
+    again long after the entry expired gives another (its batch's watermark differs)."""
+    return ProfileTotals(epoch=f"{watermark_ms}:{event_ms}:{event_id}", first_seen=event_ms, last_seen=event_ms)
+
+
 @dataclass(frozen=True)
 class OpenSession:
     """What an open session adds to its user's profile when a document is written."""
@@ -108,7 +115,7 @@ def merge_epochs(stored: Mapping | None, epoch: Mapping) -> tuple[dict, dict]:
     document, so every write of the same epoch starts from the same base), `totals` the sum."""
     if stored is None:
         base = None
-    elif stored.get("epoch_ms") == epoch["epoch_ms"]:
+    elif stored.get("epoch") == epoch["epoch"]:
         base = stored.get("base")
     else:  # a new epoch: everything stored so far becomes its base
         base = stored["totals"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
 from app.profiles.alerts import Alert, AlertEvent, AlertState, detect
-from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals
+from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals, new_epoch
 from app.profiles.rules import ProfileRules
 from app.segments.rules import RuleSet, Segment
 from app.sessions.metrics import SessionAccumulator, session_metrics
@@ -190,25 +190,25 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
             session = _open(state, ev)
             session.seen.add(ev.event_id)
             if settings.profile_rules is not None:
-                _profile(state, ev).open_session()
+                _profile(state, ev, watermark_ms).open_session()
         out.events.append(_add(session, ev, watermark_ms, settings.rules))
         state.last_event_ms = max(state.last_event_ms, ev.event_ms)
         touched[session.session_id] = session
     if settings.profile_rules is not None and counted:
-        _count_in_profile(state, counted, out, settings.profile_rules)
+        _count_in_profile(state, counted, out, settings.profile_rules, watermark_ms)
     return _finish(state, out, touched, watermark_ms, settings)
 
 
-def _profile(state: UserState, ev: Event) -> ProfileTotals:
+def _profile(state: UserState, ev: Event, watermark_ms: int) -> ProfileTotals:
     if state.profile is None:  # a new epoch: the user (re)enters the state store
-        state.profile = ProfileTotals(epoch_ms=ev.event_ms, first_seen=ev.event_ms, last_seen=ev.event_ms)
+        state.profile = new_epoch(watermark_ms, ev.event_ms, ev.event_id)
     return state.profile
 
 
-def _count_in_profile(state: UserState, counted: list, out: Outputs, rules: ProfileRules) -> None:
+def _count_in_profile(state: UserState, counted: list, out: Outputs, rules: ProfileRules, watermark_ms: int) -> None:
     """Counted (not duplicate) events into the profile and through the alert rules."""
     for ev in counted:
-        _profile(state, ev).add_event(ev.event_ms, ev.event_type, ev.price, ev.device_type, ev.country,
+        _profile(state, ev, watermark_ms).add_event(ev.event_ms, ev.event_type, ev.price, ev.device_type, ev.country,
                                       ev.category_code)
     out.alerts.extend(detect(state.alerts, state.user_id, (
         AlertEvent(ev.event_ms, ev.event_type, _session_of(state, ev), ev.ip_address, ev.country, ev.price,
@@ -287,6 +287,7 @@ def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, se
         out.profile = epoch_totals(state.profile, [
             OpenSession((s.acc.end_ms - s.acc.start_ms) / 60_000.0, s.segment, s.acc.end_ms)
             for s in state.sessions.values()])
+        out.profile["user_id"] = state.user_id
     if state.sessions:
         return Step(state, out, min(s.timeout_ms(settings) for s in state.sessions.values()))
     retain_until = state.last_event_ms + settings.id_retention_ms

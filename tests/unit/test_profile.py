@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals, merge_epochs, profile_document
+from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals, merge_epochs, new_epoch, profile_document
 from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
 
 RULES = load_profile_rules(DEFAULT_PROFILE_RULES)
@@ -13,7 +13,7 @@ T0 = 1_570_000_000_000  # 2019-10-02
 
 
 def _two_sessions() -> ProfileTotals:
-    totals = ProfileTotals(epoch_ms=T0, first_seen=T0, last_seen=T0)
+    totals = new_epoch(T0 - 600_000, T0, "e1")
     totals.open_session()
     totals.add_event(T0, "view", 10.0, "mobile", "PL", "electronics.smartphone")
     totals.add_event(T0 + 60_000, "cart", 10.0, "mobile", "PL", "electronics.smartphone")
@@ -46,9 +46,9 @@ def test_a_returning_user_continues_from_the_stored_totals_and_a_replay_writes_t
     first = epoch_totals(_two_sessions(), [OpenSession(0.0, "bouncer", T0 + DAY)])
     base, stored_totals = merge_epochs(None, first)
     assert base is None and stored_totals == first
-    stored = {"epoch_ms": T0, "base": base, "totals": stored_totals}
+    stored = {"epoch": first["epoch"], "base": base, "totals": stored_totals}
 
-    later = ProfileTotals(epoch_ms=T0 + 40 * DAY, first_seen=T0 + 40 * DAY, last_seen=T0 + 40 * DAY)
+    later = new_epoch(T0 + 40 * DAY - 600_000, T0 + 40 * DAY, "e9")
     later.open_session()
     later.add_event(T0 + 40 * DAY, "purchase", 99.5, "tablet", "DE", "apparel.shoes")
     epoch = epoch_totals(later, [OpenSession(0.0, "engaged_shopper", T0 + 40 * DAY)])
@@ -60,7 +60,17 @@ def test_a_returning_user_continues_from_the_stored_totals_and_a_replay_writes_t
     assert totals["countries"] == {"PL": 3, "DE": 2}
     assert totals["last_segment"] == "engaged_shopper"
     # the same batch again (same epoch): the same base, the same totals
-    assert merge_epochs({"epoch_ms": later.epoch_ms, "base": base, "totals": totals}, epoch) == (base, totals)
+    assert merge_epochs({"epoch": later.epoch, "base": base, "totals": totals}, epoch) == (base, totals)
+
+
+def test_an_old_event_delivered_again_after_the_entry_expired_opens_another_epoch():
+    first = new_epoch(T0 - 600_000, T0, "e1")
+    again = new_epoch(T0 + 31 * DAY, T0, "e1")  # the same first event, a month later
+    assert first.epoch != again.epoch
+    stored_totals = epoch_totals(_two_sessions(), [])
+    base, totals = merge_epochs({"epoch": first.epoch, "base": None, "totals": stored_totals},
+                                epoch_totals(again, []))
+    assert base == stored_totals and totals["total_events"] == stored_totals["total_events"]
 
 
 def test_profile_document_fields():
@@ -79,7 +89,7 @@ def test_profile_document_fields():
 
 
 def test_ties_pick_the_smallest_key_whatever_the_order():
-    totals = ProfileTotals(epoch_ms=T0, first_seen=T0, last_seen=T0)
+    totals = new_epoch(T0, T0, "e")
     for country in ("PL", "DE", "DE", "PL"):
         totals.add_event(T0, "view", None, country=country)
     assert profile_document("u", epoch_totals(totals, []), RULES)["top_country"] == "DE"
