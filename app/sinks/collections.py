@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo import ASCENDING, DESCENDING
 
 from app import aggregates as A
 from app.profiles.rules import parse_profile_rules
 from app.sinks import profiles as P
-from app.sinks.mongo import Store, insert_or_ignore, insert_returning_duplicates
+from app.sinks.mongo import Store, insert_or_ignore, insert_returning_duplicates, replace_documents
 
 SEGMENTS = "user_behavior_segments"
 DISTRIBUTION = "segment_distribution"
@@ -124,9 +124,8 @@ def write_outputs(store: Store, profile_rules_document: dict | None = None):
         if profiles:
             if not rules_cache:  # parsed once per Python worker
                 rules_cache.append(parse_profile_rules(profile_rules_document))
-            docs = store.retrying("user_profiles", lambda: P.profile_documents(db[P.PROFILES], profiles,
-                                                                                rules_cache[0], now))
-            store.retrying("user_profiles", lambda: replace_documents(db[P.PROFILES], docs))
+            docs = store.retrying("user_profiles", lambda: P.write_profiles(db[P.PROFILES], profiles,
+                                                                             rules_cache[0], now))
             scores = {doc["_id"]: P.user_scores(doc) for doc in docs}
         for pending, insert, chunk_size, step in ((new_sessions, True, SESSION_INSERT_CHUNK, "new sessions"),
                                                   (seen_sessions, False, SESSION_REPLACE_CHUNK, "session updates")):
@@ -157,11 +156,6 @@ def _write_session_rows(coll, rows: list, insert: bool, scores: dict | None = No
         docs = insert_returning_duplicates(coll, docs)
     for start in range(0, len(docs), SESSION_REPLACE_CHUNK):
         replace_documents(coll, docs[start:start + SESSION_REPLACE_CHUNK])
-
-
-def replace_documents(coll, docs: list[dict]) -> None:
-    if docs:
-        coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
 
 
 def record_progress(db, doc: dict) -> None:

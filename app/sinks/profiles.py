@@ -16,6 +16,7 @@ from pymongo import ASCENDING, DESCENDING
 from app import aggregates as A
 from app.profiles.profile import merge_epochs, profile_document
 from app.profiles.rules import SCORES, ProfileRules
+from app.sinks.mongo import insert_returning_duplicates, replace_documents
 
 PROFILES = "user_profiles"
 ALERTS = "behavior_alerts"
@@ -29,8 +30,21 @@ def ensure_profile_indexes(db) -> None:
     db[ALERTS].create_index([("severity", ASCENDING), ("first_event_time", DESCENDING)])
 
 
-def profile_documents(coll, rows: list, rules: ProfileRules, now: datetime) -> list[dict]:
-    """Profile rows of one partition -> the documents to store (merged with what is stored)."""
+def write_profiles(coll, rows: list, rules: ProfileRules, now: datetime) -> list[dict]:
+    """Merges and stores one partition's profile rows; returns the documents. New users are
+    inserted (FerretDB inserts ~4x faster than it replaces), known ones replaced by _id."""
+    docs, known = profile_documents(coll, rows, rules, now)
+    fresh = [d for d in docs if d["_id"] not in known]
+    fresh_ids = {d["_id"] for d in fresh}
+    # a retried step may find its own inserts: those are replaced like the known ones
+    again = insert_returning_duplicates(coll, fresh) if fresh else []
+    replace_documents(coll, [d for d in docs if d["_id"] not in fresh_ids] + again)
+    return docs
+
+
+def profile_documents(coll, rows: list, rules: ProfileRules, now: datetime) -> tuple[list[dict], set]:
+    """Profile rows of one partition -> (the documents to store, merged with what is stored; the
+    users already stored)."""
     epochs = {row.id: json.loads(row.doc) for row in rows}
     users, stored = list(epochs), {}
     for start in range(0, len(users), LOOKUP_CHUNK):
@@ -41,7 +55,7 @@ def profile_documents(coll, rows: list, rules: ProfileRules, now: datetime) -> l
         base, totals = merge_epochs(stored.get(user), epoch)
         documents.append({**profile_document(user, totals, rules), "epoch": epoch["epoch"], "base": base,
                           "totals": totals, "updated_at": now})
-    return documents
+    return documents, set(stored)
 
 
 def user_scores(profile: dict) -> dict:
