@@ -8,7 +8,8 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import NewTopic
 from pymongo import MongoClient
 
 from tests.conftest import ROOT
@@ -97,13 +98,21 @@ def test_profiles_of_the_rees46_sample_equal_a_direct_computation(stack, mongo, 
 
 
 def test_a_user_whose_entry_left_the_state_continues_from_the_stored_profile(stack, mongo, tmp_path):
-    """Short gap and retention: a returning user's state entry expires between sessions, so the
-    profile is carried by the stored document (a new epoch on top of its base)."""
+    """Short gap and retention, small batches over four hours of events: a returning user's state
+    entry expires between sessions, so the profile is carried by the stored document (a new epoch
+    on top of its base)."""
     topic = database = "e2e_epoch_" + uuid.uuid4().hex[:10]
+    # one partition: the small batches then follow event time (with three, a partition read ahead
+    # of the others pushes the watermark past theirs, and their events arrive late)
+    admin = KafkaAdminClient(bootstrap_servers=stack["bootstrap"])
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
     generate(stack["bootstrap"], topic, "--sessions", "80", "--returning", "0.5", "--seed", "23",
-             "--mix", "bouncer=0.3,browser=0.5,engaged_shopper=0.2", "--intent-file", str(tmp_path / "intent.jsonl"))
-    run_job(job_env(stack, topic, database, tmp_path / "ckpt", SESSION_GAP="5m", SESSION_MAX="30m",
-                    SESSION_ID_RETENTION="30m", WATERMARK_DELAY="1m"))
+             "--mix", "bouncer=0.3,browser=0.5,engaged_shopper=0.2", "--spread-minutes", "600",
+             "--start-minutes-ago", "660", "--intent-file", str(tmp_path / "intent.jsonl"))
+    # a watermark an hour behind keeps every event on time; an entry expires 30 min after its last event
+    run_job(job_env(stack, topic, database, tmp_path / "ckpt", SESSION_GAP="5m", SESSION_MAX="25m",
+                    SESSION_ID_RETENTION="30m", WATERMARK_DELAY="60m", MAX_OFFSETS_PER_TRIGGER="30"))
     sessions, _ = read_intent(tmp_path / "intent.jsonl")
     expected = defaultdict(lambda: [0, 0])
     for s in sessions:
