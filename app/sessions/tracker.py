@@ -178,7 +178,6 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
         if session is not None and ev.event_id and not session.seen.add(ev.event_id):
             out.duplicates.append(ev.event_id)
             continue
-        counted.append(ev)
         if session is not None and session.explicit and ev.event_ms - session.acc.start_ms >= settings.max_ms:
             _close(state, session, out, settings.rules)  # the 24 h guard: the id continues as #n+1
             touched.pop(session.session_id, None)
@@ -192,6 +191,7 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
             if settings.profile_rules is not None:
                 _profile(state, ev, watermark_ms).open_session()
         out.events.append(_add(session, ev, watermark_ms, settings.rules))
+        counted.append(ev)  # in a session: a late copy of an event whose session closed never gets here
         state.last_event_ms = max(state.last_event_ms, ev.event_ms)
         touched[session.session_id] = session
     if settings.profile_rules is not None and counted:
@@ -206,7 +206,8 @@ def _profile(state: UserState, ev: Event, watermark_ms: int) -> ProfileTotals:
 
 
 def _count_in_profile(state: UserState, counted: list, out: Outputs, rules: ProfileRules, watermark_ms: int) -> None:
-    """Counted (not duplicate) events into the profile and through the alert rules."""
+    """The batch's sessionized events (not duplicates, not late without a session) into the profile
+    and through the alert rules: the profile adds up what the user's sessions hold."""
     for ev in counted:
         _profile(state, ev, watermark_ms).add_event(ev.event_ms, ev.event_type, ev.price, ev.device_type, ev.country,
                                       ev.category_code)

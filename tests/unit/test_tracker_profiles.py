@@ -74,3 +74,11 @@ def test_without_profile_rules_the_state_carries_no_profile(settings):
     step = process_events(None, [ev(0, "e1", "purchase", price=900.0)], 0, off)
     assert step.out.profile is None and step.out.alerts == []
     assert "profile" not in step.state.encode()
+
+
+def test_a_late_copy_of_an_event_whose_session_closed_is_not_counted_again(settings):
+    state = process_events(None, [ev(0, "e1"), ev(MIN, "e2")], 0, settings).state
+    state = process_timeout(state, T0 + 40 * MIN, settings).state  # the session closes
+    step = process_events(state, [ev(MIN, "e2")], T0 + 40 * MIN, settings)  # redelivered, behind the watermark
+    assert step.out.events[0].is_late and step.out.events[0].session_id is None
+    assert step.out.profile["total_events"] == 2 and step.out.profile["sessions"] == 1
