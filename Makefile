@@ -47,6 +47,9 @@ bench-stack: up  ## raw rates of the stack: FerretDB inserts/upserts, Kafka prod
 bench: up  ## the benchmark (~30 min): throughput, upper bound, baseline, latency, scaling -> bench/results
 	$(PY) -m bench.run --profile full
 
+bench-profiles: up  ## profiles and alerts: the job with them on vs off (one run each), alert latency at 1,000/s -> bench/results/profiles.*
+	$(PY) -m bench.profiles
+
 bench-quick: up  ## the same benchmark at a small scale (~8 min)
 	$(PY) -m bench.run --profile quick --out .local/bench/results
 
@@ -73,4 +76,4 @@ test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the r
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo faults bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup up down status smoke demo faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

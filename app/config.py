@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent / "rules" / "segments_v1.yaml"
+DEFAULT_PROFILE_RULES_FILE = Path(__file__).resolve().parent / "rules" / "profiles_v1.yaml"
 
 
 class InvalidConfigError(ValueError):
@@ -47,6 +48,10 @@ class AppConfig:
     starting_offsets: str = "earliest"
     available_now: bool = False
     shuffle_partitions: int = 4
+    # Profiles, scores and risk alerts (DESIGN.md §11, §12)
+    profiles: bool = True
+    profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
+    alerts_topic: str = "behavior_alerts"
     # Data safety and operations (DESIGN.md §16)
     kafka_fail_on_data_loss: bool = True
     kafka_security_protocol: str = "PLAINTEXT"
@@ -91,6 +96,10 @@ class AppConfig:
             raise InvalidConfigError(f"SHUFFLE_PARTITIONS must be a positive integer (got {self.shuffle_partitions})")
         if not Path(self.rules_file).is_file():
             raise InvalidConfigError(f"RULES_FILE={self.rules_file!r} does not exist")
+        if self.profiles and not Path(self.profile_rules_file).is_file():
+            raise InvalidConfigError(f"PROFILE_RULES_FILE={self.profile_rules_file!r} does not exist")
+        if not re.match(r"^[A-Za-z0-9._-]+$", self.alerts_topic) or self.alerts_topic == self.kafka_topic:
+            raise InvalidConfigError(f"ALERTS_TOPIC={self.alerts_topic!r} must be a valid topic name, not KAFKA_TOPIC")
         self._check_operations()
 
     def _check_operations(self) -> None:
@@ -208,6 +217,9 @@ _SETTINGS = {
     "SESSION_ID_RETENTION": ("session_id_retention_s", parse_duration),
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
+    "PROFILES": ("profiles", _bool),
+    "PROFILE_RULES_FILE": ("profile_rules_file", str),
+    "ALERTS_TOPIC": ("alerts_topic", str),
     "KAFKA_FAIL_ON_DATA_LOSS": ("kafka_fail_on_data_loss", _bool),
     "KAFKA_SECURITY_PROTOCOL": ("kafka_security_protocol", str),
     "KAFKA_SASL_MECHANISM": ("kafka_sasl_mechanism", str),

@@ -46,8 +46,8 @@ def main() -> int:
     try:
         print(f"demo: sending {sessions} generated sessions to {topic} at {bootstrap}", flush=True)
         intent = ROOT / ".local" / "demo-intent.jsonl"
-        if generate([bootstrap, topic, "--sessions", sessions, "--bad-ratio", "0.01",
-                     "--intent-file", str(intent)]) != 0:
+        if generate([bootstrap, topic, "--sessions", sessions, "--bad-ratio", "0.01", "--bots", "0.02",
+                     "--fraud", "0.02", "--returning", "0.3", "--intent-file", str(intent)]) != 0:
             return 1
         sent = _count_sent(intent)
         if not _wait_for(db, before + sent, job, log_path):

@@ -14,11 +14,13 @@ from app.config import AppConfig, InvalidConfigError
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
 from app.monitoring.progress import BATCH_METRICS
+from app.profiles.rules import load_profile_rules
 from app.segments.rules import load_rules
 from app.sessions.stateful import sessionize
 from app.sinks import collections as out
 from app.sinks.exactly_once import apply_closed_sessions, closed_session_figures
 from app.sinks.mongo import Store
+from app.sinks.profiles import ensure_profile_indexes
 
 log = logging.getLogger("behavior.sink")
 QUERY_NAME = "sessions"
@@ -50,6 +52,13 @@ def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
     )
 
 
+def alerts_sink(config: AppConfig) -> dict | None:
+    if not config.profiles:
+        return None
+    return {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, **config.kafka_client_options(),
+            "topic": config.alerts_topic}
+
+
 def store_for(config: AppConfig) -> Store:
     return Store(config.mongodb_uri, config.mongodb_database, config.write_concern, config.mongodb_retry_timeout_s)
 
@@ -76,9 +85,12 @@ def with_batch_metrics(rows: DataFrame) -> DataFrame:
 class SessionBatchWriter:
     """foreachBatch sink of the sessions query: events, sessions, then the closed-session aggregates."""
 
-    def __init__(self, store: Store, checkpoint: str):
+    def __init__(self, store: Store, checkpoint: str, profile_rules_document: dict | None = None,
+                 alerts_sink: dict | None = None):
         self.store = store
         self.checkpoint = checkpoint
+        self.profile_rules_document = profile_rules_document
+        self.alerts_sink = alerts_sink  # Kafka options of the alerts topic (with `topic`), or None
         self._run_id: str | None = None
 
     def run_id(self) -> str:
@@ -95,18 +107,31 @@ class SessionBatchWriter:
             timer.step("read+parse+state")
             if rows == 0:
                 return
-            batch.foreachPartition(out.write_outputs(self.store))
+            batch.foreachPartition(out.write_outputs(self.store, self.profile_rules_document))
             timer.step("writes")
-            closed = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
+            wanted = ((F.col("kind") == "session") & (F.col("status") == "closed")) | (F.col("kind") == "alert")
+            small = batch.filter(wanted).select("kind", "doc").collect()
             # Sorted, so the float sums come out bit-identical however the rows were partitioned.
-            closed = sorted((closed_session_figures(json.loads(r.doc)) for r in closed), key=lambda s: s["session_id"])
+            closed = sorted((closed_session_figures(json.loads(r.doc)) for r in small if r.kind == "session"),
+                            key=lambda s: s["session_id"])
             # The whole step is idempotent per batch id (a crash replay takes the same path).
             self.store.retrying("aggregates", lambda: apply_closed_sessions(self.store.db(), self.run_id(),
                                                                             batch_id, closed))
             timer.step("aggregates")
+            self.publish_alerts(batch.sparkSession, sorted(r.doc for r in small if r.kind == "alert"))
             log.info("[%s] batch %d steps: %s (%d output rows)", QUERY_NAME, batch_id, timer, rows)
         finally:
             batch.unpersist()
+
+
+    def publish_alerts(self, spark: SparkSession, alerts: list[str]) -> None:
+        """The batch's alerts as JSON messages keyed by user_id. A replayed batch sends them again,
+        with the same alert ids: consumers deduplicate by alert_id (README)."""
+        if not alerts or self.alerts_sink is None:
+            return
+        rows = [(json.loads(doc)["user_id"], doc) for doc in alerts]
+        (spark.createDataFrame(rows, "key string, value string")
+         .write.format("kafka").options(**self.alerts_sink).save())
 
 
 class _StepTimer:
@@ -165,18 +190,24 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
     rules_document = yaml.safe_load(Path(config.rules_file).read_text(encoding="utf-8"))
     store = store_for(config)
     store.retrying("indexes", lambda: out.ensure_indexes(store.db()))
+    profile_rules_document = None
+    if config.profiles:
+        load_profile_rules(config.profile_rules_file)  # fails at start-up naming the field
+        profile_rules_document = yaml.safe_load(Path(config.profile_rules_file).read_text(encoding="utf-8"))
+        store.retrying("indexes", lambda: ensure_profile_indexes(store.db()))
 
     rows = (
         kafka_source(spark, config)
         .transform(parse_events())
         .transform(with_event_enrichment)
         .transform(sessionize(rules_document, config.session_gap_s, config.session_max_s,
-                              config.watermark_delay_s, config.session_id_retention_s))
+                              config.watermark_delay_s, config.session_id_retention_s,
+                              profile_rules_document=profile_rules_document))
         .transform(with_batch_metrics)
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))
     writer = (rows.writeStream.queryName(QUERY_NAME).outputMode("update")
-              .foreachBatch(SessionBatchWriter(store, checkpoint)))
+              .foreachBatch(SessionBatchWriter(store, checkpoint, profile_rules_document, alerts_sink(config))))
     return [_start(writer, checkpoint, config)]
 
 

@@ -49,6 +49,26 @@ def actions(db, limit: int = 5) -> list[str]:
     return lines
 
 
+def top_profiles(db, limit: int = 5) -> list[str]:
+    """The users most likely to buy now (user_profiles, by intent)."""
+    lines = [f"{'user':<12}{'sessions':>9}{'events':>7}{'intent':>7}{'engage':>7}{'convert':>8}  pattern"]
+    for d in db["user_profiles"].find().sort([("intent_score", -1), ("_id", 1)]).limit(limit):
+        lines.append(f"{d['_id']:<12}{d['sessions']:>9}{d['total_events']:>7}{d['intent_score']:>7}"
+                     f"{d['engagement_score']:>7}{d['conversion_probability']:>8}  {d['behavior_pattern']}")
+    return lines if len(lines) > 1 else []
+
+
+def alerts(db, limit: int = 8) -> list[str]:
+    """Risk alerts by type, then the latest high-severity ones with their evidence."""
+    counts = {}
+    for d in db["behavior_alerts"].find({}, {"alert_type": 1, "severity": 1}):
+        counts[(d["severity"], d["alert_type"])] = counts.get((d["severity"], d["alert_type"]), 0) + 1
+    lines = [f"{severity:<7}{alert_type:<22}{n:>5}" for (severity, alert_type), n in sorted(counts.items())]
+    for d in db["behavior_alerts"].find({"severity": "high"}).sort("first_event_time", -1).limit(limit):
+        lines.append(f"  {d['alert_type']:<20} user {d['user_id']:<10} {d['first_event_time']:%H:%M:%S} {d['evidence']}")
+    return lines
+
+
 def main() -> int:
     uri = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/")
     db = MongoClient(uri, serverSelectionTimeoutMS=5000)[os.environ.get("MONGODB_DATABASE", "bigdata")]
@@ -58,6 +78,10 @@ def main() -> int:
     print("\n".join(funnel(db)))
     print("\n== act now: open sessions by action priority ==")
     print("\n".join(actions(db)) or "(none)")
+    print("\n== top users by intent (user_profiles) ==")
+    print("\n".join(top_profiles(db)) or "(none: profiles off?)")
+    print("\n== risk alerts (behavior_alerts) ==")
+    print("\n".join(alerts(db)) or "(none)")
     print(f"\nenriched_events: {db[C.EVENTS].estimated_document_count()}, "
           f"quarantined_events: {db[C.QUARANTINE].estimated_document_count()}, "
           f"segment_distribution windows: {db[C.DISTRIBUTION].estimated_document_count()}")

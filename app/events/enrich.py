@@ -20,7 +20,7 @@ EVENT_DOC_FIELDS = (
 )
 # What the session state machine reads, besides the document.
 SESSION_INPUT_COLUMNS = ("user_id", "user_session", "event_ms", "event_type", "product_id", "category_id",
-                         "price", "event_id")
+                         "price", "event_id", "category_code", "device_type", "country", "ip_address")
 ROUTED_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "event_timestamp", "doc")
 
 

@@ -80,11 +80,14 @@ _RNG = random.Random()
 _FAKE = Faker("en_US")  # Faker is slow to build: one per process, reseeded per session
 
 
-def _session_profile(rng: random.Random) -> dict:
-    """Who is browsing: built once per session because Faker calls cost tens of µs each."""
-    _FAKE.seed_instance(rng.getrandbits(32))
+def _session_profile(user_id: int, rng: random.Random) -> dict:
+    """Who is browsing: the same person (address, place, device) in every session of a user, so
+    honest returning users raise no MULTIPLE_IPS or LOCATION_JUMP; built once per session because
+    Faker calls cost tens of µs each."""
+    person = random.Random(user_id)
+    _FAKE.seed_instance(person.getrandbits(32))
     _lat, _lon, city, country, _tz = _FAKE.location_on_land()
-    device = rng.choices(("mobile", "desktop", "tablet"), weights=(55, 35, 10))[0]
+    device = person.choices(("mobile", "desktop", "tablet"), weights=(55, 35, 10))[0]
     return {"ip_address": _FAKE.ipv4_public(), "country": country, "city": city,
             "device_type": device, "user_agent": _FAKE.user_agent(), "referrer_url": rng.choice(REFERRERS)}
 
@@ -143,15 +146,16 @@ def _assign_products(types: list[str], rng: random.Random) -> list[tuple]:
 
 
 def build_session(user_id: int, session_id: str, base_time: datetime, types: list[str],
-                  duration_s: int, rng: random.Random) -> list[dict]:
+                  duration_s: int, rng: random.Random, offsets: list[int] | None = None,
+                  products: list[tuple] | None = None) -> list[dict]:
     """Events for one session: the given event types spread over duration_s from base_time."""
     if base_time.tzinfo is None:  # DESIGN §3: naive means UTC
         base_time = base_time.replace(tzinfo=timezone.utc)
     start = base_time.astimezone(timezone.utc)
-    profile = _session_profile(rng)
-    offsets = _step_offsets(len(types), duration_s, rng)
+    profile = _session_profile(user_id, rng)
+    offsets = offsets or _step_offsets(len(types), duration_s, rng)
     events = []
-    for event_type, product, offset in zip(types, _assign_products(types, rng), offsets):
+    for event_type, product, offset in zip(types, products or _assign_products(types, rng), offsets):
         product_id, category_id, category_code, brand, price = product
         events.append({
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
@@ -211,3 +215,41 @@ SESSION_BUILDERS = {
     "engaged_shopper": generate_engaged_shopper_session,
     "power_user": generate_power_user_session,
 }
+
+
+# Risky sessions (DESIGN.md §12): each builder returns the events and the alert types the default
+# profile rules must raise for them (app/rules/profiles_v1.yaml), so a test can compare.
+HIGH_VALUE = tuple(p for p in CATALOGUE if p[4] >= 500)
+
+
+def generate_bot_session(user_id, session_id, base_time, rng=None) -> list[dict]:
+    """A scraper: 35-50 product views one second apart (machine speed), from one address."""
+    rng = rng or _RNG
+    n_events = rng.randint(35, 50)
+    return build_session(user_id, session_id, base_time, ["view"] * n_events, n_events - 1, rng,
+                         offsets=list(range(n_events)))
+
+
+def generate_fraud_session(user_id, session_id, base_time, rng=None) -> list[dict]:
+    """A stolen account: views from three addresses in two countries within ~6 minutes, then a cart
+    and a purchase of one expensive product."""
+    rng = rng or _RNG
+    product = rng.choice(HIGH_VALUE)
+    types = ["view"] * 5 + ["cart", "purchase"]
+    offsets = [0, 40, 80, 120, 160, 240, 360]
+    events = build_session(user_id, session_id, base_time, types, offsets[-1], rng, offsets=offsets,
+                           products=[rng.choice(CATALOGUE) for _ in range(4)] + [product] * 3)
+    home = events[0]
+    _FAKE.seed_instance(rng.getrandbits(32))
+    country = next(c for c in (_FAKE.location_on_land()[3] for _ in range(100)) if c != home["country"])
+    addresses = [a for a in (_FAKE.ipv4_public() for _ in range(10)) if a != home["ip_address"]][:2]
+    for i, event in enumerate(events):
+        if i >= 2:  # hops to another address, then another, and to another country
+            event["ip_address"] = addresses[(i - 2) % 2]
+        if i >= 3:
+            event.update(country=country, city="elsewhere")
+    return events
+
+
+RISK_BUILDERS = {"bot": generate_bot_session, "fraud": generate_fraud_session}
+RISK_SEGMENTS = {"bot": "browser", "fraud": "engaged_shopper"}  # what the segment rules make of them

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from pathlib import Path
 
-from app.generator.behaviors import SESSION_BUILDERS
+from app.generator.behaviors import RISK_BUILDERS, RISK_SEGMENTS, SESSION_BUILDERS
 from app.generator.malformed import interleave_malformed
 from app.generator.replay import paced, parse_event_time, read_rees46_events
 
@@ -36,10 +36,25 @@ class PlannedSession:
     user_id: int
     segment: str
     events: list
+    scenario: str = "clean"  # clean | bot | fraud
 
     def intent(self) -> dict:
-        return {"user_session": self.user_session, "user_id": self.user_id,
-                "segment": self.segment, "events": len(self.events)}
+        return {"user_session": self.user_session, "user_id": self.user_id, "segment": self.segment,
+                "events": len(self.events), "scenario": self.scenario, "alerts": expected_alerts(self)}
+
+
+# The alert types the default profile rules (app/rules/profiles_v1.yaml) raise for each scenario;
+# a clean session raises only HIGH_VALUE_PURCHASE, and only when it buys something that dear.
+SCENARIO_ALERTS = {"clean": [], "bot": ["HIGH_VELOCITY", "RAPID_ACTIONS"],
+                   "fraud": ["HIGH_VALUE_PURCHASE", "LOCATION_JUMP", "MULTIPLE_IPS"]}
+HIGH_VALUE_PRICE = 500
+
+
+def expected_alerts(session: PlannedSession) -> list[str]:
+    alerts = set(SCENARIO_ALERTS[session.scenario])
+    if any(e["event_type"] == "purchase" and e["price"] >= HIGH_VALUE_PRICE for e in session.events):
+        alerts.add("HIGH_VALUE_PURCHASE")
+    return sorted(alerts)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -74,26 +89,37 @@ def allocate_segments(n_sessions: int, mix: dict[str, float]) -> list[str]:
 
 def plan_sessions(n_sessions: int, mix: dict[str, float], rng: random.Random, now: datetime,
                   start_minutes_ago: float = 240, spread_minutes: float = 180,
-                  user_pool: int | None = None) -> list[PlannedSession]:
+                  user_pool: int | None = None, bots: float = 0.0, fraud: float = 0.0,
+                  returning: float = 0.0) -> list[PlannedSession]:
     """Sessions starting evenly over [now - start_minutes_ago, + spread_minutes]; one that
-    would run past now - PAST_MARGIN is moved earlier (rebuilt from its own seed) instead."""
-    segments = allocate_segments(n_sessions, mix)
+    would run past now - PAST_MARGIN is moved earlier (rebuilt from its own seed) instead.
+    `bots` and `fraud` add that share of risky sessions; `returning` is the share of sessions whose
+    user is the user of an earlier session."""
+    segments = allocate_segments(n_sessions, mix) + ["bot"] * round(n_sessions * bots) \
+        + ["fraud"] * round(n_sessions * fraud)
     rng.shuffle(segments)
+    n_sessions = len(segments)
     first_user = rng.randint(500_000_000, 590_000_000)
     users = list(range(first_user, first_user + (user_pool or n_sessions)))
     rng.shuffle(users)
     now = now.replace(microsecond=0)  # whole seconds, like event_time, so the shift below is exact
     begin, latest_end = now - timedelta(minutes=start_minutes_ago), now - PAST_MARGIN
-    sessions = []
+    sessions, clean_users = [], []
     for i, segment in enumerate(segments):
         user_session = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        user_id, seed, build = users[i % len(users)], rng.getrandbits(64), SESSION_BUILDERS[segment]
+        user_id, seed = users[i % len(users)], rng.getrandbits(64)
+        if returning and clean_users and segment in SESSION_BUILDERS and rng.random() < returning:
+            user_id = rng.choice(clean_users)  # risky sessions keep users of their own
+        build = SESSION_BUILDERS.get(segment) or RISK_BUILDERS[segment]
         start = (begin + timedelta(minutes=spread_minutes * i / n_sessions)).replace(microsecond=0)
         events = build(user_id, user_session, start, random.Random(seed))
         overrun = parse_event_time(events[-1]["event_time"]) - latest_end
         if overrun > timedelta(0):
             events = build(user_id, user_session, start - overrun, random.Random(seed))
-        sessions.append(PlannedSession(user_session, user_id, segment, events))
+        scenario = segment if segment in RISK_BUILDERS else "clean"
+        if scenario == "clean":
+            clean_users.append(user_id)
+        sessions.append(PlannedSession(user_session, user_id, RISK_SEGMENTS.get(segment, segment), events, scenario))
     return sessions
 
 
@@ -123,6 +149,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--spread-minutes", type=_non_negative(float), default=180.0,
                         help="session starts are spread evenly over this span (180)")
     parser.add_argument("--user-pool", type=_non_negative(int), help="distinct user ids (default: --sessions)")
+    parser.add_argument("--bots", type=_non_negative(float), default=0.0,
+                        help="add this share of bot sessions: 35-50 views one second apart (0)")
+    parser.add_argument("--fraud", type=_non_negative(float), default=0.0,
+                        help="add this share of fraud sessions: address hopping, a country jump, a purchase "
+                             "over 500 (0)")
+    parser.add_argument("--returning", type=_non_negative(float), default=0.0,
+                        help="share of sessions by the user of an earlier session (0)")
     parser.add_argument("--connect-timeout", type=_non_negative(float), default=10.0,
                         help="seconds to wait for Kafka before giving up (10)")
     args = parser.parse_args(argv)
@@ -225,7 +258,7 @@ def _source_events(args, rng: random.Random, now: datetime, intent):
         return [], paced(read_rees46_events(args.replay), args.speedup), None
     print(f"generating {args.sessions} sessions ...", file=sys.stderr)
     sessions = plan_sessions(args.sessions, args.mix, rng, now, args.start_minutes_ago,
-                             args.spread_minutes, args.user_pool)
+                             args.spread_minutes, args.user_pool, args.bots, args.fraud, args.returning)
     _write_jsonl(intent, (session.intent() for session in sessions))
     # A stable sort of per-session runs: ties keep each session's own order.
     events = sorted((e for s in sessions for e in s.events), key=itemgetter("event_time"))

@@ -101,7 +101,7 @@ def _segment(raw: Any, where: str) -> Segment:
         raise InvalidConfigError(f"{where}.color must be a string")
     if "when" not in raw:
         raise InvalidConfigError(f"{where}.when is missing")
-    matches = (lambda _m: True) if raw["when"] == "otherwise" else _condition(raw["when"], f"{where}.when")
+    matches = (lambda _m: True) if raw["when"] == "otherwise" else condition(raw["when"], f"{where}.when")
     recs = raw.get("recommendations", [])
     if not isinstance(recs, list):
         raise InvalidConfigError(f"{where}.recommendations must be a list")
@@ -112,22 +112,23 @@ def _segment(raw: Any, where: str) -> Segment:
 def _recommendation(raw: Any, where: str) -> tuple[str, Predicate]:
     if not isinstance(raw, dict) or not isinstance(raw.get("text"), str) or not raw["text"].strip():
         raise InvalidConfigError(f"{where}.text must be a non-empty string")
-    applies = _condition(raw["when"], f"{where}.when") if "when" in raw else (lambda _m: True)
+    applies = condition(raw["when"], f"{where}.when") if "when" in raw else (lambda _m: True)
     return raw["text"], applies
 
 
-def _condition(raw: Any, where: str) -> Predicate:
+def condition(raw: Any, where: str, metrics: tuple[str, ...] = METRICS) -> Predicate:
+    """The condition language (DESIGN.md §7) over the given metric names."""
     if isinstance(raw, dict) and set(raw) == {"all"} and isinstance(raw["all"], list) and raw["all"]:
-        parts = [_condition(c, f"{where}.all[{i}]") for i, c in enumerate(raw["all"])]
+        parts = [condition(c, f"{where}.all[{i}]", metrics) for i, c in enumerate(raw["all"])]
         return lambda m: all(p(m) for p in parts)
     if isinstance(raw, dict) and set(raw) == {"any"} and isinstance(raw["any"], list) and raw["any"]:
-        parts = [_condition(c, f"{where}.any[{i}]") for i, c in enumerate(raw["any"])]
+        parts = [condition(c, f"{where}.any[{i}]", metrics) for i, c in enumerate(raw["any"])]
         return lambda m: any(p(m) for p in parts)
     if not isinstance(raw, dict) or set(raw) != {"metric", "op", "value"}:
         raise InvalidConfigError(f"{where} must be {{metric, op, value}}, {{all: [...]}} or {{any: [...]}}")
     metric, op, value = raw["metric"], raw["op"], raw["value"]
-    if metric not in METRICS:
-        raise InvalidConfigError(f"{where}.metric: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+    if metric not in metrics:
+        raise InvalidConfigError(f"{where}.metric: unknown metric {metric!r} (known: {', '.join(metrics)})")
     if op not in _OPS:
         raise InvalidConfigError(f"{where}.op: unknown operator {op!r} (known: {' '.join(_OPS)})")
     if not isinstance(value, (int, float)) or isinstance(value, bool):

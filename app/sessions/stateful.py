@@ -31,6 +31,8 @@ from pyspark.sql import DataFrame, functions as F
 from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
 from app.events.enrich import SESSION_INPUT_COLUMNS
+from app.profiles.alerts import Alert
+from app.profiles.rules import parse_profile_rules
 from app.segments.rules import parse_rules
 from app.sessions.lean_arrow import LeanUdf
 from app.sessions.tracker import Event, SessionSettings, Step, UserState, process_events, process_timeout
@@ -38,8 +40,8 @@ from app.sessions.tracker import Event, SessionSettings, Step, UserState, proces
 
 class OutputRow(NamedTuple):
     """One row of the operator's output; `kind` says which fields are set."""
-    kind: str                         # event | duplicate | session | quarantine
-    id: str                           # event_id | event_id | session _id | quarantine _id
+    kind: str                         # event | duplicate | session | quarantine | profile | alert
+    id: str                           # event_id | event_id | session _id | quarantine _id | user_id | alert id
     doc: str | None                   # the event, session or quarantine document as JSON
     session_id: str | None = None     # event: its session (None when late and unsessionized)
     seconds_since_prev: float | None = None   # event
@@ -60,11 +62,12 @@ INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "wat
 
 
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
-               id_retention_s: float = 30 * 24 * 3600, lean: bool = True):
+               id_retention_s: float = 30 * 24 * 3600, lean: bool = True, profile_rules_document: dict | None = None):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
-    once, and every session the batch changed. `lean`: use app/sessions/lean_arrow.py where it applies."""
+    once, every session the batch changed, and with profile rules each changed user's profile
+    totals and the alerts raised. `lean`: use app/sessions/lean_arrow.py where it applies."""
     state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
-                                     int(id_retention_s * 1000), lean)
+                                     int(id_retention_s * 1000), lean, profile_rules_document)
     delay_ms = int(watermark_delay_s * 1000)
 
     def transform(records: DataFrame) -> DataFrame:
@@ -80,12 +83,15 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
     return transform
 
 
-def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention_ms: int, lean: bool):
+def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention_ms: int, lean: bool,
+                    profile_rules_document: dict | None = None):
     settings_cache: list[SessionSettings] = []
 
     def settings() -> SessionSettings:
         if not settings_cache:  # parsed once per Python worker, not per group
-            settings_cache.append(SessionSettings(gap_ms, max_ms, parse_rules(rules_document), id_retention_ms))
+            profile_rules = None if profile_rules_document is None else parse_profile_rules(profile_rules_document)
+            settings_cache.append(SessionSettings(gap_ms, max_ms, parse_rules(rules_document), id_retention_ms,
+                                                  profile_rules))
         return settings_cache[0]
 
     def process(key: tuple, columns: dict | None, state: GroupState) -> list[OutputRow]:
@@ -129,11 +135,10 @@ def _save(state: GroupState, step: Step) -> None:
 
 def _events(columns: dict) -> tuple[list[Event], dict]:
     """The group's rows as tracker Events, and event_id -> event document."""
-    names = ("event_ms", "event_id", "event_type", "user_id", "user_session", "product_id", "category_id", "price")
-    events = [Event(int(ms), event_id, event_type, user_id, _none_if_nan(user_session), _none_if_nan(product),
-                    _none_if_nan(category), _none_if_nan(price))
-              for ms, event_id, event_type, user_id, user_session, product, category, price
-              in zip(*(columns[name] for name in names))]
+    names = ("event_ms", "event_id", "event_type", "user_id", "user_session", "product_id", "category_id", "price",
+             "category_code", "device_type", "country", "ip_address")
+    events = [Event(int(ms), event_id, event_type, user_id, *map(_none_if_nan, rest))
+              for ms, event_id, event_type, user_id, *rest in zip(*(columns[name] for name in names))]
     return events, dict(zip(columns["event_id"], columns["doc"]))
 
 
@@ -149,4 +154,15 @@ def _rows(step: Step, docs: dict) -> list[OutputRow]:
     rows += [OutputRow("session", doc["_id"], json.dumps(doc, separators=(",", ":")), doc["_id"],
                        status=doc["status"], first_write=doc["_id"] in out.first_writes)
              for doc in out.sessions]
+    if out.profile is not None:
+        rows.append(OutputRow("profile", out.profile["user_id"], json.dumps(out.profile, separators=(",", ":"))))
+    rows += [OutputRow("alert", alert.alert_id, json.dumps(alert_message(alert), separators=(",", ":")),
+                       alert.session_id) for alert in out.alerts]
     return rows
+
+
+def alert_message(alert: Alert) -> dict:
+    """The alert as its behavior_alerts document and Kafka message (dates as epoch millis)."""
+    return {"alert_id": alert.alert_id, "alert_type": alert.alert_type, "severity": alert.severity,
+            "user_id": alert.user_id, "session_id": alert.session_id, "first_event_ms": alert.first_event_ms,
+            "event_ms": alert.event_ms, "evidence": alert.evidence, "rule_version": alert.rule_version}

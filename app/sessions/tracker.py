@@ -31,6 +31,9 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
+from app.profiles.alerts import Alert, AlertEvent, AlertState, detect
+from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals, new_epoch
+from app.profiles.rules import ProfileRules
 from app.segments.rules import RuleSet, Segment
 from app.sessions.metrics import SessionAccumulator, session_metrics
 
@@ -44,6 +47,10 @@ class Event(NamedTuple):
     product_id: str | None
     category_id: str | None
     price: float | None
+    category_code: str | None = None
+    device_type: str | None = None
+    country: str | None = None
+    ip_address: str | None = None
 
 
 class EventOut(NamedTuple):
@@ -59,6 +66,7 @@ class SessionSettings:
     max_ms: int
     rules: RuleSet
     id_retention_ms: int = 30 * 24 * 3_600_000
+    profile_rules: ProfileRules | None = None  # None: no profiles, no alerts
 
 
 class SeenIds:
@@ -121,19 +129,25 @@ class UserState:
     sessions: dict = field(default_factory=dict)     # session_id -> open Session
     generations: dict = field(default_factory=dict)  # user_session -> generations used so far
     last_event_ms: int = 0
+    profile: ProfileTotals | None = None             # this epoch's profile totals (profiles on)
+    alerts: AlertState = field(default_factory=AlertState)
 
     def encode(self) -> str:
         """-> the JSON text kept in Spark's state store."""
-        return json.dumps({
-            "user_id": self.user_id, "generations": self.generations, "last_event_ms": self.last_event_ms,
-            "sessions": [_session_to_dict(s) for s in self.sessions.values()],
-        }, separators=(",", ":"))
+        raw = {"user_id": self.user_id, "generations": self.generations, "last_event_ms": self.last_event_ms,
+               "sessions": [_session_to_dict(s) for s in self.sessions.values()]}
+        if self.profile is not None:
+            raw["profile"], raw["alerts"] = self.profile.to_state(), self.alerts.to_state()
+        return json.dumps(raw, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> "UserState":
         raw = json.loads(text)
         sessions = [_session_from_dict(s) for s in raw["sessions"]]
-        return cls(raw["user_id"], {s.session_id: s for s in sessions}, raw["generations"], raw["last_event_ms"])
+        profile = ProfileTotals.from_state(raw["profile"]) if "profile" in raw else None
+        alerts = AlertState.from_state(raw["alerts"]) if "alerts" in raw else AlertState()
+        return cls(raw["user_id"], {s.session_id: s for s in sessions}, raw["generations"], raw["last_event_ms"],
+                   profile, alerts)
 
 
 @dataclass
@@ -142,6 +156,8 @@ class Outputs:
     duplicates: list = field(default_factory=list)   # ids of events already counted: not written again
     sessions: list = field(default_factory=list)     # session documents (dates as epoch millis)
     first_writes: set = field(default_factory=set)   # ids among `sessions` never written before
+    profile: dict | None = None                      # the epoch's profile totals, when the user changed
+    alerts: list = field(default_factory=list)       # Alert raised by this batch's events
 
 
 class Step(NamedTuple):
@@ -156,7 +172,7 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
     events = sorted(events, key=lambda e: (e.event_ms, e.event_id))
     if state is None:
         state = UserState(events[0].user_id if events else "")
-    out, touched = Outputs(), {}
+    out, touched, counted = Outputs(), {}, []
     for ev in events:
         session = _session_for(state, ev, settings)
         if session is not None and ev.event_id and not session.seen.add(ev.event_id):
@@ -172,10 +188,36 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
                 continue
             session = _open(state, ev)
             session.seen.add(ev.event_id)
+            if settings.profile_rules is not None:
+                _profile(state, ev, watermark_ms).open_session()
         out.events.append(_add(session, ev, watermark_ms, settings.rules))
+        counted.append(ev)  # in a session: a late copy of an event whose session closed never gets here
         state.last_event_ms = max(state.last_event_ms, ev.event_ms)
         touched[session.session_id] = session
+    if settings.profile_rules is not None and counted:
+        _count_in_profile(state, counted, out, settings.profile_rules, watermark_ms)
     return _finish(state, out, touched, watermark_ms, settings)
+
+
+def _profile(state: UserState, ev: Event, watermark_ms: int) -> ProfileTotals:
+    if state.profile is None:  # a new epoch: the user (re)enters the state store
+        state.profile = new_epoch(watermark_ms, ev.event_ms, ev.event_id)
+    return state.profile
+
+
+def _count_in_profile(state: UserState, counted: list, out: Outputs, rules: ProfileRules, watermark_ms: int) -> None:
+    """The batch's sessionized events (not duplicates, not late without a session) into the profile
+    and through the alert rules: the profile adds up what the user's sessions hold."""
+    for ev in counted:
+        _profile(state, ev, watermark_ms).add_event(ev.event_ms, ev.event_type, ev.price, ev.device_type, ev.country,
+                                      ev.category_code)
+    out.alerts.extend(detect(state.alerts, state.user_id, (
+        AlertEvent(ev.event_ms, ev.event_type, _session_of(state, ev), ev.ip_address, ev.country, ev.price,
+                   ev.product_id) for ev in counted), rules))
+
+
+def _session_of(state: UserState, ev: Event) -> str | None:
+    return ev.user_session  # the explicit id groups a session's events for the rapid-action run
 
 
 def process_timeout(state: UserState, watermark_ms: int, settings: SessionSettings) -> Step:
@@ -230,6 +272,10 @@ def _classify(session: Session, rules: RuleSet, at_ms: int) -> Segment:
 def _close(state: UserState, session: Session, out: Outputs, rules: RuleSet) -> None:
     _emit(state, session, "closed", out, rules)
     del state.sessions[session.session_id]
+    if state.profile is not None:
+        acc = session.acc
+        state.profile.close_session((acc.end_ms - acc.start_ms) / 60_000.0, session.segment, acc.end_ms)
+        state.alerts.forget_session(session.user_session)
 
 
 def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, settings: SessionSettings) -> Step:
@@ -238,6 +284,11 @@ def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, se
             _close(state, session, out, settings.rules)
         elif session.session_id in touched:
             _emit(state, session, "active", out, settings.rules)
+    if state.profile is not None and (out.events or out.sessions):  # events counted, or sessions closed
+        out.profile = epoch_totals(state.profile, [
+            OpenSession((s.acc.end_ms - s.acc.start_ms) / 60_000.0, s.segment, s.acc.end_ms)
+            for s in state.sessions.values()])
+        out.profile["user_id"] = state.user_id
     if state.sessions:
         return Step(state, out, min(s.timeout_ms(settings) for s in state.sessions.values()))
     retain_until = state.last_event_ms + settings.id_retention_ms

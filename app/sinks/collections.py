@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from pymongo import ASCENDING, DESCENDING, ReplaceOne
+from pymongo import ASCENDING, DESCENDING
 
 from app import aggregates as A
-from app.sinks.mongo import Store, insert_or_ignore, insert_returning_duplicates
+from app.profiles.rules import parse_profile_rules
+from app.sinks import profiles as P
+from app.sinks.mongo import Store, insert_or_ignore, insert_returning_duplicates, replace_documents
 
 SEGMENTS = "user_behavior_segments"
 DISTRIBUTION = "segment_distribution"
@@ -23,7 +25,8 @@ FUNNEL_USERS = "conversion_funnel_users"
 DISTRIBUTION_USERS = "segment_distribution_users"
 RAPID_ACTION_SECONDS = 2.0
 # Everything the job writes: what --reset-output drops.
-OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS)
+OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS,
+           "user_profiles", "behavior_alerts")
 AGGREGATES = (FUNNEL, DISTRIBUTION)  # additive sums tagged with the run (query id) that made them
 
 
@@ -94,13 +97,16 @@ SESSION_INSERT_CHUNK = 1000
 SESSION_REPLACE_CHUNK = 500
 
 
-def write_outputs(store: Store):
+def write_outputs(store: Store, profile_rules_document: dict | None = None):
     """foreachPartition writer of one partition of the state step's output: bad records, events
-    (insert-or-ignore on _id), then sessions (first writes inserted, the rest replaced by _id).
-    Each step is idempotent, so a step cut short by a store outage is simply run again."""
+    (insert-or-ignore on _id), profiles (merged with the stored epoch), sessions (first writes
+    inserted, the rest replaced by _id; each carries its user's scores), then alerts (insert-or-
+    ignore). Each step is idempotent, so a step cut short by a store outage is simply run again."""
+    rules_cache: list = []
+
     def write(rows) -> None:
         db, now = store.db(), _now()
-        quarantine, events, new_sessions, seen_sessions = [], [], [], []
+        quarantine, events, profiles, alerts, new_sessions, seen_sessions = [], [], [], [], [], []
         for row in rows:
             if row.kind == "event":
                 events.append(event_document(row, now))
@@ -108,14 +114,25 @@ def write_outputs(store: Store):
                 (new_sessions if row.first_write else seen_sessions).append(row)
             elif row.kind == "quarantine":
                 quarantine.append(quarantine_document(row, now))
+            elif row.kind == "profile":
+                profiles.append(row)
+            elif row.kind == "alert":
+                alerts.append(P.alert_document(row, now))
         store.retrying("quarantined_events", lambda: insert_or_ignore(db[QUARANTINE], quarantine))
         store.retrying("enriched_events", lambda: insert_or_ignore(db[EVENTS], events))
-        for start in range(0, len(new_sessions), SESSION_INSERT_CHUNK):
-            chunk = new_sessions[start:start + SESSION_INSERT_CHUNK]
-            store.retrying("new sessions", lambda: _write_session_rows(db[SEGMENTS], chunk, insert=True))
-        for start in range(0, len(seen_sessions), SESSION_REPLACE_CHUNK):
-            chunk = seen_sessions[start:start + SESSION_REPLACE_CHUNK]
-            store.retrying("session updates", lambda: _write_session_rows(db[SEGMENTS], chunk, insert=False))
+        scores = {}
+        if profiles:
+            if not rules_cache:  # parsed once per Python worker
+                rules_cache.append(parse_profile_rules(profile_rules_document))
+            docs = store.retrying("user_profiles", lambda: P.write_profiles(db[P.PROFILES], profiles,
+                                                                             rules_cache[0], now))
+            scores = {doc["_id"]: P.user_scores(doc) for doc in docs}
+        for pending, insert, chunk_size, step in ((new_sessions, True, SESSION_INSERT_CHUNK, "new sessions"),
+                                                  (seen_sessions, False, SESSION_REPLACE_CHUNK, "session updates")):
+            for start in range(0, len(pending), chunk_size):
+                chunk = pending[start:start + chunk_size]
+                store.retrying(step, lambda: _write_session_rows(db[SEGMENTS], chunk, insert, scores))
+        store.retrying("behavior_alerts", lambda: insert_or_ignore(db[P.ALERTS], alerts))
     return write
 
 
@@ -127,20 +144,18 @@ def quarantine_document(row, quarantined_at: datetime) -> dict:
     return doc
 
 
-def _write_session_rows(coll, rows: list, insert: bool) -> None:
+def _write_session_rows(coll, rows: list, insert: bool, scores: dict | None = None) -> None:
     if not rows:
         return
     now = _now()  # per chunk: processing_time is when the document was written
     docs = [session_document(row, now) for row in rows]
+    for doc in docs:
+        if scores and doc["user_id"] in scores:
+            doc["user_scores"] = scores[doc["user_id"]]
     if insert:  # on a replayed batch the documents may be there already: replace those
         docs = insert_returning_duplicates(coll, docs)
     for start in range(0, len(docs), SESSION_REPLACE_CHUNK):
         replace_documents(coll, docs[start:start + SESSION_REPLACE_CHUNK])
-
-
-def replace_documents(coll, docs: list[dict]) -> None:
-    if docs:
-        coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
 
 
 def record_progress(db, doc: dict) -> None:

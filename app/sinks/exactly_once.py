@@ -24,6 +24,15 @@ twice leaves what writing them once leaves:
    this very batch was inserted by the failed attempt and is counted again for this batch.
 5. Derived figures (rates, averages, share_pct) are recomputed from the stored sums on each
    write, never accumulated.
+6. user_profiles: the state step emits the totals of the user's current state epoch (the
+   same totals on a replay: they come from the state before the batch). The stored document
+   keeps the epoch id, `base` (the totals before that epoch) and `totals`; a write of the same
+   epoch adds to the same base, a new epoch takes the stored totals as its base
+   (app/sinks/profiles.py). Scores and pattern are derived from the totals.
+7. behavior_alerts: insert-or-ignore on the alert id (type:user:first event time of the
+   evidence), which the state step derives from the state before the batch. The Kafka topic
+   `behavior_alerts` is at-least-once: a replayed batch sends its alerts again with the same
+   ids, and consumers deduplicate by alert_id.
 
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).

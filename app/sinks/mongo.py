@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
-from pymongo import MongoClient
+from pymongo import MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, ConnectionFailure
 
 DUPLICATE_KEY = 11000
@@ -90,3 +90,9 @@ def insert_returning_duplicates(collection, docs: list[dict]) -> list[dict]:
         if any(e.get("code") != DUPLICATE_KEY for e in errors):
             raise
         return [docs[e["index"]] for e in errors]
+
+
+def replace_documents(coll, docs: list[dict]) -> None:
+    """Whole documents by _id, upserted, in one unordered bulk write."""
+    if docs:
+        coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)

@@ -58,10 +58,13 @@ kafka_up() {
   log "kafka: ready, topic $KAFKA_TOPIC has $KAFKA_PARTITIONS partitions"
 }
 
-kafka_topic_ready() {
+kafka_topic_ready() {  # the input topic, and the topic the job's risk alerts go to
   pid_alive kafka && port_open "$KAFKA_PORT" &&
     kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
-      --create --if-not-exists --topic "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" --replication-factor 1
+      --create --if-not-exists --topic "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" --replication-factor 1 &&
+    kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+      --create --if-not-exists --topic "${ALERTS_TOPIC:-behavior_alerts}" --partitions "$KAFKA_PARTITIONS" \
+      --replication-factor 1
 }
 
 mongo_up() {

@@ -27,3 +27,17 @@ db.conversion_funnel.find({}, { _id: 0, run_id: 0, batch_id: 0 }).sort({ total_s
 print("\n== segment distribution over the last 24 h (5-minute windows, by session end) ==");
 db.segment_distribution.find({ window_start: { $gte: dayAgo } }).sort({ window_start: -1, behavior_segment: 1 }).limit(48)
   .forEach(d => print(`${d.window_start.toISOString()}  ${d.behavior_segment.padEnd(16)} ${String(d.session_count).padStart(5)}  ${d.share_pct}%`));
+
+print("\n== top users by intent (user_profiles; recency computed now) ==");
+db.user_profiles.find({}, { sessions: 1, intent_score: 1, conversion_probability: 1, behavior_pattern: 1, last_seen: 1 })
+  .sort({ intent_score: -1, _id: 1 }).limit(10)
+  .forEach(d => print(`user ${String(d._id).padEnd(10)} intent ${String(d.intent_score).padStart(3)}  convert ${String(d.conversion_probability).padStart(3)}  ${d.behavior_pattern.padEnd(18)} sessions ${d.sessions}  recency ${((Date.now() - d.last_seen) / 86400000).toFixed(1)} d`));
+
+print("\n== at-risk users (win-back) ==");
+db.user_profiles.find({ behavior_pattern: "at_risk" }, { sessions: 1, last_segment: 1, last_seen: 1 })
+  .sort({ last_seen: -1 }).limit(10)
+  .forEach(d => print(`user ${String(d._id).padEnd(10)} sessions ${d.sessions}  last ${d.last_segment}  seen ${d.last_seen.toISOString()}`));
+
+print("\n== high-severity alerts (fraud review) ==");
+db.behavior_alerts.find({ severity: "high" }).sort({ first_event_time: -1 }).limit(20)
+  .forEach(d => print(`${d.alert_type.padEnd(15)} user ${String(d.user_id).padEnd(10)} ${d.first_event_time.toISOString()}  ${JSON.stringify(d.evidence)}`));

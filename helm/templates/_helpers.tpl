@@ -229,7 +229,7 @@ Env vars every container of the app image gets: */}}
 {{- end -}}
 
 {{/*
-seg.waitForKafka: init container that waits for Kafka and creates the topic (idempotent),
+seg.waitForKafka: init container that waits for Kafka and creates the topics (input and alerts; idempotent),
 run from the Kafka image so its own tools do the work. Bounded: fails after ~10 minutes.
 With kafka.sasl it logs in through a client properties file written at run time from its env
 into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
@@ -252,9 +252,12 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
           > /tmp/kafka-client.properties)
         login=(--command-config /tmp/kafka-client.properties)
       fi
-      for i in {1..120}; do
+      create() {
         /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" "${login[@]}" --create --if-not-exists \
-          --topic "$KAFKA_TOPIC" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR" && exit 0
+          --topic "$1" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR"
+      }
+      for i in {1..120}; do
+        create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC" && exit 0
         echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS ($i/120)"; sleep 5
       done
       echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS did not answer in 10 minutes" >&2; exit 1
@@ -263,6 +266,8 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
       value: {{ include "seg.kafkaBootstrap" . | quote }}
     - name: KAFKA_TOPIC
       value: {{ .Values.kafka.topic | quote }}
+    - name: ALERTS_TOPIC
+      value: {{ .Values.kafka.alertsTopic | quote }}
     - name: PARTITIONS
       value: {{ .Values.kafka.partitions | quote }}
     - name: REPLICATION_FACTOR

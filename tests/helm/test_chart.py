@@ -250,3 +250,13 @@ def test_check_fails_on_a_manifest_kubernetes_rejects(tmp_path):
     result = run_helm_check("validate", chart=chart, out=out)
     assert result.returncode != 0
     assert "do not match the Kubernetes" in result.stderr
+
+
+@pytest.mark.parametrize("value_set", ["default", "production"])
+def test_the_alerts_topic_is_created_with_the_input_topic_and_given_to_the_job(rendered, value_set):
+    docs = rendered[value_set]
+    job = one(docs, "Deployment", "streaming")
+    topics = env_of(container(job, "driver"))["ALERTS_TOPIC"]
+    init = next(c for c in pod_spec(job)["initContainers"] if c["name"] == "kafka-topic")
+    assert env_of(init)["ALERTS_TOPIC"] == topics == "behavior_alerts"
+    assert 'create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC"' in init["args"][0]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from app.config import DEFAULT_RULES_FILE
+from app.config import DEFAULT_PROFILE_RULES_FILE, DEFAULT_RULES_FILE
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
 from app.pipeline import BATCH_METRICS, with_batch_metrics
@@ -16,7 +16,7 @@ from app.sessions.stateful import sessionize
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
 GAP_S, WATERMARK_S = 30 * 60, 10 * 60
-
+PROFILE_RULES = yaml.safe_load(DEFAULT_PROFILE_RULES_FILE.read_text())
 
 def event(minutes: float, session: str | None, user: int = 1, kind: str = "view", price=None, eid=None) -> dict:
     ts = T0 + timedelta(minutes=minutes)
@@ -32,7 +32,7 @@ class SessionStream:
     """The real parse -> route -> sessionize chain over a directory of JSON-lines files."""
 
     def __init__(self, spark, tmp_path, max_s: float = 24 * 3600, rules: dict | None = None, name: str = "in",
-                 lean: bool = True):
+                 lean: bool = True, profiles: bool = False):
         self.dir, self.rows = tmp_path / name, []
         self.dir.mkdir(exist_ok=True)
         self.files = len(list(self.dir.iterdir()))  # a second run on the same input goes on numbering
@@ -43,7 +43,8 @@ class SessionStream:
                        F.current_timestamp().alias("timestamp")))
         sessions = (raw.transform(parse_events())
                     .transform(with_event_enrichment)
-                    .transform(sessionize(rules, GAP_S, max_s, WATERMARK_S, lean=lean))
+                    .transform(sessionize(rules, GAP_S, max_s, WATERMARK_S, lean=lean,
+                                          profile_rules_document=PROFILE_RULES if profiles else None))
                     .transform(with_batch_metrics))
         self.query = (sessions.writeStream.outputMode("update")
                       .foreachBatch(lambda df, batch_id: self.rows.extend(
@@ -207,12 +208,12 @@ def test_the_lean_arrow_path_and_sparks_pandas_path_give_the_same_rows(spark, tm
     """app/sessions/lean_arrow.py replaces pyspark's per-group pandas conversion: same input, same output."""
     batches = [
         [event(0, "A"), event(0.5, "A", kind="cart"), event(1, None, user=5), "not json", event(1, "A", eid="A-0")],
-        [event(2, "B", user=2, kind="purchase", price=12.5), event(3, None, user=5)],
+        [event(2, "B", user=2, kind="purchase", price=612.5), event(3, None, user=5)],
         [event(90, "C", user=3)],  # the watermark closes A, B and user 5's session: timed-out groups
     ]
     results = {}
     for lean in (True, False):
-        harness = SessionStream(spark, tmp_path, name=f"lean_{lean}", lean=lean)
+        harness = SessionStream(spark, tmp_path, name=f"lean_{lean}", lean=lean, profiles=True)
         try:
             for batch in batches:
                 harness.send(*batch)
@@ -222,7 +223,9 @@ def test_the_lean_arrow_path_and_sparks_pandas_path_give_the_same_rows(spark, tm
                                 r["seconds_since_prev"], r["is_late"], r["status"], r["first_write"])
                                for r in harness.rows)
     assert results[True] == results[False]
-    assert {"quarantine", "event", "duplicate", "session"} <= {row[1] for row in results[True]}
+    assert {"quarantine", "event", "duplicate", "session", "profile", "alert"} <= {row[1] for row in results[True]}
+    [alert] = [json.loads(row[3]) for row in results[True] if row[1] == "alert"]
+    assert (alert["alert_type"], alert["user_id"], alert["evidence"]["price"]) == ("HIGH_VALUE_PURCHASE", "2", 612.5)
     assert any(row[1] == "session" and row[7] == "closed" for row in results[True])
 
 

@@ -57,6 +57,9 @@ def test_env_vars(tmp_path):
         "MONGODB_RETRY_TIMEOUT": "90s",
         "HEALTH_PORT": "0",
         "HEALTH_STALL_AFTER": "10 minutes",
+        "PROFILES": "off",
+        "PROFILE_RULES_FILE": str(rules),
+        "ALERTS_TOPIC": "risk.alerts",
     }
     config = load_config([], env)
     assert dataclasses.asdict(config) == {
@@ -86,6 +89,9 @@ def test_env_vars(tmp_path):
         "health_port": 0,
         "health_stall_after_s": 600.0,
         "reset_output": False,
+        "profiles": False,
+        "profile_rules_file": str(rules),
+        "alerts_topic": "risk.alerts",
     }
 
 
@@ -242,6 +248,9 @@ def test_write_concern_is_majority_on_a_replica_set_unless_set():
     ({"MONGODB_RETRY_TIMEOUT": "soon"}, "MONGODB_RETRY_TIMEOUT"),
     ({"HEALTH_PORT": "70000"}, "HEALTH_PORT"),
     ({"HEALTH_STALL_AFTER": "1m"}, "HEALTH_STALL_AFTER"),
+    ({"PROFILES": "sometimes"}, "PROFILES"),
+    ({"PROFILE_RULES_FILE": "/nope.yaml"}, "PROFILE_RULES_FILE"),
+    ({"ALERTS_TOPIC": "ecommerce_events"}, "ALERTS_TOPIC"),
 ])
 def test_operations_settings_fail_naming_the_setting(env, setting):
     with pytest.raises(InvalidConfigError, match=setting):

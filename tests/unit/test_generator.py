@@ -11,7 +11,7 @@ import pytest
 
 from app.events import contract as c
 from app.generator.behaviors import SESSION_BUILDERS
-from app.generator.cli import allocate_segments, main, parse_mix, plan_sessions
+from app.generator.cli import DEFAULT_MIX, allocate_segments, main, parse_mix, plan_sessions
 from app.generator.malformed import MALFORMED_KINDS, interleave_malformed, malformed_record
 from app.generator.replay import paced, parse_event_time, read_rees46_events
 
@@ -105,7 +105,7 @@ def test_events_are_ordered_valid_and_json_ready(segment):
             assert all(isinstance(event[f], str) for f in ("ip_address", "country", "city", "device_type",
                                                            "user_agent", "page_url", "referrer_url"))
         assert len({e["event_id"] for e in events}) == len(events)
-        assert len({(e["ip_address"], e["user_agent"]) for e in events}) == 1  # one profile per session
+        assert len({(e["ip_address"], e["user_agent"]) for e in events}) == 1  # one profile per session (and user)
 
 
 def test_same_rng_seed_gives_the_same_session():
@@ -250,3 +250,29 @@ def test_the_generator_uses_the_jobs_kafka_security_settings():
                            "KAFKA_SASL_USERNAME": "gen", "KAFKA_SASL_PASSWORD": "pw"}) == {
         "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "gen", "sasl_plain_password": "pw"}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bots_fraud_and_returning_users_raise_exactly_the_recorded_alerts(seed):
+    """The alert rules (app/profiles/alerts.py, default thresholds) over the generated events, user by
+    user: the (user, alert type) pairs raised are the ones the intent records, on clean traffic too."""
+    from app.profiles.alerts import AlertEvent, AlertState, detect
+    from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
+    rules = load_profile_rules(DEFAULT_PROFILE_RULES)
+    sessions = plan_sessions(300, parse_mix(DEFAULT_MIX), random.Random(seed), BASE_TIME + timedelta(days=1),
+                             bots=0.05, fraud=0.05, returning=0.3)
+    assert sum(s.scenario == "bot" for s in sessions) == sum(s.scenario == "fraud" for s in sessions) == 15
+    assert len({s.user_id for s in sessions}) < len(sessions)  # some users came back
+    by_user: dict = {}
+    for session in sessions:
+        by_user.setdefault(session.user_id, []).extend((e, session.user_session) for e in session.events)
+    raised = set()
+    for user, events in by_user.items():
+        events.sort(key=lambda item: item[0]["event_time"])
+        alerts = detect(AlertState(), str(user), [
+            AlertEvent(int(parse_event_time(e["event_time"]).timestamp() * 1000), e["event_type"], session,
+                       e["ip_address"], e["country"], e["price"]) for e, session in events], rules)
+        raised |= {(str(user), a.alert_type) for a in alerts}
+    intended = {(str(s.user_id), alert) for s in sessions for alert in s.intent()["alerts"]}
+    assert raised == intended
+    assert {s.segment for s in sessions if s.scenario == "bot"} == {"browser"}

@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit: make `app` impor
 
 from app.config import InvalidConfigError, describe, load_config  # noqa: E402
 from app.services import ServiceUnavailableError, check_kafka, check_mongodb  # noqa: E402
+from app.profiles.rules import load_profile_rules  # noqa: E402
 from app.segments.rules import load_rules  # noqa: E402
 
 
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(argv if argv is not None else sys.argv[1:])
         load_rules(config.rules_file)
+        if config.profiles:
+            load_profile_rules(config.profile_rules_file)
         from app.pipeline import check_checkpoint, check_outputs, store_for
         check_checkpoint(config)
         check_kafka(config)

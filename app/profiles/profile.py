@@ -1,0 +1,168 @@
+"""A user's profile across sessions (DESIGN.md §11): pure Python, no Spark, no MongoDB.
+
+The state keeps `ProfileTotals` for the user's current *epoch*: everything counted since the
+user's entry (re)appeared in the state store. Event-level figures are added as events are
+counted (duplicates never reach here); session-level figures (durations, segments) are added
+when a session closes, and open sessions are folded in by `profile_figures` when a document is
+written. A user whose entry left the state store and comes back starts a new epoch: the sink
+adds the new epoch's totals to the stored document's (see `merge_epochs`), so first_seen and
+the counts never reset and a replayed batch (same epoch, same totals) writes the same document.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Mapping
+
+from app.profiles.rules import ProfileRules
+
+COUNTS = ("sessions", "total_events", "view_count", "cart_count", "remove_cart_count", "purchase_count")
+TALLIES = ("segment_counts", "devices", "countries", "categories")
+_TYPE_COUNTS = {"view": "view_count", "cart": "cart_count", "remove_from_cart": "remove_cart_count",
+                "purchase": "purchase_count"}
+
+
+@dataclass
+class ProfileTotals:
+    epoch: str                      # which entry of the state store (see `new_epoch`): kept in the stored document
+    first_seen: int
+    last_seen: int
+    sessions: int = 0               # sessions opened
+    total_events: int = 0
+    view_count: int = 0
+    cart_count: int = 0
+    remove_cart_count: int = 0
+    purchase_count: int = 0
+    total_revenue: float = 0.0
+    closed_sessions: int = 0
+    closed_duration_minutes: float = 0.0
+    segment_counts: dict = field(default_factory=dict)  # closed sessions by final segment
+    devices: dict = field(default_factory=dict)
+    countries: dict = field(default_factory=dict)
+    categories: dict = field(default_factory=dict)      # top-level category (before the first dot)
+    last_segment: str | None = None
+    last_segment_ms: int = -1
+
+    def add_event(self, event_ms: int, event_type: str, price: float | None, device_type: str | None = None,
+                  country: str | None = None, category_code: str | None = None) -> None:
+        self.first_seen, self.last_seen = min(self.first_seen, event_ms), max(self.last_seen, event_ms)
+        self.total_events += 1
+        counter = _TYPE_COUNTS.get(event_type)
+        if counter:
+            setattr(self, counter, getattr(self, counter) + 1)
+        if event_type == "purchase":
+            self.total_revenue += price or 0.0
+        for tally, key in (("devices", device_type), ("countries", country),
+                           ("categories", category_code.split(".", 1)[0] if category_code else None)):
+            if key:
+                values = getattr(self, tally)
+                values[key] = values.get(key, 0) + 1
+
+    def open_session(self) -> None:
+        self.sessions += 1
+
+    def close_session(self, duration_minutes: float, segment: str, end_ms: int) -> None:
+        self.closed_sessions += 1
+        self.closed_duration_minutes += duration_minutes
+        self.segment_counts[segment] = self.segment_counts.get(segment, 0) + 1
+        self.saw_segment(segment, end_ms)
+
+    def saw_segment(self, segment: str, at_ms: int) -> None:
+        if at_ms >= self.last_segment_ms:
+            self.last_segment, self.last_segment_ms = segment, at_ms
+
+    def to_state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, raw: Mapping) -> "ProfileTotals":
+        return cls(**raw)
+
+
+def new_epoch(watermark_ms: int, event_ms: int, event_id: str) -> ProfileTotals:
+    """A user (re)entering the state store. The epoch's id names the batch (its watermark) and the
+    event that opened it: a replay of that batch gives the same id, while an old event delivered
+    again long after the entry expired gives another (its batch's watermark differs)."""
+    return ProfileTotals(epoch=f"{watermark_ms}:{event_ms}:{event_id}", first_seen=event_ms, last_seen=event_ms)
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    """What an open session adds to its user's profile when a document is written."""
+    duration_minutes: float
+    segment: str
+    end_ms: int
+
+
+def epoch_totals(totals: ProfileTotals, open_sessions: Iterable[OpenSession]) -> dict:
+    """The epoch's figures with the open sessions folded in (the state is not changed)."""
+    figures = totals.to_state()
+    segments, last = Counter(totals.segment_counts), (totals.last_segment, totals.last_segment_ms)
+    duration = totals.closed_duration_minutes
+    for session in open_sessions:
+        duration += session.duration_minutes
+        segments[session.segment] += 1
+        if session.end_ms >= last[1]:
+            last = (session.segment, session.end_ms)
+    figures.update(duration_minutes=duration, segment_counts=dict(segments), last_segment=last[0],
+                   last_segment_ms=last[1])
+    return figures
+
+
+def merge_epochs(stored: Mapping | None, epoch: Mapping) -> tuple[dict, dict]:
+    """(base, totals): `base` is what the stored document held before this epoch (kept in the
+    document, so every write of the same epoch starts from the same base), `totals` the sum."""
+    if stored is None:
+        base = None
+    elif stored.get("epoch") == epoch["epoch"]:
+        base = stored.get("base")
+    else:  # a new epoch: everything stored so far becomes its base
+        base = stored["totals"]
+    return base, (dict(epoch) if base is None else _add(base, epoch))
+
+
+def _add(a: Mapping, b: Mapping) -> dict:
+    total = dict(b)
+    for name in COUNTS + ("total_revenue", "duration_minutes", "closed_sessions"):
+        total[name] = a.get(name, 0) + b.get(name, 0)
+    for tally in TALLIES:
+        total[tally] = dict(Counter(a.get(tally, {})) + Counter(b.get(tally, {})))
+    total["first_seen"], total["last_seen"] = min(a["first_seen"], b["first_seen"]), max(a["last_seen"], b["last_seen"])
+    if a.get("last_segment_ms", -1) > b.get("last_segment_ms", -1):
+        total["last_segment"], total["last_segment_ms"] = a["last_segment"], a["last_segment_ms"]
+    return total
+
+
+def _top(tally: Mapping[str, int]) -> str | None:
+    """Most frequent key; ties go to the smallest key, so the answer does not depend on order."""
+    return min(tally.items(), key=lambda item: (-item[1], item[0]))[0] if tally else None
+
+
+def _date(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def profile_document(user_id: str, totals: Mapping, rules: ProfileRules) -> dict:
+    """The user_profiles document's figures, scores and pattern (dates as datetimes)."""
+    sessions = totals["sessions"]
+    figures = {
+        "sessions": sessions, "total_events": totals["total_events"], "view_count": totals["view_count"],
+        "cart_count": totals["cart_count"], "purchase_count": totals["purchase_count"],
+        "total_revenue": round(totals["total_revenue"], 2),
+        "avg_session_duration": round(totals["duration_minutes"] / sessions, 2) if sessions else 0.0,
+        "avg_events_per_session": round(totals["total_events"] / sessions, 2) if sessions else 0.0,
+        "unique_categories": len(totals["categories"]),
+        "last_session_bounced": int(totals.get("last_segment") == "bouncer"),
+    }
+    scores = rules.score(figures)
+    first_seen = _date(totals["first_seen"])
+    year, week, _ = first_seen.isocalendar()
+    return {
+        "_id": user_id, "user_id": user_id, "first_seen": first_seen, "last_seen": _date(totals["last_seen"]),
+        "cohort_week": f"{year}-W{week:02d}", **{k: v for k, v in figures.items() if k != "last_session_bounced"},
+        "last_segment": totals.get("last_segment"), "segment_counts": dict(sorted(totals["segment_counts"].items())),
+        "preferred_device": _top(totals["devices"]), "top_country": _top(totals["countries"]),
+        "top_category": _top(totals["categories"]), **scores, "behavior_pattern": rules.pattern({**figures, **scores}),
+        "rule_version": rules.version,
+    }

@@ -1,0 +1,134 @@
+"""`make bench-profiles`: what profiles and alerts cost, and how fast an alert reaches its topic.
+
+1. Throughput of the job over one preloaded topic, with PROFILES=false and PROFILES=true, one run
+   each, back to back on this machine: the ratio is the goal's figure (>= 85%).
+2. Alert latency: the job live (trigger 1 s) while a paced producer sends the benchmark's session
+   mix at RATE events/s, stamped with the send time, with a bot (one view every 0.2 s, 35 views)
+   starting every 2 s. After WARM_UP_S (not counted), each alert message's receive time on the
+   alerts topic minus the send time of the event that completed its evidence: p50/p95/p99.
+
+    python -m bench.profiles [--events 200000] [--rate 1000] [--seconds 60]
+Writes bench/results/profiles.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+from kafka import KafkaConsumer
+
+from bench import load, workload
+from bench.jobproc import ROOT, Job, say
+from bench.latency import WARM_UP_S, _percentile
+from bench.load import BOOTSTRAP
+from bench.run import machine, preload, throughput
+
+RESULTS = ROOT / "bench" / "results"
+BOT_EVERY_S, BOT_STEP_S, BOT_VIEWS = 2.0, 0.2, 35
+
+
+def _stamp(event: dict, at: float) -> dict:
+    return {**event, "event_time": datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
+
+
+def live_with_bots(rate: int, seconds: float):
+    """The session mix stamped with the send time, and a bot starting every BOT_EVERY_S."""
+    started, bots, next_bot = time.time(), [], 0.0
+    for i, event in enumerate(workload.events(int(rate * seconds) + 1)):
+        now = time.time()
+        if now - started >= next_bot:  # a new bot: its views are due every BOT_STEP_S from now
+            user = 900_000_000 + i
+            bots.append([now, 0, user])
+            next_bot += BOT_EVERY_S
+        for bot in bots:
+            if bot[1] < BOT_VIEWS and now >= bot[0] + bot[1] * BOT_STEP_S:
+                bot[1] += 1
+                yield _stamp({"event_id": f"bot-{bot[2]}-{bot[1]}", "event_type": "view", "product_id": 1004237,
+                              "category_id": 2053013555631882655, "category_code": "electronics.smartphone",
+                              "price": 1081.98, "user_id": bot[2], "user_session": f"bot-{bot[2]}",
+                              "ip_address": "203.0.113.9", "country": "Nowhere"}, now)
+        bots = [b for b in bots if b[1] < BOT_VIEWS]
+        yield _stamp(event, now)
+
+
+def alert_latency(rate: int, seconds: float) -> dict:
+    topic = f"bench-alerts-live-{rate}"
+    alerts_topic = topic + "-out"
+    say(f"alert latency: {rate:,} events/s + a bot every {BOT_EVERY_S:g} s, {WARM_UP_S} s warm-up + {seconds:.0f} s")
+    load.fresh_topic(BOOTSTRAP, topic)
+    load.fresh_topic(BOOTSTRAP, alerts_topic)
+    received: list[tuple[float, dict]] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        consumer = KafkaConsumer(alerts_topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest",
+                                 consumer_timeout_ms=1000)
+        while not stop.is_set():
+            for message in consumer:
+                received.append((time.time(), json.loads(message.value)))
+        consumer.close()
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    job = Job(f"alerts-live-{rate}", topic, f"bench_alerts_{rate}", {"TRIGGER_INTERVAL": "1s",
+                                                                      "ALERTS_TOPIC": alerts_topic},
+              [], "app/jobs/streaming/advanced_streaming.py").start()
+    try:
+        job.wait_running()
+        measured_from = time.time() + WARM_UP_S
+        sent = load.paced(BOOTSTRAP, topic, live_with_bots(rate, WARM_UP_S + seconds), rate, WARM_UP_S + seconds)
+        time.sleep(30)  # the last batches
+    finally:
+        job.stop()
+        stop.set()
+        reader.join(timeout=10)
+    delays = sorted(at - alert["event_ms"] / 1000 for at, alert in received if alert["event_ms"] / 1000 >= measured_from)
+    result = {"rate": rate, "warmup_s": WARM_UP_S, "seconds": seconds, "sent": sent, "alerts": len(received),
+              "samples": len(delays), "p50_s": _percentile(delays, 50), "p95_s": _percentile(delays, 95),
+              "p99_s": _percentile(delays, 99), "types": sorted({a["alert_type"] for _, a in received})}
+    say(f"alert latency at {rate:,}/s: p50 {result['p50_s']} s, p99 {result['p99_s']} s over {len(delays)} alerts")
+    return result
+
+
+def markdown(r: dict) -> str:
+    off, on = r["profiles_off"], r["profiles_on"]
+    lat = r["alert_latency"]
+    return "\n".join([
+        f"# Profiles and alerts: cost and alert latency ({r['machine']['date']}, commit {r['machine']['commit']}, "
+        f"{r['machine']['cores']} cores)", "",
+        "| figure | value | goal |", "|---|---|---|",
+        f"| the job, PROFILES=false, {off['events']:,} events | {off['events_per_s']:,} events/s | |",
+        f"| the job, PROFILES=true (profiles, scores, alerts) | {on['events_per_s']:,} events/s | |",
+        f"| with / without | {r['ratio_pct']}% | >= 85% — {'met' if r['ratio_pct'] >= 85 else '**not met**'} |",
+        f"| alert latency at {lat['rate']:,}/s after {lat['warmup_s']} s live (event sent -> message on the topic) "
+        f"| p50 {lat['p50_s']} s, p95 {lat['p95_s']} s, p99 {lat['p99_s']} s over {lat['samples']} alerts | |",
+        "", "Step times per batch (read+parse+state, writes, aggregates), first batches:", "",
+        "- off: " + "; ".join(off["steps"][:3]), "- on: " + "; ".join(on["steps"][:3]), ""])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    results = {"machine": machine()}
+    topic, results["preload"] = preload(args.events)
+    results["profiles_off"] = throughput(topic, args.events, "profiles-off", {"PROFILES": "false"})
+    results["profiles_on"] = throughput(topic, args.events, "profiles-on", {"PROFILES": "true"})
+    results["ratio_pct"] = round(100 * results["profiles_on"]["events_per_s"] / results["profiles_off"]["events_per_s"])
+    results["alert_latency"] = alert_latency(args.rate, args.seconds)
+    out = ROOT / args.out if not args.out.startswith("/") else __import__("pathlib").Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profiles.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "profiles.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

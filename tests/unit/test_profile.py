@@ -1,0 +1,95 @@
+"""The cross-session profile (DESIGN.md §11): event and session figures, open sessions folded in,
+epochs merged so a returning user never resets, and the document's derived fields."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals, merge_epochs, new_epoch, profile_document
+from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
+
+RULES = load_profile_rules(DEFAULT_PROFILE_RULES)
+DAY = 86_400_000
+T0 = 1_570_000_000_000  # 2019-10-02
+
+
+def _two_sessions() -> ProfileTotals:
+    totals = new_epoch(T0 - 600_000, T0, "e1")
+    totals.open_session()
+    totals.add_event(T0, "view", 10.0, "mobile", "PL", "electronics.smartphone")
+    totals.add_event(T0 + 60_000, "cart", 10.0, "mobile", "PL", "electronics.smartphone")
+    totals.add_event(T0 + 120_000, "purchase", 10.0, "desktop", "PL", "electronics.audio")
+    totals.close_session(2.0, "engaged_shopper", T0 + 120_000)
+    totals.open_session()
+    totals.add_event(T0 + DAY, "view", None, "mobile", "DE", "apparel.shoes")
+    return totals
+
+
+def test_events_and_closed_sessions_add_up():
+    totals = _two_sessions()
+    assert (totals.sessions, totals.total_events, totals.view_count, totals.cart_count, totals.purchase_count) == \
+        (2, 4, 2, 1, 1)
+    assert totals.total_revenue == 10.0 and totals.closed_duration_minutes == 2.0
+    assert totals.devices == {"mobile": 3, "desktop": 1} and totals.categories == {"electronics": 3, "apparel": 1}
+    assert (totals.first_seen, totals.last_seen) == (T0, T0 + DAY)
+
+
+def test_open_sessions_are_folded_in_without_changing_the_state():
+    totals = _two_sessions()
+    figures = epoch_totals(totals, [OpenSession(0.0, "bouncer", T0 + DAY)])
+    assert figures["duration_minutes"] == 2.0
+    assert figures["segment_counts"] == {"engaged_shopper": 1, "bouncer": 1}
+    assert figures["last_segment"] == "bouncer"
+    assert totals.segment_counts == {"engaged_shopper": 1}  # untouched
+
+
+def test_a_returning_user_continues_from_the_stored_totals_and_a_replay_writes_the_same():
+    first = epoch_totals(_two_sessions(), [OpenSession(0.0, "bouncer", T0 + DAY)])
+    base, stored_totals = merge_epochs(None, first)
+    assert base is None and stored_totals == first
+    stored = {"epoch": first["epoch"], "base": base, "totals": stored_totals}
+
+    later = new_epoch(T0 + 40 * DAY - 600_000, T0 + 40 * DAY, "e9")
+    later.open_session()
+    later.add_event(T0 + 40 * DAY, "purchase", 99.5, "tablet", "DE", "apparel.shoes")
+    epoch = epoch_totals(later, [OpenSession(0.0, "engaged_shopper", T0 + 40 * DAY)])
+    base, totals = merge_epochs(stored, epoch)
+    assert base == stored_totals
+    assert (totals["first_seen"], totals["last_seen"]) == (T0, T0 + 40 * DAY)  # never reset
+    assert (totals["sessions"], totals["total_events"], totals["purchase_count"]) == (3, 5, 2)
+    assert totals["total_revenue"] == 109.5
+    assert totals["countries"] == {"PL": 3, "DE": 2}
+    assert totals["last_segment"] == "engaged_shopper"
+    # the same batch again (same epoch): the same base, the same totals
+    assert merge_epochs({"epoch": later.epoch, "base": base, "totals": totals}, epoch) == (base, totals)
+
+
+def test_an_old_event_delivered_again_after_the_entry_expired_opens_another_epoch():
+    first = new_epoch(T0 - 600_000, T0, "e1")
+    again = new_epoch(T0 + 31 * DAY, T0, "e1")  # the same first event, a month later
+    assert first.epoch != again.epoch
+    stored_totals = epoch_totals(_two_sessions(), [])
+    base, totals = merge_epochs({"epoch": first.epoch, "base": None, "totals": stored_totals},
+                                epoch_totals(again, []))
+    assert base == stored_totals and totals["total_events"] == stored_totals["total_events"]
+
+
+def test_profile_document_fields():
+    figures = epoch_totals(_two_sessions(), [OpenSession(0.0, "bouncer", T0 + DAY)])
+    doc = profile_document("u1", figures, RULES)
+    assert doc["_id"] == doc["user_id"] == "u1"
+    assert doc["first_seen"] == datetime(2019, 10, 2, 7, 6, 40, tzinfo=timezone.utc)
+    assert doc["cohort_week"] == "2019-W40"
+    assert (doc["sessions"], doc["avg_session_duration"], doc["avg_events_per_session"]) == (2, 1.0, 2.0)
+    assert (doc["preferred_device"], doc["top_country"], doc["top_category"]) == ("mobile", "PL", "electronics")
+    assert doc["segment_counts"] == {"bouncer": 1, "engaged_shopper": 1} and doc["last_segment"] == "bouncer"
+    assert all(0 <= doc[s] <= 100 for s in ("engagement_score", "interest_score", "intent_score",
+                                            "conversion_probability"))
+    assert doc["interest_score"] == 16  # 0.5 * 2/50 + 0.2 * 2/5 + 0.3 * 1/5
+    assert doc["behavior_pattern"] == "exploring" and doc["rule_version"] == "profiles-v1"
+
+
+def test_ties_pick_the_smallest_key_whatever_the_order():
+    totals = new_epoch(T0, T0, "e")
+    for country in ("PL", "DE", "DE", "PL"):
+        totals.add_event(T0, "view", None, country=country)
+    assert profile_document("u", epoch_totals(totals, []), RULES)["top_country"] == "DE"

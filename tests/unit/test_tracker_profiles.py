@@ -1,0 +1,84 @@
+"""The profile and alert state inside the per-user entry (DESIGN.md §11, §12): counted once,
+closed sessions folded in, carried through the state store's encoding, replay-stable, and off
+when no profile rules are given."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from app.config import DEFAULT_RULES_FILE
+from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
+from app.segments.rules import load_rules
+from app.sessions.tracker import Event, SessionSettings, UserState, process_events, process_timeout
+
+MIN = 60_000
+T0 = 1_714_564_800_000
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return SessionSettings(gap_ms=30 * MIN, max_ms=24 * 60 * MIN, rules=load_rules(DEFAULT_RULES_FILE),
+                           profile_rules=load_profile_rules(DEFAULT_PROFILE_RULES))
+
+
+def ev(at_ms, event_id, event_type="view", session="s1", price=None, country="PL", ip="10.0.0.1"):
+    return Event(T0 + at_ms, event_id, event_type, "u1", session, "p1", "c1", price, "electronics.audio",
+                 "mobile", country, ip)
+
+
+def test_profile_counts_each_event_once_and_folds_in_the_open_session(settings):
+    step = process_events(None, [ev(0, "e1"), ev(MIN, "e2", "cart"), ev(MIN, "e2", "cart")], 0, settings)
+    profile = step.out.profile
+    assert (profile["sessions"], profile["total_events"], profile["cart_count"]) == (1, 2, 1)  # e2 once
+    assert profile["segment_counts"] == {"browser": 1} and profile["duration_minutes"] == 1.0  # a cart: browser
+    assert step.out.duplicates == ["e2"]
+
+
+def test_closing_a_session_moves_it_into_the_closed_figures(settings):
+    state = process_events(None, [ev(0, "e1"), ev(2 * MIN, "e2"), ev(3 * MIN, "e3", "purchase", price=20.0)],
+                           0, settings).state
+    step = process_timeout(state, T0 + 34 * MIN, settings)
+    assert step.out.sessions[0]["status"] == "closed"
+    totals = step.state.profile if step.state else None
+    profile = step.out.profile
+    assert profile["closed_sessions"] == 1 and profile["segment_counts"] == {"engaged_shopper": 1}
+    assert profile["duration_minutes"] == 3.0 and profile["total_revenue"] == 20.0
+    assert totals is None or totals.closed_sessions == 1
+
+
+def test_alerts_are_raised_once_and_survive_the_state_encoding(settings):
+    countries = ["PL", "DE"]
+    events = [ev(i * 1000, f"e{i}", country=countries[i % 2], ip=f"10.0.0.{i % 3}") for i in range(4)]
+    step = process_events(None, events, 0, settings)
+    assert sorted(a.alert_type for a in step.out.alerts) == ["LOCATION_JUMP", "MULTIPLE_IPS"]
+    assert {a.session_id for a in step.out.alerts} == {"s1"}
+    state = UserState.decode(step.state.encode())
+    assert state.alerts == step.state.alerts and state.profile == step.state.profile
+    later = process_events(state, [ev(5000, "e9", country="PL")], 0, settings)  # within the cooldown
+    assert later.out.alerts == []
+
+
+def test_a_replayed_batch_gives_the_same_profile_and_alerts(settings):
+    before = process_events(None, [ev(0, "e1")], 0, settings).state.encode()
+    batch = [ev(1000 * i, f"x{i}", ip=f"10.1.0.{i}") for i in range(1, 5)] + [ev(9000, "b", "purchase", price=900.0)]
+    first = process_events(UserState.decode(before), batch, 0, settings)
+    second = process_events(UserState.decode(before), batch, 0, settings)
+    assert first.out.profile == second.out.profile
+    assert [a.alert_id for a in first.out.alerts] == [a.alert_id for a in second.out.alerts]
+    assert sorted(a.alert_type for a in first.out.alerts) == ["HIGH_VALUE_PURCHASE", "MULTIPLE_IPS"]
+
+
+def test_without_profile_rules_the_state_carries_no_profile(settings):
+    off = dataclasses.replace(settings, profile_rules=None)
+    step = process_events(None, [ev(0, "e1", "purchase", price=900.0)], 0, off)
+    assert step.out.profile is None and step.out.alerts == []
+    assert "profile" not in step.state.encode()
+
+
+def test_a_late_copy_of_an_event_whose_session_closed_is_not_counted_again(settings):
+    state = process_events(None, [ev(0, "e1"), ev(MIN, "e2")], 0, settings).state
+    state = process_timeout(state, T0 + 40 * MIN, settings).state  # the session closes
+    step = process_events(state, [ev(MIN, "e2")], T0 + 40 * MIN, settings)  # redelivered, behind the watermark
+    assert step.out.events[0].is_late and step.out.events[0].session_id is None
+    assert step.out.profile["total_events"] == 2 and step.out.profile["sessions"] == 1
