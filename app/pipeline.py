@@ -123,7 +123,6 @@ class SessionBatchWriter:
         finally:
             batch.unpersist()
 
-
     def publish_alerts(self, spark: SparkSession, alerts: list[str]) -> None:
         """The batch's alerts as JSON messages keyed by user_id. A replayed batch sends them again,
         with the same alert ids: consumers deduplicate by alert_id (README)."""

@@ -174,6 +174,12 @@ def test_failure_cause_of_a_full_checkpoint_disk_names_the_state_store_and_the_i
     assert failure_cause(message) == "CANNOT_WRITE_STATE_STORE.CANNOT_COMMIT: IOException: No space left on device"
 
 
+def test_failure_cause_takes_no_bracketed_word_of_a_plan_for_an_error_class():
+    message = ("[STREAM_FAILED] Query terminated: Project [EVENTS] +- Filter [KIND_X]\n"
+               "pymongo.errors.ConnectionFailure: MongoDB at mongodb://h/ unreachable for 5 s")
+    assert failure_cause(message) == "ConnectionFailure: MongoDB at mongodb://h/ unreachable for 5 s"
+
+
 def test_finished_tasks_inside_a_long_batch_are_signs_of_life_but_a_frozen_batch_is_not():
     clock = Clock()
     health = Health(stall_after_s=300, clock=clock)

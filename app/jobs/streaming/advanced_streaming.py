@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     reporter = ProgressReporter(store, health)
     spark.streams.addListener(reporter)
     queries = start_queries(spark, config)
+    for q in queries:  # known at once (the listener's started event may come a moment later)
+        health.started(q.name, str(q.id))
     log.info("query %s running; Spark UI: %s", [q.name for q in queries], spark.sparkContext.uiWebUrl)
 
     stopping = threading.Event()
@@ -105,7 +107,9 @@ def task_progress(spark) -> tuple:
 
 _ERROR_LINE = re.compile(r"^\s*(?:Caused by: )?([A-Za-z_][\w.$]*(?:Error|Exception|Failure|Timeout)\w*): (.+)$")
 _WRAPPERS = {"Py4JJavaError", "Py4JException", "StreamingQueryException", "ForeachBatchUserFuncException"}
-_ERROR_CLASS = re.compile(r"\[([A-Z][A-Z_]+(?:\.[A-Z_]+)?)\]")
+# Spark's error class as it follows an exception's name: "SparkException: [CANNOT_WRITE_STATE_STORE.CANNOT_COMMIT]"
+# (not any bracketed word: plans print e.g. "[EVENTS]").
+_ERROR_CLASS = re.compile(r"(?:Exception|Error): \[([A-Z]+(?:_[A-Z]+)+(?:\.[A-Z_]+)?)\]")
 _WRAPPER_CLASSES = {"STREAM_FAILED", "FOREACH_BATCH_USER_FUNCTION_ERROR"}
 
 
