@@ -134,9 +134,15 @@ def hung_batch(workload: Workload, expected: dict, stall_after: str = "60s") -> 
     watchdog must notice the stall, exit, and the restart must replay the batch exactly."""
     def inject(job):
         exits = len(job.exits)
-        frozen = job.python_workers()
-        for process in frozen:
-            process.suspend()
+        frozen = []
+        for process in job.python_workers():
+            try:  # a forked worker may end between the listing and the signal
+                process.suspend()
+                frozen.append(process)
+            except psutil.Error:
+                pass
+        if not frozen:
+            raise RuntimeError("no Python worker to freeze")
         try:
             wait_until(lambda: len(job.exits) > exits, 600, "the job to exit on its stalled batch", 1)
         finally:

@@ -115,10 +115,3 @@ def test_a_new_checkpoint_is_refused_against_another_runs_aggregates_unless_rese
     assert db.conversion_funnel.distinct("run_id") == [second_run]
     drop(unique_name)
 
-
-def test_a_batch_that_never_returns_makes_the_job_exit_and_the_restart_replays_it(workload):
-    work, expected = workload
-    row = scenarios.hung_batch(work, expected, stall_after="60s")
-    _assert_exact(row, work)
-    assert row["exits"] >= 1
-    assert any("stalled: no batch, idle tick or finished task" in cause for cause in row["causes"]), row["causes"]
