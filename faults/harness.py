@@ -149,7 +149,14 @@ class SupervisedJob:
             tree = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
             return []
-        return [p for p in tree if "pyspark.daemon" in " ".join(p.cmdline())]
+        workers = []
+        for process in tree:
+            try:  # a finished fork can be a zombie for a moment: it has no command line
+                if "pyspark.daemon" in " ".join(process.cmdline()):
+                    workers.append(process)
+            except psutil.Error:
+                pass
+        return workers
 
     def stop(self) -> None:
         self._supervising = False
