@@ -89,24 +89,24 @@ def _caught_up(database: str, workload: Workload) -> bool:
         client.close()
 
 
+def _service_down(service_name: str, label: str, seconds: float):
+    """An inject that stops a local service for `seconds`, then starts it again."""
+    def inject(job):
+        service("down", service_name)
+        time.sleep(seconds)
+        service("up", service_name)
+        return f"{label} down {seconds:.0f} s"
+    return inject
+
+
 def store_outage(workload: Workload, expected: dict, seconds: float = 60) -> dict:
     """The MongoDB-compatible server stopped for `seconds` while the job is mid-stream."""
-    def inject(job):
-        service("down", "mongo")
-        time.sleep(seconds)
-        service("up", "mongo")
-        return f"FerretDB down {seconds:.0f} s"
-    return faulted_run("store-outage", workload, expected, inject)
+    return faulted_run("store-outage", workload, expected, _service_down("mongo", "FerretDB", seconds))
 
 
 def broker_restart(workload: Workload, expected: dict, seconds: float = 15) -> dict:
     """Kafka stopped and started again while the job is mid-stream (its data survives)."""
-    def inject(job):
-        service("down", "kafka")
-        time.sleep(seconds)
-        service("up", "kafka")
-        return f"Kafka down {seconds:.0f} s"
-    return faulted_run("broker-restart", workload, expected, inject)
+    return faulted_run("broker-restart", workload, expected, _service_down("kafka", "Kafka", seconds))
 
 
 def kill_9(workload: Workload, expected: dict, kills: int = 5, seed: int = 3) -> dict:

@@ -11,6 +11,8 @@ from app.generator.cli import main as generator_main
 from faults.harness import snapshot as harness_snapshot
 from tests.conftest import ROOT
 
+SAMPLE_CSV = ROOT.parent / "shared" / "data" / "rees46_2019oct_first1000.csv"
+
 
 def generate(bootstrap: str, topic: str, *args: str) -> None:
     rc = generator_main([bootstrap, topic, *args])

@@ -6,20 +6,11 @@ import uuid
 from collections import Counter
 
 import pytest
-from pymongo import MongoClient
 
-from tests.conftest import ROOT, eventually
-from tests.e2e.jobrun import generate, job_env, kill_hard, read_intent, run_job, snapshot, start_job
+from tests.conftest import eventually
+from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, kill_hard, read_intent, run_job, snapshot, start_job
 
 pytestmark = pytest.mark.e2e
-SAMPLE_CSV = ROOT.parent / "shared" / "data" / "rees46_2019oct_first1000.csv"
-
-
-@pytest.fixture(scope="module")
-def mongo(stack):
-    client = MongoClient(stack["mongodb_uri"])
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,11 @@ from datetime import datetime, timezone
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
-from pymongo import MongoClient
 
-from tests.conftest import ROOT
-from tests.e2e.jobrun import generate, job_env, read_intent, run_job
+
+from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, read_intent, run_job
 
 pytestmark = pytest.mark.e2e
-SAMPLE_CSV = ROOT.parent / "shared" / "data" / "rees46_2019oct_first1000.csv"
-
-
-@pytest.fixture(scope="module")
-def mongo(stack):
-    client = MongoClient(stack["mongodb_uri"])
-    yield client
-    client.close()
 
 
 def _messages(bootstrap: str, topic: str) -> list:
