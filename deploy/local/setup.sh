@@ -73,12 +73,12 @@ setup_ferretdb() {
     for p in "${patches[@]}"; do patch -p1 -d vendor/github.com/FerretDB/FerretDB < "$p" || exit 1; done &&
     go build -mod=vendor -o "$FERRETDB_BIN" github.com/FerretDB/FerretDB/cmd/ferretdb)
   rm -rf "$mod"
-  "$FERRETDB_BIN" --version | head -1
+  "$FERRETDB_BIN" --version | sed -n 1p   # sed reads it all: head would close the pipe (SIGPIPE under pipefail)
   rm -f "$FERRETDB_BIN".v* && touch "$stamp"
 }
 
 setup_mongosh() {
-  if [[ -x "$MONGOSH_BIN" ]] && "$MONGOSH_BIN" --version 2>/dev/null | grep -qx "$MONGOSH_VERSION"; then step "mongosh $MONGOSH_VERSION present"; return; fi
+  if [[ -x "$MONGOSH_BIN" ]] && "$MONGOSH_BIN" --version 2>/dev/null | grep -x "$MONGOSH_VERSION" >/dev/null; then step "mongosh $MONGOSH_VERSION present"; return; fi
   step "mongosh $MONGOSH_VERSION <- npm registry"
   mkdir -p "$STACK_DIR/mongosh"
   npm install --prefix "$STACK_DIR/mongosh" --no-audit --no-fund --loglevel=error "mongosh@$MONGOSH_VERSION"
