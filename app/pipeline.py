@@ -20,7 +20,7 @@ from app.sessions.stateful import sessionize
 from app.sinks import collections as out
 from app.sinks.exactly_once import apply_closed_sessions, closed_session_figures
 from app.sinks.mongo import Store
-from app.sinks.profiles import ensure_profile_indexes
+from app.sinks.profiles import StoredProfiles, ensure_profile_indexes
 
 log = logging.getLogger("behavior.sink")
 QUERY_NAME = "sessions"
@@ -201,7 +201,8 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
         .transform(with_event_enrichment)
         .transform(sessionize(rules_document, config.session_gap_s, config.session_max_s,
                               config.watermark_delay_s, config.session_id_retention_s,
-                              profile_rules_document=profile_rules_document))
+                              profile_rules_document=profile_rules_document,
+                              stored_profile=StoredProfiles(store) if config.profiles else None))
         .transform(with_batch_metrics)
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))

@@ -3,10 +3,12 @@
 The state keeps `ProfileTotals` for the user's current *epoch*: everything counted since the
 user's entry (re)appeared in the state store. Event-level figures are added as events are
 counted (duplicates never reach here); session-level figures (durations, segments) are added
-when a session closes, and open sessions are folded in by `profile_figures` when a document is
-written. A user whose entry left the state store and comes back starts a new epoch: the sink
-adds the new epoch's totals to the stored document's (see `merge_epochs`), so first_seen and
-the counts never reset and a replayed batch (same epoch, same totals) writes the same document.
+when a session closes, and open sessions are folded in by `epoch_totals` when a document is
+written. A user whose entry left the state store and comes back starts a new epoch on top of
+the stored document's totals (its `base`, see `open_epoch`), so first_seen and the counts never
+reset. The base is read once, when the epoch opens, and then travels in the state: every later
+write of the epoch is a plain write, and a replayed batch (same epoch, same base) writes the same
+document.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class ProfileTotals:
     categories: dict = field(default_factory=dict)      # top-level category (before the first dot)
     last_segment: str | None = None
     last_segment_ms: int = -1
+    base: dict | None = None        # the stored totals of the user's earlier epochs (None: a new user)
+    stored: bool = False            # a user_profiles document exists (the next write replaces it)
 
     def add_event(self, event_ms: int, event_type: str, price: float | None, device_type: str | None = None,
                   country: str | None = None, category_code: str | None = None) -> None:
@@ -80,11 +84,22 @@ class ProfileTotals:
         return cls(**raw)
 
 
-def new_epoch(watermark_ms: int, event_ms: int, event_id: str) -> ProfileTotals:
+def new_epoch(watermark_ms: int, event_ms: int, event_id: str, stored: Mapping | None = None) -> ProfileTotals:
     """A user (re)entering the state store. The epoch's id names the batch (its watermark) and the
     event that opened it: a replay of that batch gives the same id, while an old event delivered
-    again long after the entry expired gives another (its batch's watermark differs)."""
-    return ProfileTotals(epoch=f"{watermark_ms}:{event_ms}:{event_id}", first_seen=event_ms, last_seen=event_ms)
+    again long after the entry expired gives another (its batch's watermark differs). `stored` is
+    the user's user_profiles document (epoch, base, totals) when there is one."""
+    epoch = f"{watermark_ms}:{event_ms}:{event_id}"
+    return ProfileTotals(epoch=epoch, first_seen=event_ms, last_seen=event_ms, base=base_of(stored, epoch),
+                         stored=stored is not None)
+
+
+def base_of(stored: Mapping | None, epoch: str) -> dict | None:
+    """What the stored document held before `epoch`: its own base when the document was written by
+    this very epoch (a replayed batch), else everything it holds."""
+    if stored is None:
+        return None
+    return stored.get("base") if stored.get("epoch") == epoch else stored["totals"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ class OpenSession:
 def epoch_totals(totals: ProfileTotals, open_sessions: Iterable[OpenSession]) -> dict:
     """The epoch's figures with the open sessions folded in (the state is not changed)."""
     figures = totals.to_state()
+    del figures["base"], figures["stored"]
     segments, last = Counter(totals.segment_counts), (totals.last_segment, totals.last_segment_ms)
     duration = totals.closed_duration_minutes
     for session in open_sessions:
@@ -110,16 +126,12 @@ def epoch_totals(totals: ProfileTotals, open_sessions: Iterable[OpenSession]) ->
     return figures
 
 
-def merge_epochs(stored: Mapping | None, epoch: Mapping) -> tuple[dict, dict]:
-    """(base, totals): `base` is what the stored document held before this epoch (kept in the
-    document, so every write of the same epoch starts from the same base), `totals` the sum."""
-    if stored is None:
-        base = None
-    elif stored.get("epoch") == epoch["epoch"]:
-        base = stored.get("base")
-    else:  # a new epoch: everything stored so far becomes its base
-        base = stored["totals"]
-    return base, (dict(epoch) if base is None else _add(base, epoch))
+def profile_update(user_id: str, totals: ProfileTotals, open_sessions: Iterable[OpenSession]) -> dict:
+    """What the sink stores for the user now: the epoch, its base, the totals (base + epoch, open
+    sessions folded in), and whether a document exists already (insert, or replace)."""
+    figures = epoch_totals(totals, open_sessions)
+    return {"user_id": user_id, "epoch": totals.epoch, "base": totals.base,
+            "totals": figures if totals.base is None else _add(totals.base, figures), "first_write": not totals.stored}
 
 
 def _add(a: Mapping, b: Mapping) -> dict:

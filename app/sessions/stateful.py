@@ -62,12 +62,15 @@ INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "wat
 
 
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
-               id_retention_s: float = 30 * 24 * 3600, lean: bool = True, profile_rules_document: dict | None = None):
+               id_retention_s: float = 30 * 24 * 3600, lean: bool = True, profile_rules_document: dict | None = None,
+               stored_profile=None):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
     once, every session the batch changed, and with profile rules each changed user's profile
-    totals and the alerts raised. `lean`: use app/sessions/lean_arrow.py where it applies."""
+    totals and the alerts raised. `stored_profile`: user_id -> stored profile document or None (a
+    picklable callable, run in the Python workers; see SessionSettings). `lean`: use
+    app/sessions/lean_arrow.py where it applies."""
     state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
-                                     int(id_retention_s * 1000), lean, profile_rules_document)
+                                     int(id_retention_s * 1000), lean, profile_rules_document, stored_profile)
     delay_ms = int(watermark_delay_s * 1000)
 
     def transform(records: DataFrame) -> DataFrame:
@@ -84,14 +87,14 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
 
 
 def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention_ms: int, lean: bool,
-                    profile_rules_document: dict | None = None):
+                    profile_rules_document: dict | None = None, stored_profile=None):
     settings_cache: list[SessionSettings] = []
 
     def settings() -> SessionSettings:
         if not settings_cache:  # parsed once per Python worker, not per group
             profile_rules = None if profile_rules_document is None else parse_profile_rules(profile_rules_document)
             settings_cache.append(SessionSettings(gap_ms, max_ms, parse_rules(rules_document), id_retention_ms,
-                                                  profile_rules))
+                                                  profile_rules, stored_profile))
         return settings_cache[0]
 
     def process(key: tuple, columns: dict | None, state: GroupState) -> list[OutputRow]:

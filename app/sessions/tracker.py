@@ -29,10 +29,10 @@ import hashlib
 import json
 from array import array
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from app.profiles.alerts import Alert, AlertEvent, AlertState, detect
-from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals, new_epoch
+from app.profiles.profile import OpenSession, ProfileTotals, new_epoch, profile_update
 from app.profiles.rules import ProfileRules
 from app.segments.rules import RuleSet, Segment
 from app.sessions.metrics import SessionAccumulator, session_metrics
@@ -67,6 +67,9 @@ class SessionSettings:
     rules: RuleSet
     id_retention_ms: int = 30 * 24 * 3_600_000
     profile_rules: ProfileRules | None = None  # None: no profiles, no alerts
+    # user_id -> the user's stored user_profiles document (epoch, base, totals) or None; read once
+    # when a user (re)enters the state store. None: nothing is stored (tests, a fresh output).
+    stored_profile: Callable[[str], dict | None] | None = None
 
 
 class SeenIds:
@@ -156,7 +159,7 @@ class Outputs:
     duplicates: list = field(default_factory=list)   # ids of events already counted: not written again
     sessions: list = field(default_factory=list)     # session documents (dates as epoch millis)
     first_writes: set = field(default_factory=set)   # ids among `sessions` never written before
-    profile: dict | None = None                      # the epoch's profile totals, when the user changed
+    profile: dict | None = None                      # profile_update(): when the user changed
     alerts: list = field(default_factory=list)       # Alert raised by this batch's events
 
 
@@ -189,31 +192,33 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
             session = _open(state, ev)
             session.seen.add(ev.event_id)
             if settings.profile_rules is not None:
-                _profile(state, ev, watermark_ms).open_session()
+                _profile(state, ev, watermark_ms, settings).open_session()
         out.events.append(_add(session, ev, watermark_ms, settings.rules))
         counted.append(ev)  # in a session: a late copy of an event whose session closed never gets here
         state.last_event_ms = max(state.last_event_ms, ev.event_ms)
         touched[session.session_id] = session
     if settings.profile_rules is not None and counted:
-        _count_in_profile(state, counted, out, settings.profile_rules, watermark_ms)
+        _count_in_profile(state, counted, out, settings, watermark_ms)
     return _finish(state, out, touched, watermark_ms, settings)
 
 
-def _profile(state: UserState, ev: Event, watermark_ms: int) -> ProfileTotals:
+def _profile(state: UserState, ev: Event, watermark_ms: int, settings: SessionSettings) -> ProfileTotals:
     if state.profile is None:  # a new epoch: the user (re)enters the state store
-        state.profile = new_epoch(watermark_ms, ev.event_ms, ev.event_id)
+        lookup = settings.stored_profile
+        state.profile = new_epoch(watermark_ms, ev.event_ms, ev.event_id, lookup(state.user_id) if lookup else None)
     return state.profile
 
 
-def _count_in_profile(state: UserState, counted: list, out: Outputs, rules: ProfileRules, watermark_ms: int) -> None:
+def _count_in_profile(state: UserState, counted: list, out: Outputs, settings: SessionSettings,
+                      watermark_ms: int) -> None:
     """The batch's sessionized events (not duplicates, not late without a session) into the profile
     and through the alert rules: the profile adds up what the user's sessions hold."""
     for ev in counted:
-        _profile(state, ev, watermark_ms).add_event(ev.event_ms, ev.event_type, ev.price, ev.device_type, ev.country,
-                                      ev.category_code)
+        _profile(state, ev, watermark_ms, settings).add_event(ev.event_ms, ev.event_type, ev.price, ev.device_type,
+                                                              ev.country, ev.category_code)
     out.alerts.extend(detect(state.alerts, state.user_id, (
         AlertEvent(ev.event_ms, ev.event_type, _session_of(state, ev), ev.ip_address, ev.country, ev.price,
-                   ev.product_id) for ev in counted), rules))
+                   ev.product_id) for ev in counted), settings.profile_rules))
 
 
 def _session_of(state: UserState, ev: Event) -> str | None:
@@ -285,10 +290,10 @@ def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, se
         elif session.session_id in touched:
             _emit(state, session, "active", out, settings.rules)
     if state.profile is not None and (out.events or out.sessions):  # events counted, or sessions closed
-        out.profile = epoch_totals(state.profile, [
+        out.profile = profile_update(state.user_id, state.profile, [
             OpenSession((s.acc.end_ms - s.acc.start_ms) / 60_000.0, s.segment, s.acc.end_ms)
             for s in state.sessions.values()])
-        out.profile["user_id"] = state.user_id
+        state.profile.stored = True  # written by this batch: the next batch replaces it
     if state.sessions:
         return Step(state, out, min(s.timeout_ms(settings) for s in state.sessions.values()))
     retain_until = state.last_event_ms + settings.id_retention_ms

@@ -1,26 +1,28 @@
-"""user_profiles and behavior_alerts (DESIGN.md §11, §12): documents and idempotent writes.
+"""user_profiles and behavior_alerts (DESIGN.md §11, §12): documents, idempotent writes, and the
+one read of a stored profile.
 
-A profile row carries the totals of the user's current state epoch (app/profiles/profile.py).
-The stored document keeps `epoch`, `base` (the totals before that epoch) and `totals`, so each
-write of an epoch starts from the same base: a replayed batch writes the same document, and a
-user who left the state store continues from the stored totals. Alerts are inserted by their
-deterministic id (type:user:first event time): a replay finds them there and leaves them.
+A profile row carries the user's totals (the stored base of earlier epochs + this epoch, see
+app/profiles/profile.py). The stored document keeps `epoch`, `base` and `totals` besides its
+figures: a user who left the state store continues from them (`StoredProfiles`, read by the state
+function once per epoch), and a replayed batch finds the base of its own epoch there. Alerts are
+inserted by their deterministic id (type:user:first event time): a replay finds them there and
+leaves them.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 
 from pymongo import ASCENDING, DESCENDING
 
 from app import aggregates as A
-from app.profiles.profile import merge_epochs, profile_document
+from app.profiles.profile import profile_document
 from app.profiles.rules import SCORES, ProfileRules
-from app.sinks.mongo import insert_returning_duplicates, replace_documents
+from app.sinks.mongo import Store, insert_returning_duplicates, replace_documents
 
 PROFILES = "user_profiles"
 ALERTS = "behavior_alerts"
-LOOKUP_CHUNK = 500
 
 
 def ensure_profile_indexes(db) -> None:
@@ -31,31 +33,32 @@ def ensure_profile_indexes(db) -> None:
 
 
 def write_profiles(coll, rows: list, rules: ProfileRules, now: datetime) -> list[dict]:
-    """Merges and stores one partition's profile rows; returns the documents. New users are
-    inserted (FerretDB inserts ~4x faster than it replaces), known ones replaced by _id."""
-    docs, known = profile_documents(coll, rows, rules, now)
-    fresh = [d for d in docs if d["_id"] not in known]
-    fresh_ids = {d["_id"] for d in fresh}
-    # a retried step may find its own inserts: those are replaced like the known ones
+    """Stores one partition's profile rows; returns the documents. Users without a document are
+    inserted (FerretDB inserts ~4x faster than it replaces), the others replaced by _id; nothing is
+    read first."""
+    fresh, known = [], []
+    for row in rows:
+        update = json.loads(row.doc)
+        doc = {**profile_document(row.id, update["totals"], rules), "epoch": update["epoch"], "base": update["base"],
+               "totals": update["totals"], "updated_at": now}
+        (fresh if update["first_write"] else known).append(doc)
+    # a retried step, or a replayed batch, may find its own inserts: those are replaced like the rest
     again = insert_returning_duplicates(coll, fresh) if fresh else []
-    replace_documents(coll, [d for d in docs if d["_id"] not in fresh_ids] + again)
-    return docs
+    replace_documents(coll, known + again)
+    return fresh + known
 
 
-def profile_documents(coll, rows: list, rules: ProfileRules, now: datetime) -> tuple[list[dict], set]:
-    """Profile rows of one partition -> (the documents to store, merged with what is stored; the
-    users already stored)."""
-    epochs = {row.id: json.loads(row.doc) for row in rows}
-    users, stored = list(epochs), {}
-    for start in range(0, len(users), LOOKUP_CHUNK):
-        for doc in coll.find({"_id": {"$in": users[start:start + LOOKUP_CHUNK]}}, {"epoch": 1, "base": 1, "totals": 1}):
-            stored[doc["_id"]] = doc
-    documents = []
-    for user, epoch in epochs.items():
-        base, totals = merge_epochs(stored.get(user), epoch)
-        documents.append({**profile_document(user, totals, rules), "epoch": epoch["epoch"], "base": base,
-                          "totals": totals, "updated_at": now})
-    return documents, set(stored)
+@dataclass(frozen=True)
+class StoredProfiles:
+    """user_id -> the stored (epoch, base, totals) of the user's profile, or None: the state
+    function's read when a user (re)enters the state store. One find by _id (FerretDB pushes an
+    _id equality down to its index, where an $in of many ids scans the collection)."""
+    store: Store
+
+    def __call__(self, user_id: str) -> dict | None:
+        coll = self.store.db()[PROFILES]
+        return self.store.retrying("user_profiles lookup", lambda: coll.find_one(
+            {"_id": user_id}, {"_id": 0, "epoch": 1, "base": 1, "totals": 1}))
 
 
 def user_scores(profile: dict) -> dict:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from app.profiles.profile import OpenSession, ProfileTotals, epoch_totals, merge_epochs, new_epoch, profile_document
+from app.profiles.profile import (OpenSession, ProfileTotals, epoch_totals, new_epoch, profile_document,
+                                  profile_update)
 from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
 
 RULES = load_profile_rules(DEFAULT_PROFILE_RULES)
@@ -43,34 +44,42 @@ def test_open_sessions_are_folded_in_without_changing_the_state():
 
 
 def test_a_returning_user_continues_from_the_stored_totals_and_a_replay_writes_the_same():
-    first = epoch_totals(_two_sessions(), [OpenSession(0.0, "bouncer", T0 + DAY)])
-    base, stored_totals = merge_epochs(None, first)
-    assert base is None and stored_totals == first
-    stored = {"epoch": first["epoch"], "base": base, "totals": stored_totals}
+    first = profile_update("u1", _two_sessions(), [OpenSession(0.0, "bouncer", T0 + DAY)])
+    assert first["base"] is None and first["first_write"]  # nothing stored: inserted
+    stored = {k: first[k] for k in ("epoch", "base", "totals")}
 
-    later = new_epoch(T0 + 40 * DAY - 600_000, T0 + 40 * DAY, "e9")
-    later.open_session()
-    later.add_event(T0 + 40 * DAY, "purchase", 99.5, "tablet", "DE", "apparel.shoes")
-    epoch = epoch_totals(later, [OpenSession(0.0, "engaged_shopper", T0 + 40 * DAY)])
-    base, totals = merge_epochs(stored, epoch)
-    assert base == stored_totals
+    def returning(stored_doc):
+        later = new_epoch(T0 + 40 * DAY - 600_000, T0 + 40 * DAY, "e9", stored_doc)
+        later.open_session()
+        later.add_event(T0 + 40 * DAY, "purchase", 99.5, "tablet", "DE", "apparel.shoes")
+        return profile_update("u1", later, [OpenSession(0.0, "engaged_shopper", T0 + 40 * DAY)])
+
+    update = returning(stored)
+    totals = update["totals"]
+    assert update["base"] == first["totals"] and not update["first_write"]  # a document exists: replaced
     assert (totals["first_seen"], totals["last_seen"]) == (T0, T0 + 40 * DAY)  # never reset
     assert (totals["sessions"], totals["total_events"], totals["purchase_count"]) == (3, 5, 2)
     assert totals["total_revenue"] == 109.5
     assert totals["countries"] == {"PL": 3, "DE": 2}
     assert totals["last_segment"] == "engaged_shopper"
-    # the same batch again (same epoch): the same base, the same totals
-    assert merge_epochs({"epoch": later.epoch, "base": base, "totals": totals}, epoch) == (base, totals)
+    # the same batch again finds the document it wrote (same epoch): the same base, the same totals
+    assert returning({k: update[k] for k in ("epoch", "base", "totals")}) == update
 
 
 def test_an_old_event_delivered_again_after_the_entry_expired_opens_another_epoch():
     first = new_epoch(T0 - 600_000, T0, "e1")
-    again = new_epoch(T0 + 31 * DAY, T0, "e1")  # the same first event, a month later
-    assert first.epoch != again.epoch
     stored_totals = epoch_totals(_two_sessions(), [])
-    base, totals = merge_epochs({"epoch": first.epoch, "base": None, "totals": stored_totals},
-                                epoch_totals(again, []))
-    assert base == stored_totals and totals["total_events"] == stored_totals["total_events"]
+    again = new_epoch(T0 + 31 * DAY, T0, "e1", {"epoch": first.epoch, "base": None, "totals": stored_totals})
+    assert first.epoch != again.epoch  # the same first event, a month later
+    update = profile_update("u1", again, [])
+    assert update["base"] == stored_totals and update["totals"]["total_events"] == stored_totals["total_events"]
+
+
+def test_the_state_carries_the_base_so_later_writes_read_nothing():
+    stored = {"epoch": "old", "base": None, "totals": epoch_totals(_two_sessions(), [])}
+    totals = new_epoch(T0 + 40 * DAY, T0 + 40 * DAY, "e9", stored)
+    assert ProfileTotals.from_state(totals.to_state()) == totals  # base and `stored` survive the state store
+    assert totals.base == stored["totals"] and totals.stored
 
 
 def test_profile_document_fields():

@@ -29,7 +29,7 @@ def ev(at_ms, event_id, event_type="view", session="s1", price=None, country="PL
 
 def test_profile_counts_each_event_once_and_folds_in_the_open_session(settings):
     step = process_events(None, [ev(0, "e1"), ev(MIN, "e2", "cart"), ev(MIN, "e2", "cart")], 0, settings)
-    profile = step.out.profile
+    profile = step.out.profile["totals"]
     assert (profile["sessions"], profile["total_events"], profile["cart_count"]) == (1, 2, 1)  # e2 once
     assert profile["segment_counts"] == {"browser": 1} and profile["duration_minutes"] == 1.0  # a cart: browser
     assert step.out.duplicates == ["e2"]
@@ -41,7 +41,7 @@ def test_closing_a_session_moves_it_into_the_closed_figures(settings):
     step = process_timeout(state, T0 + 34 * MIN, settings)
     assert step.out.sessions[0]["status"] == "closed"
     totals = step.state.profile if step.state else None
-    profile = step.out.profile
+    profile = step.out.profile["totals"]
     assert profile["closed_sessions"] == 1 and profile["segment_counts"] == {"engaged_shopper": 1}
     assert profile["duration_minutes"] == 3.0 and profile["total_revenue"] == 20.0
     assert totals is None or totals.closed_sessions == 1
@@ -81,4 +81,22 @@ def test_a_late_copy_of_an_event_whose_session_closed_is_not_counted_again(setti
     state = process_timeout(state, T0 + 40 * MIN, settings).state  # the session closes
     step = process_events(state, [ev(MIN, "e2")], T0 + 40 * MIN, settings)  # redelivered, behind the watermark
     assert step.out.events[0].is_late and step.out.events[0].session_id is None
-    assert step.out.profile["total_events"] == 2 and step.out.profile["sessions"] == 1
+    assert step.out.profile["totals"]["total_events"] == 2 and step.out.profile["totals"]["sessions"] == 1
+
+
+def test_the_stored_profile_is_read_once_per_epoch_and_the_first_write_inserts(settings):
+    reads = []
+    stored = {"epoch": "earlier", "base": None,
+              "totals": process_events(None, [ev(0, "old")], 0, settings).out.profile["totals"]}
+    lookup = dataclasses.replace(settings, stored_profile=lambda user: reads.append(user) or stored)
+    first = process_events(None, [ev(40 * MIN, "e1")], 0, lookup)
+    second = process_events(UserState.decode(first.state.encode()), [ev(41 * MIN, "e2")], 0, lookup)
+    assert reads == ["u1"]  # the epoch's base travels in the state
+    assert (first.out.profile["first_write"], second.out.profile["first_write"]) == (False, False)
+    assert second.out.profile["base"] == stored["totals"]
+    assert second.out.profile["totals"]["total_events"] == 3  # the stored event and this epoch's two
+
+    new_user = dataclasses.replace(settings, stored_profile=lambda user: None)
+    first = process_events(None, [ev(0, "e1")], 0, new_user)
+    second = process_events(UserState.decode(first.state.encode()), [ev(MIN, "e2")], 0, new_user)
+    assert (first.out.profile["first_write"], second.out.profile["first_write"]) == (True, False)
