@@ -24,11 +24,14 @@ twice leaves what writing them once leaves:
    this very batch was inserted by the failed attempt and is counted again for this batch.
 5. Derived figures (rates, averages, share_pct) are recomputed from the stored sums on each
    write, never accumulated.
-6. user_profiles: the state step emits the totals of the user's current state epoch (the
-   same totals on a replay: they come from the state before the batch). The stored document
-   keeps the epoch id, `base` (the totals before that epoch) and `totals`; a write of the same
-   epoch adds to the same base, a new epoch takes the stored totals as its base
-   (app/sinks/profiles.py). Scores and pattern are derived from the totals.
+6. user_profiles: the state step emits the totals of the user's current state epoch plus its
+   `base` (the stored totals of the user's earlier epochs), the same on a replay: both come from
+   the state before the batch. The base is read from the stored document once, when the epoch
+   opens (the user (re)enters the state store), and travels in the state; a replayed batch that
+   opens the epoch again finds the document its failed attempt wrote, with the same epoch id,
+   and takes that document's own base (app/profiles/profile.py `base_of`). The sink inserts a
+   user's first document and replaces later ones, reading nothing. Scores and pattern are
+   derived from the totals.
 7. behavior_alerts: insert-or-ignore on the alert id (type:user:first event time of the
    evidence), which the state step derives from the state before the batch. The Kafka topic
    `behavior_alerts` is at-least-once: a replayed batch sends its alerts again with the same
