@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES_FILE = Path(__file__).resolve().parent / "rules" / "segments_v1.yaml"
 DEFAULT_PROFILE_RULES_FILE = Path(__file__).resolve().parent / "rules" / "profiles_v1.yaml"
+DEFAULT_TRIGGER_RULES_FILE = Path(__file__).resolve().parent / "rules" / "triggers_v1.yaml"
 
 
 class InvalidConfigError(ValueError):
@@ -52,6 +53,11 @@ class AppConfig:
     profiles: bool = True
     profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
     alerts_topic: str = "behavior_alerts"
+    # Triggers and experiments (DESIGN.md §13, §14)
+    triggers: bool = True
+    trigger_rules_file: str = str(DEFAULT_TRIGGER_RULES_FILE)
+    actions_topic: str = "behavior_actions"
+    experiments_file: str = ""  # "" = no experiments
     # Data safety and operations (DESIGN.md §16)
     kafka_fail_on_data_loss: bool = True
     kafka_security_protocol: str = "PLAINTEXT"
@@ -100,6 +106,14 @@ class AppConfig:
             raise InvalidConfigError(f"PROFILE_RULES_FILE={self.profile_rules_file!r} does not exist")
         if not re.match(r"^[A-Za-z0-9._-]+$", self.alerts_topic) or self.alerts_topic == self.kafka_topic:
             raise InvalidConfigError(f"ALERTS_TOPIC={self.alerts_topic!r} must be a valid topic name, not KAFKA_TOPIC")
+        if self.triggers and not Path(self.trigger_rules_file).is_file():
+            raise InvalidConfigError(f"TRIGGER_RULES_FILE={self.trigger_rules_file!r} does not exist")
+        if not re.match(r"^[A-Za-z0-9._-]+$", self.actions_topic) or self.actions_topic in (self.kafka_topic,
+                                                                                             self.alerts_topic):
+            raise InvalidConfigError(f"ACTIONS_TOPIC={self.actions_topic!r} must be a valid topic name, "
+                                     "not KAFKA_TOPIC or ALERTS_TOPIC")
+        if self.experiments_file and not Path(self.experiments_file).is_file():
+            raise InvalidConfigError(f"EXPERIMENTS_FILE={self.experiments_file!r} does not exist")
         self._check_operations()
 
     def _check_operations(self) -> None:
@@ -220,6 +234,10 @@ _SETTINGS = {
     "PROFILES": ("profiles", _bool),
     "PROFILE_RULES_FILE": ("profile_rules_file", str),
     "ALERTS_TOPIC": ("alerts_topic", str),
+    "TRIGGERS": ("triggers", _bool),
+    "TRIGGER_RULES_FILE": ("trigger_rules_file", str),
+    "ACTIONS_TOPIC": ("actions_topic", str),
+    "EXPERIMENTS_FILE": ("experiments_file", str),
     "KAFKA_FAIL_ON_DATA_LOSS": ("kafka_fail_on_data_loss", _bool),
     "KAFKA_SECURITY_PROTOCOL": ("kafka_security_protocol", str),
     "KAFKA_SASL_MECHANISM": ("kafka_sasl_mechanism", str),

@@ -4,15 +4,18 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
 from pyspark.sql import Column, DataFrame, SparkSession, functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from app.actions.triggers import load_trigger_rules
 from app.config import AppConfig, InvalidConfigError
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
+from app.experiments.design import parse_experiments
 from app.monitoring.progress import BATCH_METRICS
 from app.profiles.rules import load_profile_rules
 from app.segments.rules import load_rules
@@ -52,11 +55,52 @@ def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
     )
 
 
-def alerts_sink(config: AppConfig) -> dict | None:
-    if not config.profiles:
-        return None
-    return {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, **config.kafka_client_options(),
-            "topic": config.alerts_topic}
+@dataclass(frozen=True)
+class RuleDocuments:
+    """The rules files' documents, checked at start-up (a bad field stops the job, naming it), and
+    shipped with the functions that parse them again in the Python workers. None: that part is off."""
+    segments: dict
+    profiles: dict | None = None
+    triggers: dict | None = None
+    experiments: dict | None = None
+
+
+def load_rule_documents(config: AppConfig) -> RuleDocuments:
+    def read(path: str) -> dict:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    rules = load_rules(config.rules_file)
+    documents = RuleDocuments(read(config.rules_file))
+    if config.profiles:
+        load_profile_rules(config.profile_rules_file)
+        documents = replace(documents, profiles=read(config.profile_rules_file))
+    if config.triggers:
+        triggers = load_trigger_rules(config.trigger_rules_file)
+        names = [segment.name for segment in rules.segments]
+        for trigger in triggers.triggers:
+            unknown = [name for name in trigger.segments if name not in names]
+            if unknown:
+                raise InvalidConfigError(f"TRIGGER_RULES_FILE {config.trigger_rules_file}: trigger {trigger.name}: "
+                                         f"segments: unknown segment {unknown[0]!r} (RULES_FILE has: {', '.join(names)})")
+            if trigger.needs_profile and not config.profiles:
+                raise InvalidConfigError(f"TRIGGER_RULES_FILE {config.trigger_rules_file}: trigger {trigger.name} "
+                                         "reads profile.* facts, which need PROFILES=true")
+        documents = replace(documents, triggers=read(config.trigger_rules_file))
+    if config.experiments_file:
+        document = read(config.experiments_file)
+        parse_experiments(document, config.experiments_file, [segment.name for segment in rules.segments])
+        documents = replace(documents, experiments=document)
+    return documents
+
+
+def topic_sinks(config: AppConfig) -> dict[str, dict]:
+    """Output row kind -> the Kafka options of the topic its messages go to (alerts, actions)."""
+    options = {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, **config.kafka_client_options()}
+    sinks = {}
+    if config.profiles:
+        sinks["alert"] = {**options, "topic": config.alerts_topic}
+    if config.triggers:
+        sinks["action"] = {**options, "topic": config.actions_topic}
+    return sinks
 
 
 def store_for(config: AppConfig) -> Store:
@@ -85,12 +129,12 @@ def with_batch_metrics(rows: DataFrame) -> DataFrame:
 class SessionBatchWriter:
     """foreachBatch sink of the sessions query: events, sessions, then the closed-session aggregates."""
 
-    def __init__(self, store: Store, checkpoint: str, profile_rules_document: dict | None = None,
-                 alerts_sink: dict | None = None):
+    def __init__(self, store: Store, checkpoint: str, rules: RuleDocuments, topics: dict[str, dict] | None = None):
         self.store = store
         self.checkpoint = checkpoint
-        self.profile_rules_document = profile_rules_document
-        self.alerts_sink = alerts_sink  # Kafka options of the alerts topic (with `topic`), or None
+        self.rules = rules
+        self.topics = topics or {}  # row kind -> Kafka options of its topic (with `topic`): see topic_sinks
+        self.experiments = None if rules.experiments is None else parse_experiments(rules.experiments)
         self._run_id: str | None = None
 
     def run_id(self) -> str:
@@ -107,30 +151,32 @@ class SessionBatchWriter:
             timer.step("read+parse+state")
             if rows == 0:
                 return
-            batch.foreachPartition(out.write_outputs(self.store, self.profile_rules_document))
+            batch.foreachPartition(out.write_outputs(self.store, self.rules.profiles))
             timer.step("writes")
-            wanted = ((F.col("kind") == "session") & (F.col("status") == "closed")) | (F.col("kind") == "alert")
+            wanted = ((F.col("kind") == "session") & (F.col("status") == "closed")) | F.col("kind").isin("alert",
+                                                                                                      "action")
             small = batch.filter(wanted).select("kind", "doc").collect()
             # Sorted, so the float sums come out bit-identical however the rows were partitioned.
             closed = sorted((closed_session_figures(json.loads(r.doc)) for r in small if r.kind == "session"),
                             key=lambda s: s["session_id"])
             # The whole step is idempotent per batch id (a crash replay takes the same path).
             self.store.retrying("aggregates", lambda: apply_closed_sessions(self.store.db(), self.run_id(),
-                                                                            batch_id, closed))
+                                                                            batch_id, closed, self.experiments))
             timer.step("aggregates")
-            self.publish_alerts(batch.sparkSession, sorted(r.doc for r in small if r.kind == "alert"))
+            for kind, sink in self.topics.items():
+                self.publish(batch.sparkSession, sink, sorted(r.doc for r in small if r.kind == kind))
             log.info("[%s] batch %d steps: %s (%d output rows)", QUERY_NAME, batch_id, timer, rows)
         finally:
             batch.unpersist()
 
-    def publish_alerts(self, spark: SparkSession, alerts: list[str]) -> None:
-        """The batch's alerts as JSON messages keyed by user_id. A replayed batch sends them again,
-        with the same alert ids: consumers deduplicate by alert_id (README)."""
-        if not alerts or self.alerts_sink is None:
+    @staticmethod
+    def publish(spark: SparkSession, sink: dict, messages: list[str]) -> None:
+        """The batch's alerts or actions as JSON messages keyed by user_id. A replayed batch sends
+        them again, with the same alert_id / execution_id: consumers deduplicate by it (README)."""
+        if not messages:
             return
-        rows = [(json.loads(doc)["user_id"], doc) for doc in alerts]
-        (spark.createDataFrame(rows, "key string, value string")
-         .write.format("kafka").options(**self.alerts_sink).save())
+        rows = [(json.loads(doc)["user_id"], doc) for doc in messages]
+        spark.createDataFrame(rows, "key string, value string").write.format("kafka").options(**sink).save()
 
 
 class _StepTimer:
@@ -185,29 +231,26 @@ def check_outputs(config: AppConfig, store: Store) -> None:
 
 
 def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery]:
-    load_rules(config.rules_file)  # fail at start-up, naming the field, before anything runs
-    rules_document = yaml.safe_load(Path(config.rules_file).read_text(encoding="utf-8"))
+    rules = load_rule_documents(config)  # fails at start-up, naming the field, before anything runs
     store = store_for(config)
     store.retrying("indexes", lambda: out.ensure_indexes(store.db()))
-    profile_rules_document = None
     if config.profiles:
-        load_profile_rules(config.profile_rules_file)  # fails at start-up naming the field
-        profile_rules_document = yaml.safe_load(Path(config.profile_rules_file).read_text(encoding="utf-8"))
         store.retrying("indexes", lambda: ensure_profile_indexes(store.db()))
 
     rows = (
         kafka_source(spark, config)
         .transform(parse_events())
         .transform(with_event_enrichment)
-        .transform(sessionize(rules_document, config.session_gap_s, config.session_max_s,
+        .transform(sessionize(rules.segments, config.session_gap_s, config.session_max_s,
                               config.watermark_delay_s, config.session_id_retention_s,
-                              profile_rules_document=profile_rules_document,
-                              stored_profile=StoredProfiles(store) if config.profiles else None))
+                              profile_rules_document=rules.profiles,
+                              stored_profile=StoredProfiles(store) if config.profiles else None,
+                              trigger_rules_document=rules.triggers, experiments_document=rules.experiments))
         .transform(with_batch_metrics)
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))
     writer = (rows.writeStream.queryName(QUERY_NAME).outputMode("update")
-              .foreachBatch(SessionBatchWriter(store, checkpoint, profile_rules_document, alerts_sink(config))))
+              .foreachBatch(SessionBatchWriter(store, checkpoint, rules, topic_sinks(config))))
     return [_start(writer, checkpoint, config)]
 
 

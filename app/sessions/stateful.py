@@ -31,6 +31,8 @@ from pyspark.sql import DataFrame, functions as F
 from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
 from app.events.enrich import SESSION_INPUT_COLUMNS
+from app.actions.triggers import parse_trigger_rules
+from app.experiments.design import parse_experiments
 from app.profiles.alerts import Alert
 from app.profiles.rules import parse_profile_rules
 from app.segments.rules import parse_rules
@@ -40,8 +42,9 @@ from app.sessions.tracker import Event, SessionSettings, Step, UserState, proces
 
 class OutputRow(NamedTuple):
     """One row of the operator's output; `kind` says which fields are set."""
-    kind: str                         # event | duplicate | session | quarantine | profile | alert
+    kind: str                         # event | duplicate | session | quarantine | profile | alert | action
     id: str                           # event_id | event_id | session _id | quarantine _id | user_id | alert id
+                                      # | execution id
     doc: str | None                   # the event, session or quarantine document as JSON
     session_id: str | None = None     # event: its session (None when late and unsessionized)
     seconds_since_prev: float | None = None   # event
@@ -63,14 +66,17 @@ INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "wat
 
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
                id_retention_s: float = 30 * 24 * 3600, lean: bool = True, profile_rules_document: dict | None = None,
-               stored_profile=None):
+               stored_profile=None, trigger_rules_document: dict | None = None,
+               experiments_document: dict | None = None):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
     once, every session the batch changed, and with profile rules each changed user's profile
-    totals and the alerts raised. `stored_profile`: user_id -> stored profile document or None (a
+    totals and the alerts raised, with trigger rules the trigger executions, with experiments the
+    sessions' variants. `stored_profile`: user_id -> stored profile document or None (a
     picklable callable, run in the Python workers; see SessionSettings). `lean`: use
     app/sessions/lean_arrow.py where it applies."""
     state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
-                                     int(id_retention_s * 1000), lean, profile_rules_document, stored_profile)
+                                     int(id_retention_s * 1000), lean, profile_rules_document, stored_profile,
+                                     trigger_rules_document, experiments_document)
     delay_ms = int(watermark_delay_s * 1000)
 
     def transform(records: DataFrame) -> DataFrame:
@@ -87,14 +93,17 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
 
 
 def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention_ms: int, lean: bool,
-                    profile_rules_document: dict | None = None, stored_profile=None):
+                    profile_rules_document: dict | None = None, stored_profile=None,
+                    trigger_rules_document: dict | None = None, experiments_document: dict | None = None):
     settings_cache: list[SessionSettings] = []
 
     def settings() -> SessionSettings:
         if not settings_cache:  # parsed once per Python worker, not per group
             profile_rules = None if profile_rules_document is None else parse_profile_rules(profile_rules_document)
+            triggers = None if trigger_rules_document is None else parse_trigger_rules(trigger_rules_document)
+            experiments = None if experiments_document is None else parse_experiments(experiments_document)
             settings_cache.append(SessionSettings(gap_ms, max_ms, parse_rules(rules_document), id_retention_ms,
-                                                  profile_rules, stored_profile))
+                                                  profile_rules, stored_profile, triggers, experiments))
         return settings_cache[0]
 
     def process(key: tuple, columns: dict | None, state: GroupState) -> list[OutputRow]:
@@ -161,6 +170,8 @@ def _rows(step: Step, docs: dict) -> list[OutputRow]:
         rows.append(OutputRow("profile", out.profile["user_id"], json.dumps(out.profile, separators=(",", ":"))))
     rows += [OutputRow("alert", alert.alert_id, json.dumps(alert_message(alert), separators=(",", ":")),
                        alert.session_id) for alert in out.alerts]
+    rows += [OutputRow("action", action["execution_id"], json.dumps(action, separators=(",", ":")),
+                       action["session_id"]) for action in out.actions]
     return rows
 
 

@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple
 
 from app.profiles.alerts import Alert, AlertEvent, AlertState, detect
-from app.profiles.profile import OpenSession, ProfileTotals, new_epoch, profile_update
-from app.profiles.rules import ProfileRules
+from app.actions.triggers import Happening, TriggerRules, TriggerState, fire
+from app.experiments.design import Experiments
+from app.profiles.profile import OpenSession, ProfileTotals, new_epoch, profile_document, profile_update
+from app.profiles.rules import SCORE_INPUTS, SCORES, ProfileRules
 from app.segments.rules import RuleSet, Segment
 from app.sessions.metrics import SessionAccumulator, session_metrics
 
@@ -70,6 +72,8 @@ class SessionSettings:
     # user_id -> the user's stored user_profiles document (epoch, base, totals) or None; read once
     # when a user (re)enters the state store. None: nothing is stored (tests, a fresh output).
     stored_profile: Callable[[str], dict | None] | None = None
+    triggers: TriggerRules | None = None        # None: no triggers
+    experiments: Experiments | None = None      # None: no experiments
 
 
 class SeenIds:
@@ -134,6 +138,7 @@ class UserState:
     last_event_ms: int = 0
     profile: ProfileTotals | None = None             # this epoch's profile totals (profiles on)
     alerts: AlertState = field(default_factory=AlertState)
+    triggers: TriggerState = field(default_factory=TriggerState)  # cooldowns: trigger -> last fired
 
     def encode(self) -> str:
         """-> the JSON text kept in Spark's state store."""
@@ -141,6 +146,8 @@ class UserState:
                "sessions": [_session_to_dict(s) for s in self.sessions.values()]}
         if self.profile is not None:
             raw["profile"], raw["alerts"] = self.profile.to_state(), self.alerts.to_state()
+        if self.triggers.last_fired:
+            raw["triggers"] = self.triggers.to_state()
         return json.dumps(raw, separators=(",", ":"))
 
     @classmethod
@@ -150,7 +157,7 @@ class UserState:
         profile = ProfileTotals.from_state(raw["profile"]) if "profile" in raw else None
         alerts = AlertState.from_state(raw["alerts"]) if "alerts" in raw else AlertState()
         return cls(raw["user_id"], {s.session_id: s for s in sessions}, raw["generations"], raw["last_event_ms"],
-                   profile, alerts)
+                   profile, alerts, TriggerState.from_state(raw.get("triggers")))
 
 
 @dataclass
@@ -161,6 +168,8 @@ class Outputs:
     first_writes: set = field(default_factory=set)   # ids among `sessions` never written before
     profile: dict | None = None                      # profile_update(): when the user changed
     alerts: list = field(default_factory=list)       # Alert raised by this batch's events
+    actions: list = field(default_factory=list)      # trigger executions (app/actions/triggers.py)
+    history_before: dict = field(default_factory=dict)  # session -> its history's length before the step
 
 
 class Step(NamedTuple):
@@ -175,14 +184,14 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
     events = sorted(events, key=lambda e: (e.event_ms, e.event_id))
     if state is None:
         state = UserState(events[0].user_id if events else "")
-    out, touched, counted = Outputs(), {}, []
+    out, touched, counted = _outputs(state), {}, []
     for ev in events:
         session = _session_for(state, ev, settings)
         if session is not None and ev.event_id and not session.seen.add(ev.event_id):
             out.duplicates.append(ev.event_id)
             continue
         if session is not None and session.explicit and ev.event_ms - session.acc.start_ms >= settings.max_ms:
-            _close(state, session, out, settings.rules)  # the 24 h guard: the id continues as #n+1
+            _close(state, session, out, settings)  # the 24 h guard: the id continues as #n+1
             touched.pop(session.session_id, None)
             session = None
         if session is None:
@@ -227,7 +236,11 @@ def _session_of(state: UserState, ev: Event) -> str | None:
 
 def process_timeout(state: UserState, watermark_ms: int, settings: SessionSettings) -> Step:
     """The watermark passed the entry's timeout: close what is due, or let the entry expire."""
-    return _finish(state, Outputs(), {}, watermark_ms, settings)
+    return _finish(state, _outputs(state), {}, watermark_ms, settings)
+
+
+def _outputs(state: UserState) -> Outputs:
+    return Outputs(history_before={sid: len(s.history) for sid, s in state.sessions.items()})
 
 
 def _session_for(state: UserState, ev: Event, settings: SessionSettings) -> Session | None:
@@ -274,8 +287,8 @@ def _classify(session: Session, rules: RuleSet, at_ms: int) -> Segment:
     return segment
 
 
-def _close(state: UserState, session: Session, out: Outputs, rules: RuleSet) -> None:
-    _emit(state, session, "closed", out, rules)
+def _close(state: UserState, session: Session, out: Outputs, settings: SessionSettings) -> None:
+    _emit(state, session, "closed", out, settings)
     del state.sessions[session.session_id]
     if state.profile is not None:
         acc = session.acc
@@ -286,14 +299,17 @@ def _close(state: UserState, session: Session, out: Outputs, rules: RuleSet) -> 
 def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, settings: SessionSettings) -> Step:
     for session in list(state.sessions.values()):
         if session.timeout_ms(settings) < watermark_ms:  # Spark's rule: the watermark passed it
-            _close(state, session, out, settings.rules)
+            _close(state, session, out, settings)
         elif session.session_id in touched:
-            _emit(state, session, "active", out, settings.rules)
+            _emit(state, session, "active", out, settings)
     if state.profile is not None and (out.events or out.sessions):  # events counted, or sessions closed
         out.profile = profile_update(state.user_id, state.profile, [
             OpenSession((s.acc.end_ms - s.acc.start_ms) / 60_000.0, s.segment, s.acc.end_ms)
             for s in state.sessions.values()])
         state.profile.stored = True  # written by this batch: the next batch replaces it
+    if settings.triggers is not None and (out.sessions or out.alerts):
+        out.actions = fire(state.triggers, state.user_id, _happenings(out), settings.triggers,
+                           lambda: _profile_facts(out.profile, settings.profile_rules))
     if state.sessions:
         return Step(state, out, min(s.timeout_ms(settings) for s in state.sessions.values()))
     retain_until = state.last_event_ms + settings.id_retention_ms
@@ -302,9 +318,41 @@ def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, se
     return Step(None, out, None)
 
 
-def _emit(state: UserState, session: Session, status: str, out: Outputs, rules: RuleSet) -> None:
+def _happenings(out: Outputs) -> list[Happening]:
+    """What the step did to the user, for the triggers: sessions written, segments changed, alerts."""
+    happenings = []
+    for doc in out.sessions:
+        kind = "session_closed" if doc["status"] == "closed" else "session_updated"
+        happenings.append(Happening(kind, doc["session_end"], session=doc))
+        history, before = doc["segment_history"], out.history_before.get(doc["_id"], 0)
+        previous = history[max(before - 1, 0)]["segment"]
+        if previous != doc["behavior_segment"]:
+            happenings.append(Happening("segment_changed", doc["session_end"], session=doc, previous_segment=previous))
+    for alert in out.alerts:
+        happenings.append(Happening("alert", alert.event_ms, alert={
+            "alert_id": alert.alert_id, "alert_type": alert.alert_type, "severity": alert.severity,
+            "session_id": alert.session_id, "evidence": alert.evidence}))
+    return happenings
+
+
+def _profile_facts(update: dict | None, rules: ProfileRules | None) -> dict | None:
+    """The user's profile figures, scores and pattern as the triggers see them."""
+    if update is None or rules is None:
+        return None
+    doc = profile_document(update["user_id"], update["totals"], rules)
+    facts = {name: doc[name] for name in SCORE_INPUTS + SCORES if name in doc}
+    facts.update(last_session_bounced=int(doc["last_segment"] == "bouncer"), behavior_pattern=doc["behavior_pattern"])
+    return facts
+
+
+def _emit(state: UserState, session: Session, status: str, out: Outputs, settings: SessionSettings) -> None:
+    rules = settings.rules
     segment = _classify(session, rules, session.acc.end_ms)
-    out.sessions.append(session_document(state.user_id, session, segment, status, rules))
+    doc = session_document(state.user_id, session, segment, status, rules)
+    if settings.experiments is not None:
+        doc["experiments"], doc["recommendations"] = settings.experiments.apply(
+            state.user_id, session.history, segment.name, doc["recommendations"])
+    out.sessions.append(doc)
     if not session.written:  # kept in the state, so a replayed batch says the same
         out.first_writes.add(session.session_id)
         session.written = True

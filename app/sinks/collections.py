@@ -23,11 +23,13 @@ QUARANTINE = "quarantined_events"
 PROGRESS = "stream_progress"
 FUNNEL_USERS = "conversion_funnel_users"
 DISTRIBUTION_USERS = "segment_distribution_users"
+EXECUTIONS = "trigger_executions"
+EXPERIMENT_RESULTS = "experiment_results"
 RAPID_ACTION_SECONDS = 2.0
 # Everything the job writes: what --reset-output drops.
 OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS,
-           "user_profiles", "behavior_alerts")
-AGGREGATES = (FUNNEL, DISTRIBUTION)  # additive sums tagged with the run (query id) that made them
+           "user_profiles", "behavior_alerts", EXECUTIONS, EXPERIMENT_RESULTS)
+AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS)  # additive sums tagged with the run (query id) that made them
 
 
 def ensure_indexes(db) -> None:
@@ -38,6 +40,8 @@ def ensure_indexes(db) -> None:
     db[EVENTS].create_index([("session_id", ASCENDING)])
     db[DISTRIBUTION].create_index([("window_start", ASCENDING)])
     db[QUARANTINE].create_index([("reasons", ASCENDING)])
+    db[EXECUTIONS].create_index([("user_id", ASCENDING)])
+    db[EXECUTIONS].create_index([("trigger", ASCENDING), ("event_time", DESCENDING)])
 
 
 def _now() -> datetime:
@@ -99,14 +103,14 @@ SESSION_REPLACE_CHUNK = 500
 
 def write_outputs(store: Store, profile_rules_document: dict | None = None):
     """foreachPartition writer of one partition of the state step's output: bad records, events
-    (insert-or-ignore on _id), profiles (merged with the stored epoch), sessions (first writes
-    inserted, the rest replaced by _id; each carries its user's scores), then alerts (insert-or-
-    ignore). Each step is idempotent, so a step cut short by a store outage is simply run again."""
+    (insert-or-ignore on _id), profiles (a user's first document inserted, later ones replaced),
+    sessions (first writes inserted, the rest replaced by _id; each carries its user's scores),
+    then alerts and trigger executions (insert-or-ignore). Each step is idempotent, so a step cut short by a store outage is simply run again."""
     rules_cache: list = []
 
     def write(rows) -> None:
         db, now = store.db(), _now()
-        quarantine, events, profiles, alerts, new_sessions, seen_sessions = [], [], [], [], [], []
+        quarantine, events, profiles, alerts, executions, new_sessions, seen_sessions = [], [], [], [], [], [], []
         for row in rows:
             if row.kind == "event":
                 events.append(event_document(row, now))
@@ -118,6 +122,8 @@ def write_outputs(store: Store, profile_rules_document: dict | None = None):
                 profiles.append(row)
             elif row.kind == "alert":
                 alerts.append(P.alert_document(row, now))
+            elif row.kind == "action":
+                executions.append(execution_document(row, now))
         store.retrying("quarantined_events", lambda: insert_or_ignore(db[QUARANTINE], quarantine))
         store.retrying("enriched_events", lambda: insert_or_ignore(db[EVENTS], events))
         scores = {}
@@ -133,7 +139,15 @@ def write_outputs(store: Store, profile_rules_document: dict | None = None):
                 chunk = pending[start:start + chunk_size]
                 store.retrying(step, lambda: _write_session_rows(db[SEGMENTS], chunk, insert, scores))
         store.retrying("behavior_alerts", lambda: insert_or_ignore(db[P.ALERTS], alerts))
+        store.retrying("trigger_executions", lambda: insert_or_ignore(db[EXECUTIONS], executions))
     return write
+
+
+def execution_document(row, executed_at: datetime) -> dict:
+    """An `action` row (app/actions/triggers.py `execution`) -> trigger_executions document."""
+    action = json.loads(row.doc)
+    execution_id, event_ms = action.pop("execution_id"), action.pop("event_ms")
+    return {"_id": execution_id, **action, "event_time": A.to_datetime(event_ms), "executed_at": executed_at}
 
 
 def quarantine_document(row, quarantined_at: datetime) -> dict:

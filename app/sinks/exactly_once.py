@@ -37,6 +37,14 @@ twice leaves what writing them once leaves:
    `behavior_alerts` is at-least-once: a replayed batch sends its alerts again with the same
    ids, and consumers deduplicate by alert_id.
 
+8. trigger_executions: insert-or-ignore on the execution id (trigger:user:event time of what
+   fired it), derived, with the cooldowns, from the state before the batch. The Kafka topic
+   `behavior_actions` is at-least-once like the alerts topic: consumers deduplicate by
+   execution_id.
+9. experiment_results: per experiment x variant, the sums (exposed sessions, conversions) are
+   added once per batch as in 3, tagged with (run_id, batch_id); the statistics are derived from
+   the sums of all the experiment's variants on each write (app/experiments/results.py).
+
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).
 """
@@ -46,7 +54,11 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from app import aggregates as A
-from app.sinks.collections import DISTRIBUTION, DISTRIBUTION_USERS, FUNNEL, FUNNEL_USERS, PROGRESS
+from app.experiments.design import Experiments
+from app.experiments.results import variant_documents
+from app.segments.rules import METRICS
+from app.sinks.collections import (DISTRIBUTION, DISTRIBUTION_USERS, EXPERIMENT_RESULTS, FUNNEL, FUNNEL_USERS,
+                                   PROGRESS)
 from app.sinks.mongo import insert_returning_duplicates
 
 
@@ -59,13 +71,19 @@ def closed_session_figures(doc: dict) -> dict:
     return {"session_id": doc["_id"], "behavior_segment": doc["behavior_segment"], "user_id": doc["user_id"],
             "session_end_ms": doc["session_end"], "session_duration_minutes": doc["session_duration_minutes"],
             "view_count": doc["view_count"], "cart_count": doc["cart_count"],
-            "purchase_count": doc["purchase_count"], "total_amount": doc["total_amount"]}
+            "purchase_count": doc["purchase_count"], "total_amount": doc["total_amount"],
+            "experiments": doc.get("experiments") or {},
+            "metrics": {name: doc.get(name) for name in METRICS}}
 
 
-def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict]) -> None:
-    """Folds one batch's closed sessions into conversion_funnel and segment_distribution, once."""
+def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict],
+                          experiments: Experiments | None = None) -> None:
+    """Folds one batch's closed sessions into conversion_funnel, segment_distribution and (with
+    experiments) experiment_results, once."""
     if not closed:
         return
+    if experiments is not None:
+        _apply_experiments(db[EXPERIMENT_RESULTS], experiments, run_id, batch_id, closed)
     funnel_users = _new_members(db[FUNNEL_USERS], run_id, batch_id, {
         f"{s['behavior_segment']}|{s['user_id']}": s["behavior_segment"] for s in closed})
     for segment, delta in A.funnel_deltas(closed).items():
@@ -101,6 +119,42 @@ def _apply_window(coll, window: int, run_id: str, batch_id: int, deltas: dict) -
     for segment, doc in docs.items():
         if segment in changed or doc.get("share_pct") != shares[segment]:
             doc.update(share_pct=shares[segment], processing_time=now)
+            coll.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+
+def experiment_deltas(experiments: Experiments, closed: list[dict]) -> dict[str, dict[str, dict]]:
+    """experiment -> variant -> {exposed_sessions, conversions} of these closed sessions."""
+    deltas: dict = defaultdict(lambda: defaultdict(lambda: {"exposed_sessions": 0, "conversions": 0}))
+    for session in closed:
+        for name, variant in session["experiments"].items():
+            try:
+                experiment = experiments.by_name(name)
+            except StopIteration:  # an experiment since removed from the file: not counted
+                continue
+            delta = deltas[name][variant]
+            delta["exposed_sessions"] += 1
+            delta["conversions"] += int(experiment.success(session["metrics"]))
+    return deltas
+
+
+def _apply_experiments(coll, experiments: Experiments, run_id: str, batch_id: int, closed: list[dict]) -> None:
+    for name, by_variant in experiment_deltas(experiments, closed).items():
+        experiment = experiments.by_name(name)
+        stored = {d["variant"]: d for d in coll.find({"experiment": name})}
+        sums, changed = {}, False
+        for variant in experiment.variants:
+            previous, delta = stored.get(variant.name), by_variant.get(variant.name)
+            sums[variant.name] = {k: (previous or {}).get(k, 0) for k in ("exposed_sessions", "conversions")}
+            if delta and not _already_applied(previous, run_id, batch_id):
+                sums[variant.name] = {k: sums[variant.name][k] + delta[k] for k in delta}
+                stored[variant.name] = {"run_id": run_id, "batch_id": batch_id}  # tagged with this batch
+                changed = True
+        if not changed:
+            continue  # this batch was applied before the crash
+        now = _now()
+        for variant, doc in variant_documents(experiment, sums).items():
+            tag = stored.get(variant) or {}
+            doc.update(run_id=tag.get("run_id", run_id), batch_id=tag.get("batch_id", -1), processing_time=now)
             coll.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
 

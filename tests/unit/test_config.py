@@ -60,6 +60,10 @@ def test_env_vars(tmp_path):
         "PROFILES": "off",
         "PROFILE_RULES_FILE": str(rules),
         "ALERTS_TOPIC": "risk.alerts",
+        "TRIGGERS": "false",
+        "TRIGGER_RULES_FILE": str(rules),
+        "ACTIONS_TOPIC": "crm.actions",
+        "EXPERIMENTS_FILE": str(rules),
     }
     config = load_config([], env)
     assert dataclasses.asdict(config) == {
@@ -92,6 +96,10 @@ def test_env_vars(tmp_path):
         "profiles": False,
         "profile_rules_file": str(rules),
         "alerts_topic": "risk.alerts",
+        "triggers": False,
+        "trigger_rules_file": str(rules),
+        "actions_topic": "crm.actions",
+        "experiments_file": str(rules),
     }
 
 
@@ -251,6 +259,10 @@ def test_write_concern_is_majority_on_a_replica_set_unless_set():
     ({"PROFILES": "sometimes"}, "PROFILES"),
     ({"PROFILE_RULES_FILE": "/nope.yaml"}, "PROFILE_RULES_FILE"),
     ({"ALERTS_TOPIC": "ecommerce_events"}, "ALERTS_TOPIC"),
+    ({"ACTIONS_TOPIC": "behavior_alerts"}, "ACTIONS_TOPIC"),
+    ({"ACTIONS_TOPIC": "bad topic"}, "ACTIONS_TOPIC"),
+    ({"TRIGGER_RULES_FILE": "/nonexistent.yaml"}, "TRIGGER_RULES_FILE"),
+    ({"EXPERIMENTS_FILE": "/nonexistent.yaml"}, "EXPERIMENTS_FILE"),
 ])
 def test_operations_settings_fail_naming_the_setting(env, setting):
     with pytest.raises(InvalidConfigError, match=setting):
