@@ -17,6 +17,7 @@ from pathlib import Path
 from pymongo import MongoClient
 
 from app import report
+from app.experiments.design import EXAMPLE_EXPERIMENTS
 from app.generator.cli import main as generate
 from app.sinks import collections as C
 
@@ -38,7 +39,8 @@ def main() -> int:
     before = _records(db)
     log_path = ROOT / ".local" / "logs" / "demo-job.log"
     print(f"demo: starting the streaming job (log: {log_path}; Spark UI: http://127.0.0.1:4040)", flush=True)
-    env = {**os.environ, "CHECKPOINT_DIR": checkpoint,
+    experiments = os.environ.get("EXPERIMENTS_FILE", str(EXAMPLE_EXPERIMENTS))
+    env = {**os.environ, "CHECKPOINT_DIR": checkpoint, "EXPERIMENTS_FILE": experiments,
            "TRIGGER_INTERVAL": os.environ.get("TRIGGER_INTERVAL", "2s")}
     with open(log_path, "w") as log:
         job = subprocess.Popen([str(ROOT / "deploy/local/submit.sh"), "app/jobs/streaming/advanced_streaming.py"],
@@ -47,7 +49,8 @@ def main() -> int:
         print(f"demo: sending {sessions} generated sessions to {topic} at {bootstrap}", flush=True)
         intent = ROOT / ".local" / "demo-intent.jsonl"
         if generate([bootstrap, topic, "--sessions", sessions, "--bad-ratio", "0.01", "--bots", "0.02",
-                     "--fraud", "0.02", "--returning", "0.3", "--intent-file", str(intent)]) != 0:
+                     "--fraud", "0.02", "--returning", "0.3", "--intent-file", str(intent),
+                     *_simulated_effect(experiments)]) != 0:
             return 1
         sent = _count_sent(intent)
         if not _wait_for(db, before + sent, job, log_path):
@@ -58,7 +61,14 @@ def main() -> int:
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=60)
-        print("demo: job stopped. Query the results: make mongosh, or ./deploy/scripts/query_behavior_segments.sh")
+        print("demo: job stopped. Query the results: make mongosh, or ./deploy/scripts/query_behavior_segments.sh;\n"
+              "      the actions it fired: python -m app.actions.consume --from-beginning --idle-timeout 5s")
+
+
+def _simulated_effect(experiments: str) -> list[str]:
+    """With the example experiments, 10% off converts 5 points better (so the report shows a lift)."""
+    return ["--experiments", experiments, "--effect", "ten_percent_off=+0.05"] \
+        if experiments == str(EXAMPLE_EXPERIMENTS) else []
 
 
 def _wait_for_closing_batch(db, timeout_s: int = 120) -> None:

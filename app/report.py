@@ -69,6 +69,33 @@ def alerts(db, limit: int = 8) -> list[str]:
     return lines
 
 
+def fired(db, limit: int = 6) -> list[str]:
+    """Trigger executions by trigger, then the latest ones (what the actions topic carried)."""
+    counts = {}
+    for d in db[C.EXECUTIONS].find({}, {"trigger": 1, "priority": 1}):
+        counts[(d["priority"], d["trigger"])] = counts.get((d["priority"], d["trigger"]), 0) + 1
+    lines = [f"{priority:>2}  {trigger:<22}{n:>5}" for (priority, trigger), n in sorted(counts.items())]
+    for d in db[C.EXECUTIONS].find().sort("event_time", -1).limit(limit):
+        todo = ", ".join(f"{a['channel']}/{a['template']}" for a in d["actions"])
+        lines.append(f"  {d['event_time']:%H:%M:%S} {d['trigger']:<22} user {d['user_id']:<10} -> {todo}")
+    return lines
+
+
+def experiments(db) -> list[str]:
+    """experiment_results: rate, 95% interval, lift and p-value per variant."""
+    lines = []
+    for d in db[C.EXPERIMENT_RESULTS].find().sort([("experiment", 1), ("is_control", -1), ("variant", 1)]):
+        rate = "-" if d["conversion_rate"] is None else (f"{100 * d['conversion_rate']:.1f}% "
+                                                        f"[{100 * d['ci95_low']:.1f}, {100 * d['ci95_high']:.1f}]")
+        lift = "control" if d["is_control"] else ("-" if d["lift_abs"] is None else
+                                                  f"{100 * d['lift_abs']:+.1f} pts, p={d['p_value']:.3g}"
+                                                  f"{' significant' if d['significant'] else ''}"
+                                                  if d["p_value"] is not None else f"{100 * d['lift_abs']:+.1f} pts")
+        lines.append(f"{d['experiment']:<16}{d['variant']:<17}{d['exposed_sessions']:>7} exposed  {rate:<22} {lift}"
+                     f"{'  SAMPLE RATIO MISMATCH' if d['sample_ratio_mismatch'] else ''}")
+    return lines
+
+
 def main() -> int:
     uri = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/")
     db = MongoClient(uri, serverSelectionTimeoutMS=5000)[os.environ.get("MONGODB_DATABASE", "bigdata")]
@@ -82,6 +109,10 @@ def main() -> int:
     print("\n".join(top_profiles(db)) or "(none: profiles off?)")
     print("\n== risk alerts (behavior_alerts) ==")
     print("\n".join(alerts(db)) or "(none)")
+    print("\n== actions fired (trigger_executions; on the behavior_actions topic) ==")
+    print("\n".join(fired(db)) or "(none: triggers off?)")
+    print("\n== experiments (experiment_results) ==")
+    print("\n".join(experiments(db)) or "(none: EXPERIMENTS_FILE not set)")
     print(f"\nenriched_events: {db[C.EVENTS].estimated_document_count()}, "
           f"quarantined_events: {db[C.QUARANTINE].estimated_document_count()}, "
           f"segment_distribution windows: {db[C.DISTRIBUTION].estimated_document_count()}")

@@ -14,7 +14,7 @@ import random
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from pathlib import Path
@@ -37,10 +37,15 @@ class PlannedSession:
     segment: str
     events: list
     scenario: str = "clean"  # clean | bot | fraud
+    experiments: dict = field(default_factory=dict)  # with --effect: experiment -> the user's variant
+    converted: bool | None = None                    # with --effect: a purchase was added to convert it
 
     def intent(self) -> dict:
-        return {"user_session": self.user_session, "user_id": self.user_id, "segment": self.segment,
-                "events": len(self.events), "scenario": self.scenario, "alerts": expected_alerts(self)}
+        intent = {"user_session": self.user_session, "user_id": self.user_id, "segment": self.segment,
+                  "events": len(self.events), "scenario": self.scenario, "alerts": expected_alerts(self)}
+        if self.converted is not None:
+            intent.update(experiments=self.experiments, converted=self.converted)
+        return intent
 
 
 # The alert types the default profile rules (app/rules/profiles_v1.yaml) raise for each scenario;
@@ -123,6 +128,44 @@ def plan_sessions(n_sessions: int, mix: dict[str, float], rng: random.Random, no
     return sessions
 
 
+def parse_effect(text: str) -> tuple[str, float]:
+    """'ten_percent_off=+0.05' -> (variant, 0.05)."""
+    name, _, value = text.partition("=")
+    try:
+        delta = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--effect wants VARIANT=+0.05, got {text!r}") from None
+    if not name or not -1 <= delta <= 1:
+        raise argparse.ArgumentTypeError(f"--effect wants VARIANT=+0.05 with a change between -1 and 1, got {text!r}")
+    return name, delta
+
+
+def with_experiment_effects(sessions: list[PlannedSession], experiments, effects: dict[str, float],
+                            base_rate: float, rng: random.Random) -> list[PlannedSession]:
+    """Simulates a treatment effect: a clean session planned in one of an experiment's target
+    segments, by a user assigned (as the job assigns) to variant V, converts (a purchase of a
+    product it viewed is added after its last event) with probability base_rate + effects[V]."""
+    out = []
+    for session in sessions:
+        assigned = {e.name: e.variant_for(str(session.user_id)).name for e in experiments.experiments
+                    if session.segment in e.segments}
+        if session.scenario != "clean" or not assigned:
+            out.append(session)
+            continue
+        chance = base_rate + sum(effects.get(variant, 0.0) for variant in assigned.values())
+        converted = rng.random() < chance
+        events = session.events
+        if converted:
+            last, bought = events[-1], rng.choice(events)
+            events = events + [{**last, "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                                "event_type": "purchase", "product_id": bought["product_id"],
+                                "category_id": bought["category_id"], "category_code": bought["category_code"],
+                                "brand": bought["brand"], "price": bought["price"],
+                                "page_url": bought["page_url"]}]
+        out.append(replace(session, events=events, experiments=assigned, converted=converted))
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="test_behavior_generator",
                                      description="Send e-commerce test events to Kafka.")
@@ -156,6 +199,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "over 500 (0)")
     parser.add_argument("--returning", type=_non_negative(float), default=0.0,
                         help="share of sessions by the user of an earlier session (0)")
+    parser.add_argument("--experiments", type=Path, metavar="FILE.yaml", default=None,
+                        help="the job's EXPERIMENTS_FILE, for --effect (default: app/rules/experiments_v1.yaml)")
+    parser.add_argument("--effect", type=parse_effect, action="append", default=[], metavar="VARIANT=+0.05",
+                        help="simulate a treatment effect: the variant's exposed sessions convert this much more "
+                             "often (repeatable; the intent file records each session's variant and outcome)")
+    parser.add_argument("--base-conversion", type=_non_negative(float), default=None,
+                        help="with --effect: the conversion chance of an exposed session in any variant (0.1)")
     parser.add_argument("--connect-timeout", type=_non_negative(float), default=10.0,
                         help="seconds to wait for Kafka before giving up (10)")
     args = parser.parse_args(argv)
@@ -163,6 +213,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--replay: no such file {args.replay}")
     if args.user_pool == 0:
         parser.error("--user-pool must be at least 1")
+    if args.effect or args.base_conversion is not None or args.experiments:
+        from app.config import InvalidConfigError
+        from app.experiments.design import EXAMPLE_EXPERIMENTS, load_experiments
+        try:
+            args.experiment_design = load_experiments(args.experiments or EXAMPLE_EXPERIMENTS)
+        except InvalidConfigError as exc:
+            parser.error(str(exc))
+        variants = {v.name for e in args.experiment_design.experiments for v in e.variants}
+        unknown = [name for name, _ in args.effect if name not in variants]
+        if unknown:
+            parser.error(f"--effect: no variant {unknown[0]!r} in the experiments (have: {', '.join(sorted(variants))})")
+        args.base_conversion = 0.1 if args.base_conversion is None else args.base_conversion
+    else:
+        args.experiment_design = None
     return args
 
 
@@ -259,6 +323,9 @@ def _source_events(args, rng: random.Random, now: datetime, intent):
     print(f"generating {args.sessions} sessions ...", file=sys.stderr)
     sessions = plan_sessions(args.sessions, args.mix, rng, now, args.start_minutes_ago,
                              args.spread_minutes, args.user_pool, args.bots, args.fraud, args.returning)
+    if args.experiment_design is not None:
+        sessions = with_experiment_effects(sessions, args.experiment_design, dict(args.effect), args.base_conversion,
+                                           rng)
     _write_jsonl(intent, (session.intent() for session in sessions))
     # A stable sort of per-session runs: ties keep each session's own order.
     events = sorted((e for s in sessions for e in s.events), key=itemgetter("event_time"))

@@ -41,3 +41,16 @@ db.user_profiles.find({ behavior_pattern: "at_risk" }, { sessions: 1, last_segme
 print("\n== high-severity alerts (fraud review) ==");
 db.behavior_alerts.find({ severity: "high" }).sort({ first_event_time: -1 }).limit(20)
   .forEach(d => print(`${d.alert_type.padEnd(15)} user ${String(d.user_id).padEnd(10)} ${d.first_event_time.toISOString()}  ${JSON.stringify(d.evidence)}`));
+
+print("\n== actions fired, latest first (trigger_executions; also on the behavior_actions topic) ==");
+db.trigger_executions.aggregate([{ $group: { _id: "$trigger", fired: { $sum: 1 } } }, { $sort: { _id: 1 } }])
+  .forEach(r => print(`${r._id.padEnd(22)} ${r.fired}`));
+db.trigger_executions.find({}, { trigger: 1, user_id: 1, event_time: 1, actions: 1 }).sort({ event_time: -1 }).limit(10)
+  .forEach(d => print(`${d.event_time.toISOString()}  ${d.trigger.padEnd(22)} user ${String(d.user_id).padEnd(10)} -> ${d.actions.map(a => a.channel + "/" + a.template).join(", ")}`));
+
+print("\n== experiments (experiment_results: rate, 95% interval, lift vs control, p-value) ==");
+db.experiment_results.find().sort({ experiment: 1, is_control: -1, variant: 1 })
+  .forEach(d => print(`${d.experiment.padEnd(16)} ${d.variant.padEnd(16)} exposed ${String(d.exposed_sessions).padStart(6)}  ` +
+    (d.conversion_rate === null ? "-" : `${(100 * d.conversion_rate).toFixed(1)}% [${(100 * d.ci95_low).toFixed(1)}, ${(100 * d.ci95_high).toFixed(1)}]`) +
+    (d.is_control ? "  control" : d.lift_abs === null ? "" : `  lift ${(100 * d.lift_abs).toFixed(1)} pts  p=${d.p_value === null ? "-" : d.p_value.toPrecision(3)}${d.significant ? " significant" : ""}`) +
+    (d.sample_ratio_mismatch ? "  SAMPLE RATIO MISMATCH" : "")));

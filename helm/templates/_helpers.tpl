@@ -229,7 +229,7 @@ Env vars every container of the app image gets: */}}
 {{- end -}}
 
 {{/*
-seg.waitForKafka: init container that waits for Kafka and creates the topics (input and alerts; idempotent),
+seg.waitForKafka: init container that waits for Kafka and creates the topics (input, alerts, actions; idempotent),
 run from the Kafka image so its own tools do the work. Bounded: fails after ~10 minutes.
 With kafka.sasl it logs in through a client properties file written at run time from its env
 into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
@@ -257,7 +257,7 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
           --topic "$1" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR"
       }
       for i in {1..120}; do
-        create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC" && exit 0
+        create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC" && create "$ACTIONS_TOPIC" && exit 0
         echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS ($i/120)"; sleep 5
       done
       echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS did not answer in 10 minutes" >&2; exit 1
@@ -268,6 +268,8 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
       value: {{ .Values.kafka.topic | quote }}
     - name: ALERTS_TOPIC
       value: {{ .Values.kafka.alertsTopic | quote }}
+    - name: ACTIONS_TOPIC
+      value: {{ .Values.kafka.actionsTopic | quote }}
     - name: PARTITIONS
       value: {{ .Values.kafka.partitions | quote }}
     - name: REPLICATION_FACTOR

@@ -259,4 +259,11 @@ def test_the_alerts_topic_is_created_with_the_input_topic_and_given_to_the_job(r
     topics = env_of(container(job, "driver"))["ALERTS_TOPIC"]
     init = next(c for c in pod_spec(job)["initContainers"] if c["name"] == "kafka-topic")
     assert env_of(init)["ALERTS_TOPIC"] == topics == "behavior_alerts"
-    assert 'create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC"' in init["args"][0]
+    assert 'create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC" && create "$ACTIONS_TOPIC"' in init["args"][0]
+
+
+@pytest.mark.parametrize("value_set", ["default", "production"])
+def test_the_actions_topic_is_created_with_the_input_topic_and_given_to_the_job(rendered, value_set):
+    job = one(rendered[value_set], "Deployment", "streaming")
+    init = next(c for c in pod_spec(job)["initContainers"] if c["name"] == "kafka-topic")
+    assert env_of(init)["ACTIONS_TOPIC"] == env_of(container(job, "driver"))["ACTIONS_TOPIC"] == "behavior_actions"

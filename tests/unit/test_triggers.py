@@ -187,3 +187,13 @@ def test_a_replayed_batch_fires_the_same_executions(settings):
     first = process_events(UserState.decode(before), batch, 0, settings)
     second = process_events(UserState.decode(before), batch, 0, settings)
     assert first.out.actions == second.out.actions
+
+
+def test_the_reference_consumer_skips_redelivered_executions_and_describes_an_action():
+    from app.actions.consume import Deduplicator, describe
+    seen = Deduplicator(capacity=2)
+    assert [seen.first_time(i) for i in ("a", "b", "a", "c", "a")] == [True, True, False, True, True]  # "a" forgotten
+    [action] = fire(TriggerState(), "u1", [Happening("session_closed", T0, session=_session())],
+                    _rules(_trigger("cart", segments=["browser"])))
+    line = describe(action)
+    assert "cart" in line and "user u1" in line and "email/cart" in line and "browser" in line

@@ -1,0 +1,125 @@
+"""Triggers, actions and experiments end to end (DESIGN.md §13, §14): real Kafka, FerretDB, spark-submit."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from kafka import KafkaConsumer
+
+from app.experiments.design import EXAMPLE_EXPERIMENTS
+from tests.conftest import ROOT
+from tests.e2e.jobrun import generate, job_env, read_intent, run_job
+
+pytestmark = pytest.mark.e2e
+
+
+def _ms(date: datetime) -> int:
+    """A stored date (naive UTC from the driver) -> epoch millis."""
+    return round((date if date.tzinfo else date.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+def _messages(bootstrap: str, topic: str) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    try:
+        return list(consumer)
+    finally:
+        consumer.close()
+
+
+def expected_executions(db) -> set[str]:
+    """The default triggers (app/rules/triggers_v1.yaml), worked out from the sessions and alerts the
+    job stored, for traffic ingested in one batch where every session has a user of its own."""
+    fraud = {}
+    for alert in db.behavior_alerts.find({"severity": "high"}):
+        at = _ms(alert["event_time"])
+        fraud[alert["user_id"]] = min(at, fraud.get(alert["user_id"], at))  # one per user within the hour
+    expected = {f"fraud_review:{user}:{at}" for user, at in fraud.items()}
+    for s in db.user_behavior_segments.find():
+        end, user, segment = _ms(s["session_end"]), s["user_id"], s["behavior_segment"]
+        if segment == "bouncer" and user not in fraud:  # active in the batch that read it; fraud_review is exclusive
+            expected.add(f"exit_intent_offer:{user}:{end}")
+        if s["status"] == "closed" and segment == "browser" and s["cart_count"] >= 1:
+            expected.add(f"abandoned_cart_email:{user}:{end}")
+        if s["status"] == "closed" and segment == "power_user" and (s["total_amount"] or 0) >= 1000:
+            expected.add(f"vip_enrolment:{user}:{end}")
+    return expected
+
+
+def test_generated_traffic_fires_exactly_the_expected_executions_and_messages(stack, mongo, tmp_path):
+    topic = database = "e2e_actions_" + uuid.uuid4().hex[:10]
+    actions_topic = topic + "_actions"
+    generate(stack["bootstrap"], topic, "--sessions", "300", "--fraud", "0.03", "--bots", "0.02", "--seed", "31",
+             "--mix", "bouncer=0.3,browser=0.4,engaged_shopper=0.1,power_user=0.2",
+             "--intent-file", str(tmp_path / "intent.jsonl"))
+    run_job(job_env(stack, topic, database, tmp_path / "ckpt", ACTIONS_TOPIC=actions_topic, SESSION_GAP="5m"))
+    sessions, _ = read_intent(tmp_path / "intent.jsonl")
+    db = mongo[database]
+    try:
+        docs = {d["_id"]: d for d in db.trigger_executions.find()}
+        expected = expected_executions(db)
+        assert set(docs) == expected
+        fired = {d["trigger"] for d in docs.values()}
+        assert fired == {"fraud_review", "exit_intent_offer", "abandoned_cart_email", "vip_enrolment"}, fired
+        risky = {str(s["user_id"]) for s in sessions if s["scenario"] != "clean"}
+        assert {d["user_id"] for d in docs.values() if d["trigger"] == "fraud_review"} == risky
+        cart = next(d for d in docs.values() if d["trigger"] == "abandoned_cart_email")
+        assert cart["actions"] == [{"channel": "email", "template": "abandoned_cart",
+                                    "parameters": {"send_after_minutes": 60, "discount_pct": 5}}]
+        assert cart["facts"]["session"]["cart_count"] >= 1 and 0 <= cart["facts"]["profile"]["intent_score"] <= 100
+
+        messages = _messages(stack["bootstrap"], actions_topic)
+        assert sorted(json.loads(m.value)["execution_id"] for m in messages) == sorted(docs)
+        assert all(m.key.decode() == json.loads(m.value)["user_id"] for m in messages)
+
+        # the reference consumer prints one line per action
+        result = subprocess.run([sys.executable, "-m", "app.actions.consume", "--bootstrap", stack["bootstrap"],
+                                 "--topic", actions_topic, "--from-beginning", "--idle-timeout", "5s"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == len(docs) and f"{len(docs)} actions, 0 redelivered" in result.stderr
+        assert any("email/abandoned_cart" in line for line in lines)
+    finally:
+        mongo.drop_database(database)
+
+
+def test_a_simulated_effect_is_found_and_a_null_variant_is_not(stack, mongo, tmp_path):
+    topic = database = "e2e_experiment_" + uuid.uuid4().hex[:10]
+    generate(stack["bootstrap"], topic, "--sessions", "20000", "--mix", "browser=1", "--seed", "41",
+             "--effect", "ten_percent_off=+0.05", "--base-conversion", "0.10",
+             "--intent-file", str(tmp_path / "intent.jsonl"))
+    run_job(job_env(stack, topic, database, tmp_path / "ckpt", EXPERIMENTS_FILE=str(EXAMPLE_EXPERIMENTS),
+                    SESSION_GAP="5m", TRIGGERS="false"), timeout=1500)
+    sessions, _ = read_intent(tmp_path / "intent.jsonl")
+    intended = {s["user_session"]: s for s in sessions}
+    db = mongo[database]
+    try:
+        results = {d["variant"]: d for d in db.experiment_results.find({"experiment": "cart_incentive"})}
+        assert set(results) == {"control", "ten_percent_off", "free_shipping"}
+        closed = list(db.user_behavior_segments.find({"status": "closed"}))
+        assert len(closed) > 15_000
+        counted = {name: [0, 0] for name in results}
+        for s in closed:
+            variant = s["experiments"]["cart_incentive"]
+            assert variant == intended[s["user_session"]]["experiments"]["cart_incentive"]  # the generator's assignment
+            assert (s["purchase_count"] >= 1) == intended[s["user_session"]]["converted"]
+            counted[variant][0] += 1
+            counted[variant][1] += s["purchase_count"] >= 1
+        assert {v: [d["exposed_sessions"], d["conversions"]] for v, d in results.items()} == counted
+
+        effect, null, control = results["ten_percent_off"], results["free_shipping"], results["control"]
+        assert effect["significant"] and effect["p_value"] < 0.001 and 0.03 < effect["lift_abs"] < 0.07, effect
+        assert not null["significant"] and null["p_value"] > 0.05, null
+        assert control["is_control"] and control["ci95_low"] < control["conversion_rate"] < control["ci95_high"]
+        assert not any(d["sample_ratio_mismatch"] for d in results.values())
+        # the variant's recommendations reached its users' browser sessions
+        shown = db.user_behavior_segments.find_one({"experiments.cart_incentive": "ten_percent_off",
+                                                    "behavior_segment": "browser"})
+        assert shown["recommendations"][0].startswith("Offer 10% off")
+    finally:
+        mongo.drop_database(database)
