@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from pathlib import Path
 
-from app.generator.behaviors import RISK_BUILDERS, RISK_SEGMENTS, SESSION_BUILDERS
+from app.generator.behaviors import RISK_BUILDERS, RISK_SEGMENTS, SESSION_BUILDERS, TIME_FORMAT
 from app.generator.malformed import interleave_malformed
 from app.generator.replay import paced, parse_event_time, read_rees46_events
 
@@ -27,6 +27,7 @@ DEFAULT_MIX = "bouncer=0.3,browser=0.4,engaged_shopper=0.2,power_user=0.1"
 # Sessions end at least this long before "now", so no event can look like it is from the future.
 PAST_MARGIN = timedelta(minutes=1)
 PROGRESS_EVERY_S = 2.0
+CONVERSION_DELAY = timedelta(seconds=30)  # --effect: a converting purchase comes this long after the last event
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # reused: json.dumps builds one per call
 
 
@@ -144,7 +145,8 @@ def with_experiment_effects(sessions: list[PlannedSession], experiments, effects
                             base_rate: float, rng: random.Random) -> list[PlannedSession]:
     """Simulates a treatment effect: a clean session planned in one of an experiment's target
     segments, by a user assigned (as the job assigns) to variant V, converts (a purchase of a
-    product it viewed is added after its last event) with probability base_rate + effects[V]."""
+    product it viewed is added 30 s after its last event, when the session has been in the target
+    segment and seen the variant's recommendations) with probability base_rate + effects[V]."""
     out = []
     for session in sessions:
         assigned = {e.name: e.variant_for(str(session.user_id)).name for e in experiments.experiments
@@ -157,11 +159,11 @@ def with_experiment_effects(sessions: list[PlannedSession], experiments, effects
         events = session.events
         if converted:
             last, bought = events[-1], rng.choice(events)
-            events = events + [{**last, "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                                "event_type": "purchase", "product_id": bought["product_id"],
-                                "category_id": bought["category_id"], "category_code": bought["category_code"],
-                                "brand": bought["brand"], "price": bought["price"],
-                                "page_url": bought["page_url"]}]
+            bought_at = parse_event_time(last["event_time"]) + CONVERSION_DELAY  # after it became exposed
+            product = {key: bought[key] for key in ("product_id", "category_id", "category_code", "brand", "price",
+                                                    "page_url")}
+            events = events + [{**last, **product, "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                                "event_time": bought_at.strftime(TIME_FORMAT), "event_type": "purchase"}]
         out.append(replace(session, events=events, experiments=assigned, converted=converted))
     return out
 
