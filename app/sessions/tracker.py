@@ -21,6 +21,11 @@ Rules the transitions keep:
   event, so a closed document is never overwritten within that window.
 - The rules are re-applied at every update and at close: a session classified under another
   rules file (content hash) is reclassified, and its history records the new rule_version.
+- With profile rules, the entry also holds the user's profile totals of this epoch (with the
+  stored base, read once when the epoch opens) and the alert windows (app/profiles/); with
+  trigger rules, the triggers' cooldowns: the step's sessions written, segments changed and
+  alerts raised go through the triggers (app/actions/triggers.py); with experiments, each
+  session document carries its variants and their recommendations (app/experiments/design.py).
 """
 from __future__ import annotations
 
