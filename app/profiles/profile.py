@@ -12,6 +12,8 @@ document.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -47,6 +49,7 @@ class ProfileTotals:
     last_segment_ms: int = -1
     base: dict | None = None        # the stored totals of the user's earlier epochs (None: a new user)
     stored: bool = False            # a user_profiles document exists (the next write replaces it)
+    written: str = ""               # digest of the last update written: an unchanged profile is not rewritten
 
     def add_event(self, event_ms: int, event_type: str, price: float | None, device_type: str | None = None,
                   country: str | None = None, category_code: str | None = None) -> None:
@@ -113,7 +116,9 @@ class OpenSession:
 def epoch_totals(totals: ProfileTotals, open_sessions: Iterable[OpenSession]) -> dict:
     """The epoch's figures with the open sessions folded in (the state is not changed)."""
     figures = totals.to_state()
-    del figures["base"], figures["stored"]
+    # what is stored: the open sessions folded in, so closing one changes nothing that is stored
+    for internal in ("base", "stored", "written", "closed_sessions", "closed_duration_minutes"):
+        del figures[internal]
     segments, last = Counter(totals.segment_counts), (totals.last_segment, totals.last_segment_ms)
     duration = totals.closed_duration_minutes
     for session in open_sessions:
@@ -134,9 +139,15 @@ def profile_update(user_id: str, totals: ProfileTotals, open_sessions: Iterable[
             "totals": figures if totals.base is None else _add(totals.base, figures), "first_write": not totals.stored}
 
 
+def update_digest(update: Mapping) -> str:
+    """Identifies what an update stores (not whether it inserts): equal digests, equal documents."""
+    stored = {key: update[key] for key in ("epoch", "base", "totals")}
+    return hashlib.sha1(json.dumps(stored, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def _add(a: Mapping, b: Mapping) -> dict:
     total = dict(b)
-    for name in COUNTS + ("total_revenue", "duration_minutes", "closed_sessions"):
+    for name in COUNTS + ("total_revenue", "duration_minutes"):
         total[name] = a.get(name, 0) + b.get(name, 0)
     for tally in TALLIES:
         total[tally] = dict(Counter(a.get(tally, {})) + Counter(b.get(tally, {})))
@@ -157,17 +168,7 @@ def _date(ms: int) -> datetime:
 
 def profile_document(user_id: str, totals: Mapping, rules: ProfileRules) -> dict:
     """The user_profiles document's figures, scores and pattern (dates as datetimes)."""
-    sessions = totals["sessions"]
-    figures = {
-        "sessions": sessions, "total_events": totals["total_events"], "view_count": totals["view_count"],
-        "cart_count": totals["cart_count"], "purchase_count": totals["purchase_count"],
-        "total_revenue": round(totals["total_revenue"], 2),
-        "avg_session_duration": round(totals["duration_minutes"] / sessions, 2) if sessions else 0.0,
-        "avg_events_per_session": round(totals["total_events"] / sessions, 2) if sessions else 0.0,
-        "unique_categories": len(totals["categories"]),
-        "last_session_bounced": int(totals.get("last_segment") == "bouncer"),
-    }
-    scores = rules.score(figures)
+    figures, scores = _figures_and_scores(totals, rules)
     first_seen = _date(totals["first_seen"])
     year, week, _ = first_seen.isocalendar()
     return {
@@ -178,3 +179,23 @@ def profile_document(user_id: str, totals: Mapping, rules: ProfileRules) -> dict
         "top_category": _top(totals["categories"]), **scores, "behavior_pattern": rules.pattern({**figures, **scores}),
         "rule_version": rules.version,
     }
+
+
+def profile_facts(totals: Mapping, rules: ProfileRules) -> dict:
+    """The figures, scores and pattern (what the patterns and the triggers read; no dates)."""
+    figures, scores = _figures_and_scores(totals, rules)
+    return {**figures, **scores, "behavior_pattern": rules.pattern({**figures, **scores})}
+
+
+def _figures_and_scores(totals: Mapping, rules: ProfileRules) -> tuple[dict, dict]:
+    sessions = totals["sessions"]
+    figures = {
+        "sessions": sessions, "total_events": totals["total_events"], "view_count": totals["view_count"],
+        "cart_count": totals["cart_count"], "purchase_count": totals["purchase_count"],
+        "total_revenue": round(totals["total_revenue"], 2),
+        "avg_session_duration": round(totals["duration_minutes"] / sessions, 2) if sessions else 0.0,
+        "avg_events_per_session": round(totals["total_events"] / sessions, 2) if sessions else 0.0,
+        "unique_categories": len(totals["categories"]),
+        "last_session_bounced": int(totals.get("last_segment") == "bouncer"),
+    }
+    return figures, rules.score(figures)

@@ -39,8 +39,8 @@ from typing import Callable, Iterable, NamedTuple
 from app.profiles.alerts import Alert, AlertEvent, AlertState, detect
 from app.actions.triggers import Happening, TriggerRules, TriggerState, fire
 from app.experiments.design import Experiments
-from app.profiles.profile import OpenSession, ProfileTotals, new_epoch, profile_document, profile_update
-from app.profiles.rules import SCORE_INPUTS, SCORES, ProfileRules
+from app.profiles.profile import OpenSession, ProfileTotals, new_epoch, profile_facts, profile_update, update_digest
+from app.profiles.rules import SCORES, ProfileRules
 from app.segments.rules import RuleSet, Segment
 from app.sessions.metrics import SessionAccumulator, session_metrics
 
@@ -307,14 +307,21 @@ def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, se
             _close(state, session, out, settings)
         elif session.session_id in touched:
             _emit(state, session, "active", out, settings)
+    facts = None
     if state.profile is not None and (out.events or out.sessions):  # events counted, or sessions closed
-        out.profile = profile_update(state.user_id, state.profile, [
+        update = profile_update(state.user_id, state.profile, [
             OpenSession((s.acc.end_ms - s.acc.start_ms) / 60_000.0, s.segment, s.acc.end_ms)
             for s in state.sessions.values()])
-        state.profile.stored = True  # written by this batch: the next batch replaces it
+        facts = profile_facts(update["totals"], settings.profile_rules)
+        scores = {name: facts[name] for name in SCORES + ("behavior_pattern",)}
+        for doc in out.sessions:  # one read answers "who is this and what do they do now"
+            doc["user_scores"] = scores
+        digest = update_digest(update)
+        if digest != state.profile.written:  # a session closing alone changes nothing stored
+            out.profile = update
+            state.profile.stored, state.profile.written = True, digest  # the next batch replaces it
     if settings.triggers is not None and (out.sessions or out.alerts):
-        out.actions = fire(state.triggers, state.user_id, _happenings(out), settings.triggers,
-                           lambda: _profile_facts(out.profile, settings.profile_rules))
+        out.actions = fire(state.triggers, state.user_id, _happenings(out), settings.triggers, lambda: facts)
     if state.sessions:
         return Step(state, out, min(s.timeout_ms(settings) for s in state.sessions.values()))
     retain_until = state.last_event_ms + settings.id_retention_ms
@@ -338,16 +345,6 @@ def _happenings(out: Outputs) -> list[Happening]:
             "alert_id": alert.alert_id, "alert_type": alert.alert_type, "severity": alert.severity,
             "session_id": alert.session_id, "evidence": alert.evidence}))
     return happenings
-
-
-def _profile_facts(update: dict | None, rules: ProfileRules | None) -> dict | None:
-    """The user's profile figures, scores and pattern as the triggers see them."""
-    if update is None or rules is None:
-        return None
-    doc = profile_document(update["user_id"], update["totals"], rules)
-    facts = {name: doc[name] for name in SCORE_INPUTS + SCORES if name in doc}
-    facts.update(last_session_bounced=int(doc["last_segment"] == "bouncer"), behavior_pattern=doc["behavior_pattern"])
-    return facts
 
 
 def _emit(state: UserState, session: Session, status: str, out: Outputs, settings: SessionSettings) -> None:

@@ -126,18 +126,15 @@ def write_outputs(store: Store, profile_rules_document: dict | None = None):
                 executions.append(execution_document(row, now))
         store.retrying("quarantined_events", lambda: insert_or_ignore(db[QUARANTINE], quarantine))
         store.retrying("enriched_events", lambda: insert_or_ignore(db[EVENTS], events))
-        scores = {}
         if profiles:
             if not rules_cache:  # parsed once per Python worker
                 rules_cache.append(parse_profile_rules(profile_rules_document))
-            docs = store.retrying("user_profiles", lambda: P.write_profiles(db[P.PROFILES], profiles,
-                                                                             rules_cache[0], now))
-            scores = {doc["_id"]: P.user_scores(doc) for doc in docs}
+            store.retrying("user_profiles", lambda: P.write_profiles(db[P.PROFILES], profiles, rules_cache[0], now))
         for pending, insert, chunk_size, step in ((new_sessions, True, SESSION_INSERT_CHUNK, "new sessions"),
                                                   (seen_sessions, False, SESSION_REPLACE_CHUNK, "session updates")):
             for start in range(0, len(pending), chunk_size):
                 chunk = pending[start:start + chunk_size]
-                store.retrying(step, lambda: _write_session_rows(db[SEGMENTS], chunk, insert, scores))
+                store.retrying(step, lambda: _write_session_rows(db[SEGMENTS], chunk, insert))
         store.retrying("behavior_alerts", lambda: insert_or_ignore(db[P.ALERTS], alerts))
         store.retrying("trigger_executions", lambda: insert_or_ignore(db[EXECUTIONS], executions))
     return write
@@ -158,14 +155,11 @@ def quarantine_document(row, quarantined_at: datetime) -> dict:
     return doc
 
 
-def _write_session_rows(coll, rows: list, insert: bool, scores: dict | None = None) -> None:
+def _write_session_rows(coll, rows: list, insert: bool) -> None:
     if not rows:
         return
     now = _now()  # per chunk: processing_time is when the document was written
     docs = [session_document(row, now) for row in rows]
-    for doc in docs:
-        if scores and doc["user_id"] in scores:
-            doc["user_scores"] = scores[doc["user_id"]]
     if insert:  # on a replayed batch the documents may be there already: replace those
         docs = insert_returning_duplicates(coll, docs)
     for start in range(0, len(docs), SESSION_REPLACE_CHUNK):

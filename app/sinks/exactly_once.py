@@ -30,8 +30,11 @@ twice leaves what writing them once leaves:
    opens (the user (re)enters the state store), and travels in the state; a replayed batch that
    opens the epoch again finds the document its failed attempt wrote, with the same epoch id,
    and takes that document's own base (app/profiles/profile.py `base_of`). The sink inserts a
-   user's first document and replaces later ones, reading nothing. Scores and pattern are
-   derived from the totals.
+   user's first document and replaces later ones, reading nothing. The state keeps a digest of
+   the last update emitted, so an unchanged profile (a session closing changes nothing stored:
+   open sessions are folded in as they stand) is not rewritten; a replay starts from the same
+   digest and decides the same. Scores and pattern are derived from the totals; the state step
+   puts the scores on the user's session documents itself.
 7. behavior_alerts: insert-or-ignore on the alert id (type:user:first event time of the
    evidence), which the state step derives from the state before the batch. The Kafka topic
    `behavior_alerts` is at-least-once: a replayed batch sends its alerts again with the same

@@ -18,7 +18,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from app import aggregates as A
 from app.profiles.profile import profile_document
-from app.profiles.rules import SCORES, ProfileRules
+from app.profiles.rules import ProfileRules
 from app.sinks.mongo import Store, insert_returning_duplicates, replace_documents
 
 PROFILES = "user_profiles"
@@ -59,11 +59,6 @@ class StoredProfiles:
         coll = self.store.db()[PROFILES]
         return self.store.retrying("user_profiles lookup", lambda: coll.find_one(
             {"_id": user_id}, {"_id": 0, "epoch": 1, "base": 1, "totals": 1}))
-
-
-def user_scores(profile: dict) -> dict:
-    """What a session document carries of its user's profile at write time."""
-    return {**{name: profile[name] for name in SCORES}, "behavior_pattern": profile["behavior_pattern"]}
 
 
 def alert_document(row, detected_at: datetime) -> dict:

@@ -35,16 +35,27 @@ def test_profile_counts_each_event_once_and_folds_in_the_open_session(settings):
     assert step.out.duplicates == ["e2"]
 
 
-def test_closing_a_session_moves_it_into_the_closed_figures(settings):
-    state = process_events(None, [ev(0, "e1"), ev(2 * MIN, "e2"), ev(3 * MIN, "e3", "purchase", price=20.0)],
-                           0, settings).state
-    step = process_timeout(state, T0 + 34 * MIN, settings)
+def test_closing_a_session_moves_it_into_the_closed_figures_and_rewrites_nothing(settings):
+    first = process_events(None, [ev(0, "e1"), ev(2 * MIN, "e2"), ev(3 * MIN, "e3", "purchase", price=20.0)],
+                           0, settings)
+    written = first.out.profile["totals"]
+    assert written["segment_counts"] == {"engaged_shopper": 1} and written["duration_minutes"] == 3.0
+    step = process_timeout(UserState.decode(first.state.encode()), T0 + 34 * MIN, settings)
     assert step.out.sessions[0]["status"] == "closed"
+    # the open session was folded in as it stood: closing it changes nothing stored, so no rewrite
+    assert step.out.profile is None
+    assert step.out.sessions[0]["user_scores"] == first.out.sessions[0]["user_scores"]
     totals = step.state.profile if step.state else None
-    profile = step.out.profile["totals"]
-    assert profile["closed_sessions"] == 1 and profile["segment_counts"] == {"engaged_shopper": 1}
-    assert profile["duration_minutes"] == 3.0 and profile["total_revenue"] == 20.0
-    assert totals is None or totals.closed_sessions == 1
+    assert totals is None or (totals.closed_sessions == 1 and totals.closed_duration_minutes == 3.0)
+
+
+def test_a_changed_profile_is_written_again(settings):
+    first = process_events(None, [ev(0, "e1")], 0, settings)
+    again = process_events(UserState.decode(first.state.encode()), [ev(MIN, "e1")], 0, settings)  # a duplicate
+    assert again.out.profile is None  # nothing counted: nothing to write
+    later = process_events(UserState.decode(first.state.encode()), [ev(MIN, "e2", "cart")], 0, settings)
+    assert later.out.profile["totals"]["cart_count"] == 1 and not later.out.profile["first_write"]
+    assert 0 <= later.out.sessions[0]["user_scores"]["intent_score"] <= 100
 
 
 def test_alerts_are_raised_once_and_survive_the_state_encoding(settings):
@@ -81,7 +92,8 @@ def test_a_late_copy_of_an_event_whose_session_closed_is_not_counted_again(setti
     state = process_timeout(state, T0 + 40 * MIN, settings).state  # the session closes
     step = process_events(state, [ev(MIN, "e2")], T0 + 40 * MIN, settings)  # redelivered, behind the watermark
     assert step.out.events[0].is_late and step.out.events[0].session_id is None
-    assert step.out.profile["totals"]["total_events"] == 2 and step.out.profile["totals"]["sessions"] == 1
+    assert step.out.profile is None  # not counted again: the stored profile stays as it is
+    assert step.state.profile.total_events == 2 and step.state.profile.sessions == 1
 
 
 def test_the_stored_profile_is_read_once_per_epoch_and_the_first_write_inserts(settings):
