@@ -28,17 +28,19 @@ _originals: dict = {}
 
 class LeanUdf:
     """core(key tuple, {column: list} | None when timed out, GroupState) -> list of output tuples.
-    `columns` names the operator's input columns in order; None skips a column the core never reads."""
+    `columns` names the operator's input columns in order; None skips a column the core never reads.
+    `new_keys(keys)`, optional: called with the keys of each Arrow batch's groups that have no state
+    yet, before their groups run (to start their reads early), and with None when a task begins."""
 
-    def __init__(self, core, columns):
-        self.core, self.columns = core, tuple(columns)
+    def __init__(self, core, columns, new_keys=None):
+        self.core, self.columns, self.new_keys = core, tuple(columns), new_keys
 
     def __reduce__(self):
-        return _restore, (self.core, self.columns)
+        return _restore, (self.core, self.columns, self.new_keys)
 
 
-def _restore(core, columns) -> LeanUdf:
-    udf = LeanUdf(core, columns)
+def _restore(core, columns, new_keys=None) -> LeanUdf:
+    udf = LeanUdf(core, columns, new_keys)
     if install():
         _pending[:] = [udf]
     return udf
@@ -97,12 +99,21 @@ def _load_stream(self, stream):
         properties["optionalValue"] = self.pickleSer.loads(info["object"]) if info["object"] else None
         return GroupState(keyAsUnsafe=info["keyRowAsUnsafe"], valueSchema=self.state_object_schema, **properties)
 
+    key_at = [i for i, name in enumerate(udf.columns) if name in ("quarantined", "state_key")]
+
     def chunks_and_states(batches):
         current = None
+        if udf.new_keys is not None:
+            udf.new_keys(None)
         for batch in batches:
             data = [column.to_pylist() if name else [None] * len(column)
                     for name, column in zip(udf.columns, batch.columns[:-1])]
-            for info in batch.column(batch.num_columns - 1).to_pylist():
+            infos = batch.column(batch.num_columns - 1).to_pylist()
+            if udf.new_keys is not None:  # groups starting in this batch without a state entry
+                udf.new_keys([tuple(data[i][info["startOffset"]] for i in key_at) for info in infos
+                              if info and info["numRows"] and not info["object"]
+                              and (current is None or info is not infos[0])])
+            for info in infos:
                 if not info:
                     break  # no more groups in this batch
                 state = current or construct_state(info)

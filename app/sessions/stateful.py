@@ -121,8 +121,18 @@ def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention
         _save(state, step)
         return _rows(step, docs)
 
+    def new_users(keys: list | None) -> None:
+        """The lean path names each Arrow batch's users without a state entry: their stored
+        profiles are read ahead, on threads, while the users before them are processed."""
+        if profile_rules_document is None or not hasattr(stored_profile, "prefetch"):
+            return
+        if keys is None:
+            stored_profile.forget()
+        else:
+            stored_profile.prefetch([user for quarantined, user in keys if not quarantined])
+
     lean_udf = LeanUdf(process, [c if c in _READ + ("quarantined", "state_key") else None
-                                 for c in INPUT_COLUMNS]) if lean else None
+                                 for c in INPUT_COLUMNS], new_users) if lean else None
 
     def run(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
         """Spark's own pandas path (where the lean path is off or does not apply)."""

@@ -11,6 +11,7 @@ leaves them.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -48,14 +49,38 @@ def write_profiles(coll, rows: list, rules: ProfileRules, now: datetime) -> list
     return fresh + known
 
 
+PREFETCH_THREADS = 4
+_prefetched: dict = {}    # user_id -> Future of its lookup, in this Python worker
+_pool: list = []          # this worker's lookup threads (created on first use)
+
+
 @dataclass(frozen=True)
 class StoredProfiles:
     """user_id -> the stored (epoch, base, totals) of the user's profile, or None: the state
     function's read when a user (re)enters the state store. One find by _id (FerretDB pushes an
-    _id equality down to its index, where an $in of many ids scans the collection)."""
+    _id equality down to its index, where an $in of many ids scans the collection).
+
+    `prefetch(user_ids)` starts those reads on a few threads, so they overlap with the state step
+    of the users before them (the lean Arrow path calls it for each Arrow batch's users that have
+    no state entry); a later call for a prefetched user takes the answer, or waits for it."""
     store: Store
 
     def __call__(self, user_id: str) -> dict | None:
+        pending = _prefetched.pop(user_id, None)
+        return pending.result() if pending is not None else self._read(user_id)
+
+    def prefetch(self, user_ids) -> None:
+        if not _pool:
+            _pool.append(ThreadPoolExecutor(PREFETCH_THREADS, thread_name_prefix="profile-lookup"))
+        for user_id in user_ids:
+            if user_id not in _prefetched:
+                _prefetched[user_id] = _pool[0].submit(self._read, user_id)
+
+    def forget(self) -> None:
+        """Drops answers nobody asked for (a task's start: they may predate its writes)."""
+        _prefetched.clear()
+
+    def _read(self, user_id: str) -> dict | None:
         coll = self.store.db()[PROFILES]
         return self.store.retrying("user_profiles lookup", lambda: coll.find_one(
             {"_id": user_id}, {"_id": 0, "epoch": 1, "base": 1, "totals": 1}))

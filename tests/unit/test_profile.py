@@ -102,3 +102,20 @@ def test_ties_pick_the_smallest_key_whatever_the_order():
     for country in ("PL", "DE", "DE", "PL"):
         totals.add_event(T0, "view", None, country=country)
     assert profile_document("u", epoch_totals(totals, []), RULES)["top_country"] == "DE"
+
+
+def test_stored_profiles_are_read_ahead_once_and_forgotten_at_a_tasks_start(monkeypatch):
+    from app.sinks.mongo import Store
+    from app.sinks import profiles as P
+    from app.sinks.profiles import StoredProfiles
+    reads = []
+    monkeypatch.setattr(StoredProfiles, "_read", lambda self, user: reads.append(user) or {"epoch": user})
+    lookup = StoredProfiles(Store("mongodb://unused/", "db"))
+    lookup.prefetch(["a", "b", "a"])
+    assert lookup("a") == {"epoch": "a"} and lookup("b") == {"epoch": "b"}
+    assert sorted(reads) == ["a", "b"]  # each read once, ahead
+    assert lookup("c") == {"epoch": "c"} and reads[-1] == "c"  # not prefetched: read when asked
+    lookup.prefetch(["d"])
+    P._prefetched["d"].result()
+    lookup.forget()
+    assert lookup("d") == {"epoch": "d"} and reads.count("d") == 2  # the early answer was dropped
