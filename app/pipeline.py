@@ -7,18 +7,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
 from pyspark.sql import Column, DataFrame, SparkSession, functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from app.actions.triggers import load_trigger_rules
+from app.actions.triggers import parse_trigger_rules
 from app.config import AppConfig, InvalidConfigError
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
 from app.experiments.design import parse_experiments
 from app.monitoring.progress import BATCH_METRICS
-from app.profiles.rules import load_profile_rules
-from app.segments.rules import load_rules
+from app.profiles.rules import parse_profile_rules
+from app.segments.rules import parse_rules, read_rules_document
 from app.sessions.stateful import sessionize
 from app.sinks import collections as out
 from app.sinks.exactly_once import apply_closed_sessions, closed_session_figures
@@ -66,17 +65,17 @@ class RuleDocuments:
 
 
 def load_rule_documents(config: AppConfig) -> RuleDocuments:
-    def read(path: str) -> dict:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    rules = load_rules(config.rules_file)
-    documents = RuleDocuments(read(config.rules_file))
+    """Each rules file read once and parsed: a bad one stops the job here, naming the field."""
+    segments = read_rules_document(config.rules_file, "RULES_FILE")
+    names = [segment.name for segment in parse_rules(segments, config.rules_file).segments]
+    documents = RuleDocuments(segments)
     if config.profiles:
-        load_profile_rules(config.profile_rules_file)
-        documents = replace(documents, profiles=read(config.profile_rules_file))
+        profiles = read_rules_document(config.profile_rules_file, "PROFILE_RULES_FILE")
+        parse_profile_rules(profiles, config.profile_rules_file)
+        documents = replace(documents, profiles=profiles)
     if config.triggers:
-        triggers = load_trigger_rules(config.trigger_rules_file)
-        names = [segment.name for segment in rules.segments]
-        for trigger in triggers.triggers:
+        triggers = read_rules_document(config.trigger_rules_file, "TRIGGER_RULES_FILE")
+        for trigger in parse_trigger_rules(triggers, config.trigger_rules_file).triggers:
             unknown = [name for name in trigger.segments if name not in names]
             if unknown:
                 raise InvalidConfigError(f"TRIGGER_RULES_FILE {config.trigger_rules_file}: trigger {trigger.name}: "
@@ -84,11 +83,11 @@ def load_rule_documents(config: AppConfig) -> RuleDocuments:
             if trigger.needs_profile and not config.profiles:
                 raise InvalidConfigError(f"TRIGGER_RULES_FILE {config.trigger_rules_file}: trigger {trigger.name} "
                                          "reads profile.* facts, which need PROFILES=true")
-        documents = replace(documents, triggers=read(config.trigger_rules_file))
+        documents = replace(documents, triggers=triggers)
     if config.experiments_file:
-        document = read(config.experiments_file)
-        parse_experiments(document, config.experiments_file, [segment.name for segment in rules.segments])
-        documents = replace(documents, experiments=document)
+        experiments = read_rules_document(config.experiments_file, "EXPERIMENTS_FILE")
+        parse_experiments(experiments, config.experiments_file, names)
+        documents = replace(documents, experiments=experiments)
     return documents
 
 

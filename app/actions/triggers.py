@@ -19,17 +19,15 @@ per trigger, user and cooldown window, and the same state and events give the sa
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from app.config import InvalidConfigError, parse_duration
 from app.profiles.rules import PATTERN_METRICS
-from app.segments.rules import METRICS, Predicate, condition
+from app.segments.rules import (METRICS, Predicate, condition, content_hash, document_version,
+                                read_rules_document)
 
 DEFAULT_TRIGGER_RULES = Path(__file__).resolve().parent.parent / "rules" / "triggers_v1.yaml"
 KINDS = ("session_updated", "session_closed", "segment_changed", "alert")
@@ -156,21 +154,12 @@ def execution(trigger: Trigger, user_id: str, happening: Happening, version: str
 # ---- the rules file ------------------------------------------------------------------------------
 
 def load_trigger_rules(path: str | Path) -> TriggerRules:
-    try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidConfigError(f"TRIGGER_RULES_FILE {path}: cannot read it ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0]})") from None
-    return parse_trigger_rules(document, source=str(path))
+    return parse_trigger_rules(read_rules_document(path, "TRIGGER_RULES_FILE"), source=str(path))
 
 
 def parse_trigger_rules(document: Any, source: str = "trigger rules") -> TriggerRules:
     where = f"TRIGGER_RULES_FILE {source}"
-    if not isinstance(document, dict):
-        raise InvalidConfigError(f"{where}: the top level must be a mapping with trigger_version and triggers")
-    version = document.get("trigger_version")
-    if not isinstance(version, str) or not version.strip():
-        raise InvalidConfigError(f"{where}: trigger_version must be a non-empty string")
+    version = document_version(document, where, "trigger_version", "triggers")
     raw = document.get("triggers")
     if not isinstance(raw, list):
         raise InvalidConfigError(f"{where}: triggers must be a list")
@@ -180,9 +169,8 @@ def parse_trigger_rules(document: Any, source: str = "trigger rules") -> Trigger
     names = [t.name for t in triggers]
     if len(set(names)) != len(names):
         raise InvalidConfigError(f"{where}: trigger names must be unique (got {names})")
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return TriggerRules(version, tuple(sorted(triggers, key=lambda t: (t.priority, t.name))),
-                        hashlib.sha256(canonical.encode()).hexdigest()[:16])
+                        content_hash(document))
 
 
 def _on_key(raw: Any) -> Any:

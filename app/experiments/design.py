@@ -11,15 +11,13 @@ as a conversion when it meets the experiment's `success` condition (app/experime
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from app.config import InvalidConfigError
-from app.segments.rules import METRICS, Predicate, condition
+from app.segments.rules import (METRICS, Predicate, condition, content_hash, document_version,
+                                read_rules_document)
 
 EXAMPLE_EXPERIMENTS = Path(__file__).resolve().parent.parent / "rules" / "experiments_v1.yaml"
 
@@ -78,22 +76,13 @@ class Experiments:
 
 
 def load_experiments(path: str | Path) -> Experiments:
-    try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidConfigError(f"EXPERIMENTS_FILE {path}: cannot read it ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0]})") from None
-    return parse_experiments(document, source=str(path))
+    return parse_experiments(read_rules_document(path, "EXPERIMENTS_FILE"), source=str(path))
 
 
 def parse_experiments(document: Any, source: str = "experiments", segments: Iterable[str] | None = None) -> Experiments:
     """`segments`: the segment rules' names, to check the targets against (None: not checked)."""
     where = f"EXPERIMENTS_FILE {source}"
-    if not isinstance(document, dict):
-        raise InvalidConfigError(f"{where}: the top level must be a mapping with experiment_version and experiments")
-    version = document.get("experiment_version")
-    if not isinstance(version, str) or not version.strip():
-        raise InvalidConfigError(f"{where}: experiment_version must be a non-empty string")
+    version = document_version(document, where, "experiment_version", "experiments")
     raw = document.get("experiments")
     if not isinstance(raw, list):
         raise InvalidConfigError(f"{where}: experiments must be a list")
@@ -102,8 +91,7 @@ def parse_experiments(document: Any, source: str = "experiments", segments: Iter
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
         raise InvalidConfigError(f"{where}: experiment names must be unique (got {names})")
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
-    return Experiments(version, experiments, hashlib.sha256(canonical.encode()).hexdigest()[:16])
+    return Experiments(version, experiments, content_hash(document))
 
 
 def _experiment(raw: Any, where: str, known_segments: tuple[str, ...] | None) -> Experiment:

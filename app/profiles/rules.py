@@ -5,16 +5,12 @@ Every score is round(100 * sum(weight * min(input / cap, 1))) with weights >= 0 
 and caps > 0: bounded by 0 and 100, and monotone (no input growing ever lowers it)."""
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from app.config import InvalidConfigError, parse_duration
-from app.segments.rules import Predicate, condition
+from app.segments.rules import Predicate, condition, content_hash, document_version, read_rules_document
 
 DEFAULT_PROFILE_RULES = Path(__file__).resolve().parent.parent / "rules" / "profiles_v1.yaml"
 SCORES = ("engagement_score", "interest_score", "intent_score", "conversion_probability")
@@ -67,27 +63,16 @@ class ProfileRules:
 
 
 def load_profile_rules(path: str | Path) -> ProfileRules:
-    try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidConfigError(f"PROFILE_RULES_FILE {path}: cannot read it ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0]})") from None
-    return parse_profile_rules(document, source=str(path))
+    return parse_profile_rules(read_rules_document(path, "PROFILE_RULES_FILE"), source=str(path))
 
 
 def parse_profile_rules(document: Any, source: str = "profile rules") -> ProfileRules:
     where = f"PROFILE_RULES_FILE {source}"
-    if not isinstance(document, dict):
-        raise InvalidConfigError(f"{where}: the top level must be a mapping with rule_version, scores, patterns, alerts")
-    version = document.get("rule_version")
-    if not isinstance(version, str) or not version.strip():
-        raise InvalidConfigError(f"{where}: rule_version must be a non-empty string")
+    version = document_version(document, where, "rule_version", "scores, patterns, alerts")
     scores = _scores(document.get("scores"), f"{where}: scores")
     patterns = _patterns(document.get("patterns"), f"{where}: patterns")
     alerts, cooldown_ms = _alerts(document.get("alerts"), f"{where}: alerts")
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
-    return ProfileRules(version, scores, patterns, alerts, cooldown_ms,
-                        hashlib.sha256(canonical.encode()).hexdigest()[:16])
+    return ProfileRules(version, scores, patterns, alerts, cooldown_ms, content_hash(document))
 
 
 def _number(value: Any) -> bool:

@@ -57,21 +57,38 @@ class RuleSet:
         raise KeyError(f"no segment {name!r} in rules {self.version}")
 
 
-def load_rules(path: str | Path) -> RuleSet:
+def read_rules_document(path: str | Path, setting: str) -> Any:
+    """A rules file's YAML document; a file that cannot be read fails naming the setting."""
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise InvalidConfigError(f"RULES_FILE {path}: cannot read it ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    return parse_rules(document, source=str(path))
+        raise InvalidConfigError(f"{setting} {path}: cannot read it ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0]})") from None
+
+
+def document_version(document: Any, where: str, version_key: str, fields: str) -> str:
+    """The version of a rules document, which must be a mapping; fails naming what is wrong."""
+    if not isinstance(document, dict):
+        raise InvalidConfigError(f"{where}: the top level must be a mapping with {version_key}, {fields}")
+    version = document.get(version_key)
+    if not isinstance(version, str) or not version.strip():
+        raise InvalidConfigError(f"{where}: {version_key} must be a non-empty string")
+    return version
+
+
+def content_hash(document: Any) -> str:
+    """Of the whole rules document: a changed threshold is a change of rules."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    return parse_rules(read_rules_document(path, "RULES_FILE"), source=str(path))
 
 
 def parse_rules(document: Any, source: str = "rules") -> RuleSet:
     where = f"RULES_FILE {source}"
-    if not isinstance(document, dict):
-        raise InvalidConfigError(f"{where}: the top level must be a mapping with rule_version and segments")
-    version = document.get("rule_version")
-    if not isinstance(version, str) or not version.strip():
-        raise InvalidConfigError(f"{where}: rule_version must be a non-empty string")
+    version = document_version(document, where, "rule_version", "segments")
     raw_segments = document.get("segments")
     if not isinstance(raw_segments, list) or not raw_segments:
         raise InvalidConfigError(f"{where}: segments must be a non-empty list")
@@ -82,9 +99,7 @@ def parse_rules(document: Any, source: str = "rules") -> RuleSet:
     names = [s.name for s in segments]
     if len(set(names)) != len(names):
         raise InvalidConfigError(f"{where}: segment names must be unique (got {names})")
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
-    return RuleSet(version=version, segments=segments,
-                   content_hash=hashlib.sha256(canonical.encode()).hexdigest()[:16])
+    return RuleSet(version=version, segments=segments, content_hash=content_hash(document))
 
 
 def _segment(raw: Any, where: str) -> Segment:

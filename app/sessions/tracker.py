@@ -36,7 +36,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple
 
-from app.profiles.alerts import Alert, AlertEvent, AlertState, detect
+from app.profiles.alerts import AlertEvent, AlertState, detect
 from app.actions.triggers import Happening, TriggerRules, TriggerState, fire
 from app.experiments.design import Experiments
 from app.profiles.profile import OpenSession, ProfileTotals, new_epoch, profile_facts, profile_update, update_digest
@@ -189,7 +189,7 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
     events = sorted(events, key=lambda e: (e.event_ms, e.event_id))
     if state is None:
         state = UserState(events[0].user_id if events else "")
-    out, touched, counted = _outputs(state), {}, []
+    out, touched, counted = _outputs(state, settings), {}, []
     for ev in events:
         session = _session_for(state, ev, settings)
         if session is not None and ev.event_id and not session.seen.add(ev.event_id):
@@ -241,10 +241,12 @@ def _session_of(state: UserState, ev: Event) -> str | None:
 
 def process_timeout(state: UserState, watermark_ms: int, settings: SessionSettings) -> Step:
     """The watermark passed the entry's timeout: close what is due, or let the entry expire."""
-    return _finish(state, _outputs(state), {}, watermark_ms, settings)
+    return _finish(state, _outputs(state, settings), {}, watermark_ms, settings)
 
 
-def _outputs(state: UserState) -> Outputs:
+def _outputs(state: UserState, settings: SessionSettings) -> Outputs:
+    if settings.triggers is None:  # only the triggers ask which segments changed
+        return Outputs()
     return Outputs(history_before={sid: len(s.history) for sid, s in state.sessions.items()})
 
 
@@ -312,10 +314,11 @@ def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, se
         update = profile_update(state.user_id, state.profile, [
             OpenSession((s.acc.end_ms - s.acc.start_ms) / 60_000.0, s.segment, s.acc.end_ms)
             for s in state.sessions.values()])
-        facts = profile_facts(update["totals"], settings.profile_rules)
-        scores = {name: facts[name] for name in SCORES + ("behavior_pattern",)}
-        for doc in out.sessions:  # one read answers "who is this and what do they do now"
-            doc["user_scores"] = scores
+        if out.sessions or settings.triggers is not None:
+            facts = profile_facts(update["totals"], settings.profile_rules)
+            scores = {name: facts[name] for name in SCORES + ("behavior_pattern",)}
+            for doc in out.sessions:  # one read answers "who is this and what do they do now"
+                doc["user_scores"] = scores
         digest = update_digest(update)
         if digest != state.profile.written:  # a session closing alone changes nothing stored
             out.profile = update
