@@ -5,7 +5,8 @@
 #   .local/spark-jars  Spark Kafka connector jars (Maven Central)
 #   .local/bin/ferretdb  FerretDB built from the Go module proxy
 #   .local/mongosh   mongosh from the npm registry
-# Usage: setup.sh [python|kafka|connector|ferretdb|mongosh]...   (default: all)
+#   chromium, chromedriver  Debian's packages (apt), for the dashboard's headless-browser test
+# Usage: setup.sh [python|kafka|connector|ferretdb|mongosh|browser]...   (default: all)
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 MAVEN_DIR="$ROOT/deploy/local/maven"
@@ -84,12 +85,34 @@ setup_mongosh() {
   npm install --prefix "$STACK_DIR/mongosh" --no-audit --no-fund --loglevel=error "mongosh@$MONGOSH_VERSION"
 }
 
-parts=("$@"); [[ ${#parts[@]} -gt 0 ]] || parts=(python kafka connector ferretdb mongosh)
+browser_present() { chromium --version >/dev/null 2>&1 && chromedriver --version >/dev/null 2>&1; }
+
+setup_browser() {
+  if browser_present; then step "$(chromium --version 2>/dev/null | sed -n 1p), chromedriver present"; return; fi
+  command -v apt-get >/dev/null 2>&1 || die "setup: chromium + chromedriver (the dashboard's browser test) are missing and this is not a Debian/Ubuntu machine (no apt-get): install them with the system's package manager"
+  local apt=(apt-get)
+  if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then apt=(sudo -n apt-get)
+    else die "setup: chromium + chromedriver (the dashboard's browser test) are missing and installing them needs root: run 'sudo apt-get install -y chromium chromium-driver' once, or this script as root"
+    fi
+  fi
+  step "chromium + chromedriver <- Debian packages (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  local install=("${apt[@]}" install -y -q --no-install-recommends chromium chromium-driver)
+  # The package lists are refreshed only when they are missing or stale (the install fails).
+  if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null || ! "${install[@]}"; then
+    "${apt[@]}" update -q && "${install[@]}"
+  fi
+  browser_present || die "setup: chromium or chromedriver still does not run after apt-get install"
+  step "$(chromium --version 2>/dev/null | sed -n 1p), $(chromedriver --version 2>/dev/null | sed -n 1p)"
+}
+
+parts=("$@"); [[ ${#parts[@]} -gt 0 ]] || parts=(python kafka connector ferretdb mongosh browser)
 start=$SECONDS
 for p in "${parts[@]}"; do
   case "$p" in
-    python|kafka|connector|ferretdb|mongosh) "setup_$p" ;;
-    *) die "setup: unknown part '$p' (python|kafka|connector|ferretdb|mongosh)" ;;
+    python|kafka|connector|ferretdb|mongosh|browser) "setup_$p" ;;
+    *) die "setup: unknown part '$p' (python|kafka|connector|ferretdb|mongosh|browser)" ;;
   esac
 done
 step "done in $((SECONDS - start)) s"
