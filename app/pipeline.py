@@ -20,7 +20,8 @@ from app.profiles.rules import parse_profile_rules
 from app.segments.rules import parse_rules, read_rules_document
 from app.sessions.stateful import sessionize
 from app.sinks import collections as out
-from app.sinks.exactly_once import apply_closed_sessions, closed_session_figures
+from app.rollups import HOUR_MS
+from app.sinks.exactly_once import apply_closed_sessions, apply_event_counts, closed_session_figures
 from app.sinks.mongo import Store
 from app.sinks.profiles import StoredProfiles, ensure_profile_indexes
 
@@ -125,6 +126,20 @@ def with_batch_metrics(rows: DataFrame) -> DataFrame:
     )
 
 
+def counted_events(rows: DataFrame) -> DataFrame:
+    """The batch's counted events (in a session: no duplicate, no late copy of a closed session's
+    event) per hour of event time x event_type x country, for event_counts_hourly."""
+    event = F.from_json("doc", "event_ms long, event_type string, country string")
+    is_counted = (F.col("kind") == "event") & F.col("session_id").isNotNull()
+    return (
+        rows.filter(is_counted)
+        .select(event.alias("e"))
+        .groupBy((F.col("e.event_ms") - F.col("e.event_ms") % HOUR_MS).alias("hour_ms"),
+                 F.col("e.event_type").alias("event_type"), F.col("e.country").alias("country"))
+        .count()
+    )
+
+
 class SessionBatchWriter:
     """foreachBatch sink of the sessions query: events, sessions, then the closed-session aggregates."""
 
@@ -158,9 +173,12 @@ class SessionBatchWriter:
             # Sorted, so the float sums come out bit-identical however the rows were partitioned.
             closed = sorted((closed_session_figures(json.loads(r.doc)) for r in small if r.kind == "session"),
                             key=lambda s: s["session_id"])
+            counts = [(r.hour_ms, r.event_type, r.country, r["count"]) for r in counted_events(batch).collect()]
             # The whole step is idempotent per batch id (a crash replay takes the same path).
             self.store.retrying("aggregates", lambda: apply_closed_sessions(self.store.db(), self.run_id(),
                                                                             batch_id, closed, self.experiments))
+            self.store.retrying("event counts", lambda: apply_event_counts(self.store.db(), self.run_id(),
+                                                                           batch_id, counts))
             timer.step("aggregates")
             for kind, sink in self.topics.items():
                 self.publish(batch.sparkSession, sink, sorted(r.doc for r in small if r.kind == kind))

@@ -23,6 +23,8 @@ from app.profiles.rules import ProfileRules
 
 COUNTS = ("sessions", "total_events", "view_count", "cart_count", "remove_cart_count", "purchase_count")
 TALLIES = ("segment_counts", "devices", "countries", "categories")
+RECENT_ALERTS = 10  # alerts kept on the profile for the personalization lookup
+_LIVE = ("latest_session_id", "latest_session_ms", "recent_alerts")
 _TYPE_COUNTS = {"view": "view_count", "cart": "cart_count", "remove_from_cart": "remove_cart_count",
                 "purchase": "purchase_count"}
 
@@ -50,6 +52,11 @@ class ProfileTotals:
     base: dict | None = None        # the stored totals of the user's earlier epochs (None: a new user)
     stored: bool = False            # a user_profiles document exists (the next write replaces it)
     written: str = ""               # digest of the last update written: an unchanged profile is not rewritten
+    # What a storefront's lookup needs besides the totals (the query API reads the profile by _id
+    # and follows these, never a scan): the session of the user's latest event, the latest alerts.
+    latest_session_id: str | None = None
+    latest_session_ms: int = -1
+    recent_alerts: list = field(default_factory=list)
 
     def add_event(self, event_ms: int, event_type: str, price: float | None, device_type: str | None = None,
                   country: str | None = None, category_code: str | None = None) -> None:
@@ -78,6 +85,16 @@ class ProfileTotals:
     def saw_segment(self, segment: str, at_ms: int) -> None:
         if at_ms >= self.last_segment_ms:
             self.last_segment, self.last_segment_ms = segment, at_ms
+
+    def saw_session(self, session_id: str, end_ms: int) -> None:
+        if end_ms >= self.latest_session_ms:
+            self.latest_session_id, self.latest_session_ms = session_id, end_ms
+
+    def saw_alert(self, alert_id: str, alert_type: str, severity: str, first_event_ms: int) -> None:
+        self.recent_alerts.append({"alert_id": alert_id, "alert_type": alert_type, "severity": severity,
+                                   "first_event_ms": first_event_ms})
+        self.recent_alerts = sorted(self.recent_alerts, key=lambda a: (a["first_event_ms"], a["alert_id"]))[
+            -RECENT_ALERTS:]
 
     def to_state(self) -> dict:
         return asdict(self)
@@ -117,7 +134,7 @@ def epoch_totals(totals: ProfileTotals, open_sessions: Iterable[OpenSession]) ->
     """The epoch's figures with the open sessions folded in (the state is not changed)."""
     figures = totals.to_state()
     # what is stored: the open sessions folded in, so closing one changes nothing that is stored
-    for internal in ("base", "stored", "written", "closed_sessions", "closed_duration_minutes"):
+    for internal in ("base", "stored", "written", "closed_sessions", "closed_duration_minutes", *_LIVE):
         del figures[internal]
     segments, last = Counter(totals.segment_counts), (totals.last_segment, totals.last_segment_ms)
     duration = totals.closed_duration_minutes
@@ -136,12 +153,13 @@ def profile_update(user_id: str, totals: ProfileTotals, open_sessions: Iterable[
     sessions folded in), and whether a document exists already (insert, or replace)."""
     figures = epoch_totals(totals, open_sessions)
     return {"user_id": user_id, "epoch": totals.epoch, "base": totals.base,
-            "totals": figures if totals.base is None else _add(totals.base, figures), "first_write": not totals.stored}
+            "totals": figures if totals.base is None else _add(totals.base, figures), "first_write": not totals.stored,
+            "live": {"session_id": totals.latest_session_id, "alerts": list(totals.recent_alerts)}}
 
 
 def update_digest(update: Mapping) -> str:
     """Identifies what an update stores (not whether it inserts): equal digests, equal documents."""
-    stored = {key: update[key] for key in ("epoch", "base", "totals")}
+    stored = {key: update.get(key) for key in ("epoch", "base", "totals", "live")}
     return hashlib.sha1(json.dumps(stored, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -166,14 +184,18 @@ def _date(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
 
 
+def cohort_week(first_seen_ms: int) -> str:
+    """The ISO week of the user's first event, e.g. 2019-W40: the user's retention cohort."""
+    year, week, _ = _date(first_seen_ms).isocalendar()
+    return f"{year}-W{week:02d}"
+
+
 def profile_document(user_id: str, totals: Mapping, rules: ProfileRules) -> dict:
     """The user_profiles document's figures, scores and pattern (dates as datetimes)."""
     figures, scores = _figures_and_scores(totals, rules)
-    first_seen = _date(totals["first_seen"])
-    year, week, _ = first_seen.isocalendar()
     return {
-        "_id": user_id, "user_id": user_id, "first_seen": first_seen, "last_seen": _date(totals["last_seen"]),
-        "cohort_week": f"{year}-W{week:02d}", **{k: v for k, v in figures.items() if k != "last_session_bounced"},
+        "_id": user_id, "user_id": user_id, "first_seen": _date(totals["first_seen"]),
+        "last_seen": _date(totals["last_seen"]), "cohort_week": cohort_week(totals["first_seen"]), **{k: v for k, v in figures.items() if k != "last_session_bounced"},
         "last_segment": totals.get("last_segment"), "segment_counts": dict(sorted(totals["segment_counts"].items())),
         "preferred_device": _top(totals["devices"]), "top_country": _top(totals["countries"]),
         "top_category": _top(totals["categories"]), **scores, "behavior_pattern": rules.pattern({**figures, **scores}),

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The session's event path (behaviour patterns, DESIGN.md §15): its event types in the order
+# counted (event time within a batch), a run of one type as one step, the first PATH_STEPS steps.
+PATH_STEPS = 8
+PATH_SEPARATOR = ">"
 TYPE_COUNTERS = {"view": "view_count", "cart": "cart_count", "remove_from_cart": "remove_cart_count",
                  "purchase": "purchase_count"}
 
@@ -21,6 +25,7 @@ class SessionAccumulator:
     products: set = field(default_factory=set)
     categories: set = field(default_factory=set)
     total_amount: float | None = None
+    path: list = field(default_factory=list)
 
     def add(self, event_ms: int, event_type: str, product_id, category_id, price) -> None:
         self.start_ms = min(self.start_ms, event_ms)
@@ -32,21 +37,30 @@ class SessionAccumulator:
             self.products.add(product_id)
         if category_id is not None:
             self.categories.add(category_id)
+        if len(self.path) < PATH_STEPS and (not self.path or self.path[-1] != event_type):
+            self.path.append(event_type)
         if event_type == "purchase":
             self.total_amount = (self.total_amount or 0.0) + (price or 0.0)
 
     def to_state(self) -> dict:
         state = dict(self.__dict__)
         state["products"], state["categories"] = sorted(self.products), sorted(self.categories)
+        state["path"] = list(self.path)
         return state
 
     @classmethod
     def from_state(cls, state: dict) -> "SessionAccumulator":
-        return cls(**{**state, "products": set(state["products"]), "categories": set(state["categories"])})
+        # A state written before paths existed has none: the path starts from the next event.
+        return cls(**{**state, "products": set(state["products"]), "categories": set(state["categories"]),
+                      "path": list(state.get("path", []))})
 
 
 def _rate(numerator: int, denominator: int) -> float:
     return round(100.0 * numerator / denominator, 2) if denominator else 0.0
+
+
+def event_path(acc: SessionAccumulator) -> str:
+    return PATH_SEPARATOR.join(acc.path)
 
 
 def session_metrics(acc: SessionAccumulator) -> dict:

@@ -39,10 +39,11 @@ from typing import Callable, Iterable, NamedTuple
 from app.profiles.alerts import AlertEvent, AlertState, detect
 from app.actions.triggers import Happening, TriggerRules, TriggerState, fire
 from app.experiments.design import Experiments
-from app.profiles.profile import OpenSession, ProfileTotals, new_epoch, profile_facts, profile_update, update_digest
+from app.profiles.profile import (OpenSession, ProfileTotals, cohort_week, new_epoch, profile_facts, profile_update,
+                                  update_digest)
 from app.profiles.rules import SCORES, ProfileRules
 from app.segments.rules import RuleSet, Segment
-from app.sessions.metrics import SessionAccumulator, session_metrics
+from app.sessions.metrics import SessionAccumulator, event_path, session_metrics
 
 
 class Event(NamedTuple):
@@ -230,9 +231,12 @@ def _count_in_profile(state: UserState, counted: list, out: Outputs, settings: S
     for ev in counted:
         _profile(state, ev, watermark_ms, settings).add_event(ev.event_ms, ev.event_type, ev.price, ev.device_type,
                                                               ev.country, ev.category_code)
-    out.alerts.extend(detect(state.alerts, state.user_id, (
+    raised = detect(state.alerts, state.user_id, (
         AlertEvent(ev.event_ms, ev.event_type, _session_of(state, ev), ev.ip_address, ev.country, ev.price,
-                   ev.product_id) for ev in counted), settings.profile_rules))
+                   ev.product_id) for ev in counted), settings.profile_rules)
+    for alert in raised:
+        state.profile.saw_alert(alert.alert_id, alert.alert_type, alert.severity, alert.first_event_ms)
+    out.alerts.extend(raised)
 
 
 def _session_of(state: UserState, ev: Event) -> str | None:
@@ -311,14 +315,17 @@ def _finish(state: UserState, out: Outputs, touched: dict, watermark_ms: int, se
             _emit(state, session, "active", out, settings)
     facts = None
     if state.profile is not None and (out.events or out.sessions):  # events counted, or sessions closed
+        for doc in out.sessions:
+            state.profile.saw_session(doc["_id"], doc["session_end"])
         update = profile_update(state.user_id, state.profile, [
             OpenSession((s.acc.end_ms - s.acc.start_ms) / 60_000.0, s.segment, s.acc.end_ms)
             for s in state.sessions.values()])
         if out.sessions or settings.triggers is not None:
             facts = profile_facts(update["totals"], settings.profile_rules)
             scores = {name: facts[name] for name in SCORES + ("behavior_pattern",)}
+            cohort = cohort_week(update["totals"]["first_seen"])
             for doc in out.sessions:  # one read answers "who is this and what do they do now"
-                doc["user_scores"] = scores
+                doc["user_scores"], doc["user_cohort_week"] = scores, cohort
         digest = update_digest(update)
         if digest != state.profile.written:  # a session closing alone changes nothing stored
             out.profile = update
@@ -378,6 +385,7 @@ def session_document(user_id: str, session: Session, segment: Segment, status: s
         "session_start": acc.start_ms,
         "session_end": acc.end_ms,
         **metrics,
+        "event_path": event_path(acc),
         "recommendations": segment.recommend(metrics),
         "segment_history": [dict(h) for h in session.history],
         "rule_version": rules.version,

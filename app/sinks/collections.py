@@ -25,11 +25,16 @@ FUNNEL_USERS = "conversion_funnel_users"
 DISTRIBUTION_USERS = "segment_distribution_users"
 EXECUTIONS = "trigger_executions"
 EXPERIMENT_RESULTS = "experiment_results"
+EVENT_COUNTS = "event_counts_hourly"   # app/rollups.py: what the query API reads
+PATHS = "session_paths"
+RETENTION = "retention_cohorts"
+RETENTION_USERS = "retention_users"
 RAPID_ACTION_SECONDS = 2.0
 # Everything the job writes: what --reset-output drops.
 OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS,
-           "user_profiles", "behavior_alerts", EXECUTIONS, EXPERIMENT_RESULTS)
-AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS)  # additive sums tagged with the run (query id) that made them
+           "user_profiles", "behavior_alerts", EXECUTIONS, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION,
+           RETENTION_USERS)
+AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION)  # additive sums tagged with the run (query id) that made them
 
 
 def ensure_indexes(db) -> None:
@@ -42,6 +47,11 @@ def ensure_indexes(db) -> None:
     db[QUARANTINE].create_index([("reasons", ASCENDING)])
     db[EXECUTIONS].create_index([("user_id", ASCENDING)])
     db[EXECUTIONS].create_index([("trigger", ASCENDING), ("event_time", DESCENDING)])
+    # What the query API (app/api) reads by range.
+    db[EXECUTIONS].create_index([("event_time", DESCENDING)])
+    db[EVENTS].create_index([("user_id", ASCENDING), ("event_timestamp", DESCENDING)])
+    db[EVENT_COUNTS].create_index([("hour", ASCENDING)])
+    db[PROGRESS].create_index([("query", ASCENDING), ("timestamp", DESCENDING)])
 
 
 def _now() -> datetime:

@@ -47,6 +47,9 @@ twice leaves what writing them once leaves:
 9. experiment_results: per experiment x variant, the sums (exposed sessions, conversions) are
    added once per batch as in 3, tagged with (run_id, batch_id); the statistics are derived from
    the sums of all the experiment's variants on each write (app/experiments/results.py).
+10. event_counts_hourly, session_paths and retention_cohorts (app/rollups.py; what the query API
+   reads instead of scanning): additive sums per document, added once per batch as in 3; the
+   distinct users of retention_cohorts come from the member collection `retention_users` as in 4.
 
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).
@@ -56,12 +59,14 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timezone
 
-from app import aggregates as A
+from pymongo import ReplaceOne
+
+from app import aggregates as A, rollups as R
 from app.experiments.design import Experiments
 from app.experiments.results import variant_documents
 from app.segments.rules import METRICS
-from app.sinks.collections import (DISTRIBUTION, DISTRIBUTION_USERS, EXPERIMENT_RESULTS, FUNNEL, FUNNEL_USERS,
-                                   PROGRESS)
+from app.sinks.collections import (DISTRIBUTION, DISTRIBUTION_USERS, EVENT_COUNTS, EXPERIMENT_RESULTS, FUNNEL,
+                                   FUNNEL_USERS, PATHS, PROGRESS, RETENTION, RETENTION_USERS)
 from app.sinks.mongo import insert_returning_duplicates
 
 
@@ -75,7 +80,8 @@ def closed_session_figures(doc: dict) -> dict:
             "session_end_ms": doc["session_end"], "session_duration_minutes": doc["session_duration_minutes"],
             "view_count": doc["view_count"], "cart_count": doc["cart_count"],
             "purchase_count": doc["purchase_count"], "total_amount": doc["total_amount"],
-            "experiments": doc.get("experiments") or {},
+            "experiments": doc.get("experiments") or {}, "event_path": doc.get("event_path"),
+            "session_start_ms": doc["session_start"], "user_cohort_week": doc.get("user_cohort_week"),
             "metrics": {name: doc.get(name) for name in METRICS}}
 
 
@@ -103,6 +109,34 @@ def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict],
         by_window[window][segment] = delta
     for window, deltas in by_window.items():
         _apply_window(db[DISTRIBUTION], window, run_id, batch_id, deltas)
+
+    _apply_sums_once(db[PATHS], run_id, batch_id, R.path_deltas(closed), R.PATH_SUMS, R.path_document)
+    members = R.retention_members(closed)
+    if members:
+        new_users = _new_members(db[RETENTION_USERS], run_id, batch_id, members)
+        _apply_sums_once(db[RETENTION], run_id, batch_id, R.retention_deltas(new_users), R.RETENTION_SUMS,
+                         R.retention_document)
+
+
+def apply_event_counts(db, run_id: str, batch_id: int, counts: list[tuple]) -> None:
+    """Folds one batch's counted events, (hour_ms, event_type, country, events) rows, into
+    event_counts_hourly, once."""
+    _apply_sums_once(db[EVENT_COUNTS], run_id, batch_id, R.event_count_deltas(counts), R.EVENT_COUNT_SUMS,
+                     R.event_count_document)
+
+
+def _apply_sums_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict], sum_names, render) -> None:
+    """Adds each document's delta once (3.): documents read by _id, written in one bulk write."""
+    writes, now = [], _now()
+    for doc_id, delta in deltas.items():
+        previous = coll.find_one({"_id": doc_id})
+        if _already_applied(previous, run_id, batch_id):
+            continue  # this batch was applied before the crash
+        sums = A.add_sums(previous, delta, sum_names)
+        writes.append(ReplaceOne({"_id": doc_id}, {**render(doc_id, delta, sums), "run_id": run_id,
+                                                   "batch_id": batch_id, "processing_time": now}, upsert=True))
+    for start in range(0, len(writes), 500):
+        coll.bulk_write(writes[start:start + 500], ordered=False)
 
 
 def _apply_window(coll, window: int, run_id: str, batch_id: int, deltas: dict) -> None:

@@ -31,6 +31,8 @@ def ensure_profile_indexes(db) -> None:
     db[PROFILES].create_index([("behavior_pattern", ASCENDING), ("last_seen", DESCENDING)])
     db[ALERTS].create_index([("user_id", ASCENDING)])
     db[ALERTS].create_index([("severity", ASCENDING), ("first_event_time", DESCENDING)])
+    db[ALERTS].create_index([("first_event_time", DESCENDING)])
+    db[PROFILES].create_index([("engagement_score", DESCENDING)])
 
 
 def write_profiles(coll, rows: list, rules: ProfileRules, now: datetime) -> list[dict]:
@@ -40,8 +42,11 @@ def write_profiles(coll, rows: list, rules: ProfileRules, now: datetime) -> list
     fresh, known = [], []
     for row in rows:
         update = json.loads(row.doc)
+        live = update.get("live") or {}
         doc = {**profile_document(row.id, update["totals"], rules), "epoch": update["epoch"], "base": update["base"],
-               "totals": update["totals"], "updated_at": now}
+               "totals": update["totals"], "current_session_id": live.get("session_id"),
+               "recent_alerts": [{**a, "first_event_time": A.to_datetime(a["first_event_ms"])}
+                                 for a in live.get("alerts", [])], "updated_at": now}
         (fresh if update["first_write"] else known).append(doc)
     # a retried step, or a replayed batch, may find its own inserts: those are replaced like the rest
     again = insert_returning_duplicates(coll, fresh) if fresh else []

@@ -1,0 +1,247 @@
+"""What each endpoint reads (DESIGN.md §15). Every read is a document by _id, an indexed range with a
+limit, or a rollup the job keeps (app/rollups.py, conversion_funnel, segment_distribution,
+experiment_results): none scans a collection that grows with events."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+
+from app.api import analytics as A
+from app.sinks import collections as C
+from app.sinks.profiles import ALERTS, PROFILES
+
+SCORES = ("engagement_score", "interest_score", "intent_score", "conversion_probability")
+_HIDDEN = {"run_id": 0, "batch_id": 0}
+SESSION_FIELDS = ("user_id", "user_session", "behavior_segment", "segment_color", "segment_score", "action_priority",
+                  "status", "session_start", "session_end", "session_duration_minutes", "total_events", "view_count",
+                  "cart_count", "purchase_count", "total_amount", "engagement_rate", "event_path", "recommendations",
+                  "experiments", "rule_version", "processing_time")
+PROFILE_FIELDS = ("first_seen", "last_seen", "cohort_week", "sessions", "total_events", "view_count", "cart_count",
+                  "purchase_count", "total_revenue", "avg_session_duration", "avg_events_per_session", "last_segment",
+                  "segment_counts", "preferred_device", "top_country", "top_category", *SCORES, "behavior_pattern")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _range(field: str, start: datetime | None, end: datetime | None) -> dict:
+    bounds = {}
+    if start is not None:
+        bounds["$gte"] = start
+    if end is not None:
+        bounds["$lt"] = end
+    return {field: bounds} if bounds else {}
+
+
+def _pick(doc: dict, names) -> dict:
+    return {n: doc.get(n) for n in names}
+
+
+def personalization(db, user_id: str, open_alert_hours: float) -> dict | None:
+    """The user's profile by _id, then the session it points to (the session of the user's latest
+    event) by _id; the profile carries the latest alerts. Two reads by _id. With profiles off,
+    the latest session comes from the user_id index instead."""
+    profile = db[PROFILES].find_one({"_id": user_id})
+    session = None
+    if profile is not None and profile.get("current_session_id"):
+        session = db[C.SEGMENTS].find_one({"_id": profile["current_session_id"]})
+    if session is None and profile is None:
+        session = db[C.SEGMENTS].find_one({"user_id": user_id}, sort=[("session_end", DESCENDING)])
+    if profile is None and session is None:
+        return None
+    last_seen = (profile or {}).get("last_seen") or session["session_end"]
+    since = last_seen - timedelta(hours=open_alert_hours)
+    alerts = [a for a in (profile or {}).get("recent_alerts", []) if a["first_event_time"] >= since]
+    scores = profile if profile is not None else (session.get("user_scores") or {})
+    return {
+        "user_id": user_id,
+        "segment": session and {"session_id": session["_id"], **_pick(session, (
+            "status", "behavior_segment", "segment_color", "segment_score", "action_priority", "session_start",
+            "session_end", "total_events", "cart_count", "purchase_count", "total_amount", "rule_version"))},
+        "recommendations": (session or {}).get("recommendations", []),
+        "experiments": (session or {}).get("experiments") or {},
+        "scores": _pick(scores, SCORES) if scores else None,
+        "behavior_pattern": scores.get("behavior_pattern") if scores else None,
+        "recency_days": round((_now() - last_seen).total_seconds() / 86400, 2),
+        "profile": profile and _pick(profile, PROFILE_FIELDS),
+        "open_alerts": sorted(({k: v for k, v in a.items() if k != "first_event_ms"} for a in alerts),
+                              key=lambda a: a["first_event_time"], reverse=True),
+    }
+
+
+def activity(db, user_id: str | None, event_type: str | None, country: str | None, start, end, limit: int) -> dict:
+    """The latest events (of one user: the user_id + event_timestamp index), newest first."""
+    query: dict[str, Any] = {**_range("event_timestamp", start, end)}
+    if user_id is not None:
+        query["user_id"] = user_id
+    if event_type is not None:
+        query["event_type"] = event_type
+    if country is not None:
+        query["country"] = country
+    projection = {"event_type": 1, "event_timestamp": 1, "user_id": 1, "session_id": 1, "product_id": 1,
+                  "category_code": 1, "brand": 1, "price": 1, "country": 1, "device_type": 1, "is_late": 1}
+    events = list(db[C.EVENTS].find(query, projection).sort("event_timestamp", DESCENDING).limit(limit))
+    counts: dict = {}
+    for e in events:
+        counts[e["event_type"]] = counts.get(e["event_type"], 0) + 1
+    summary = None
+    if user_id is not None:
+        profile = db[PROFILES].find_one({"_id": user_id})
+        summary = profile and _pick(profile, ("first_seen", "last_seen", "sessions", "total_events", "view_count",
+                                              "cart_count", "purchase_count", "total_revenue", "last_segment"))
+    return {"user_id": user_id, "count": len(events), "by_event_type": dict(sorted(counts.items())),
+            "summary": summary, "events": [{"event_id": e.pop("_id"), **e} for e in events]}
+
+
+def user_segments(db, min_engagement: float, segment: str | None, limit: int) -> dict:
+    """Users at or above an engagement score, the most engaged first (index on engagement_score)."""
+    query: dict[str, Any] = {"engagement_score": {"$gte": min_engagement}}
+    if segment is not None:
+        query["last_segment"] = segment
+    docs = db[PROFILES].find(query).sort([("engagement_score", DESCENDING), ("_id", ASCENDING)]).limit(limit)
+    users = [{"user_id": d["_id"], **_pick(d, ("last_segment", *SCORES, "behavior_pattern", "sessions", "total_events",
+                                              "total_revenue", "last_seen"))} for d in docs]
+    return {"min_engagement": min_engagement, "segment": segment, "count": len(users), "users": users}
+
+
+def session_metrics(db, user_id: str | None, segment: str | None, start, end, limit: int) -> dict:
+    """Closed sessions by segment: from segment_distribution's windows (by session end), or for one
+    user from the user's own sessions (user_id index)."""
+    if user_id is not None:
+        query = {"user_id": user_id, **_range("session_end", start, end)}
+        if segment is not None:
+            query["behavior_segment"] = segment
+        sessions = list(db[C.SEGMENTS].find(query, {n: 1 for n in SESSION_FIELDS}).sort("session_end", DESCENDING)
+                        .limit(limit))
+        closed = [s for s in sessions if s["status"] == "closed"]
+        return {"user_id": user_id, **A.user_session_metrics(closed), "active_sessions": len(sessions) - len(closed),
+                "sessions": [{"session_id": s.pop("_id"), **s} for s in sessions]}
+    query = _range("window_start", start, end)
+    if segment is not None:
+        query["behavior_segment"] = segment
+    return {"start": start, "end": end, **A.session_metrics(db[C.DISTRIBUTION].find(query, _HIDDEN))}
+
+
+def event_frequency(db, event_type: str | None, country: str | None, start, end, interval: str) -> dict:
+    query = _range("hour", start and A.floor_hour(start), end)
+    if event_type is not None:
+        query["event_type"] = event_type
+    if country is not None:
+        query["country"] = country
+    return {"start": start, "end": end, "event_type": event_type, "country": country,
+            **A.frequency(db[C.EVENT_COUNTS].find(query, _HIDDEN), interval)}
+
+
+def behavior_patterns(db, segment: str | None, min_sessions: int, limit: int) -> dict:
+    query = {} if segment is None else {"behavior_segment": segment}
+    return {"segment": segment, **A.patterns(db[C.PATHS].find(query, _HIDDEN), min_sessions, limit)}
+
+
+def retention(db, max_weeks: int, cohort: str | None) -> dict:
+    query = {} if cohort is None else {"cohort_week": cohort}
+    return A.retention(db[C.RETENTION].find(query, _HIDDEN), max_weeks)
+
+
+def latest_hour(db) -> datetime | None:
+    doc = db[C.EVENT_COUNTS].find_one({}, {"hour": 1}, sort=[("hour", DESCENDING)])
+    return doc and A.floor_hour(doc["hour"])
+
+
+def anomalies(db, threshold: float, recent_days: float, baseline_days: float, end: datetime | None,
+              metric: str | None) -> dict:
+    """Recent hours against the hours before them; `end` defaults to the end of the latest hour of
+    event time the job has counted (replayed history and live traffic alike)."""
+    latest = latest_hour(db)
+    if latest is None:
+        return {"metrics": [], "anomalies": 0, "z_score_threshold": threshold, "note": "no events counted yet"}
+    if end is None:
+        end = latest + A.HOUR
+    end = A.floor_hour(end) if A.floor_hour(end) == end else A.floor_hour(end) + A.HOUR
+    recent_start = end - timedelta(days=recent_days)
+    # The baseline starts no earlier than the first hour the job counted: before it, nothing was
+    # measured (zeros there would be made up); within it, an hour without events counts as 0.
+    first = db[C.EVENT_COUNTS].find_one({}, {"hour": 1}, sort=[("hour", ASCENDING)])
+    baseline_start = max(recent_start - timedelta(days=baseline_days), A.floor_hour(first["hour"]))
+    baseline_start = min(baseline_start, recent_start)
+    events = db[C.EVENT_COUNTS].find(_range("hour", baseline_start, end), _HIDDEN)
+    windows = db[C.DISTRIBUTION].find(_range("window_start", baseline_start, end), _HIDDEN)
+    hours = A.hourly_metrics(events, windows)
+    return A.anomalies(hours, recent_start, end, baseline_start, threshold,
+                       A.METRICS if metric is None else (metric,))
+
+
+def funnel(db, segment_order: tuple[str, ...]) -> dict:
+    rank = {name: i for i, name in enumerate(segment_order)}
+    docs = sorted(db[C.FUNNEL].find({}, _HIDDEN), key=lambda d: (rank.get(d["_id"], len(rank)), d["_id"]))
+    return {"segments": [{k: v for k, v in d.items() if k != "_id"} for d in docs]}
+
+
+def segment_distribution(db, hours: float, start, end, segment: str | None) -> dict:
+    """5-minute windows of closed sessions; without start, the last `hours` hours of event time
+    up to the latest window."""
+    if start is None:
+        latest = db[C.DISTRIBUTION].find_one({}, {"window_end": 1}, sort=[("window_start", DESCENDING)])
+        if latest is None:
+            return {"windows": [], "totals": {}}
+        end = end or latest["window_end"]
+        start = end - timedelta(hours=hours)
+    query = _range("window_start", start, end)
+    if segment is not None:
+        query["behavior_segment"] = segment
+    windows: dict = {}
+    totals: dict = {}
+    for d in db[C.DISTRIBUTION].find(query, _HIDDEN).sort("window_start", ASCENDING):
+        w = windows.setdefault(d["window_start"], {"window_start": d["window_start"], "window_end": d["window_end"],
+                                                   "segments": {}})
+        w["segments"][d["behavior_segment"]] = _pick(d, ("session_count", "share_pct", "unique_users",
+                                                         "total_revenue", "avg_session_duration"))
+        totals[d["behavior_segment"]] = totals.get(d["behavior_segment"], 0) + d["session_count"]
+    return {"start": start, "end": end, "windows": list(windows.values()), "totals": dict(sorted(totals.items()))}
+
+
+def alerts(db, user_id, alert_type, severity, start, end, limit: int) -> dict:
+    query = _range("first_event_time", start, end)
+    for name, value in (("user_id", user_id), ("alert_type", alert_type), ("severity", severity)):
+        if value is not None:
+            query[name] = value
+    docs = list(db[ALERTS].find(query).sort("first_event_time", DESCENDING).limit(limit))
+    return {"count": len(docs), "alerts": [{"alert_id": d.pop("_id"), **d} for d in docs]}
+
+
+def trigger_executions(db, user_id, trigger, start, end, limit: int) -> dict:
+    query = _range("event_time", start, end)
+    for name, value in (("user_id", user_id), ("trigger", trigger)):
+        if value is not None:
+            query[name] = value
+    docs = list(db[C.EXECUTIONS].find(query).sort("event_time", DESCENDING).limit(limit))
+    return {"count": len(docs), "executions": [{"execution_id": d.pop("_id"), **d} for d in docs]}
+
+
+def experiment_results(db, experiment: str | None) -> dict:
+    query = {} if experiment is None else {"experiment": experiment}
+    by_name: dict = {}
+    for d in db[C.EXPERIMENT_RESULTS].find(query, _HIDDEN).sort("_id", ASCENDING):
+        by_name.setdefault(d["experiment"], []).append({k: v for k, v in d.items() if k != "_id"})
+    return {"experiments": [{"experiment": name, "variants": variants} for name, variants in by_name.items()]}
+
+
+def act_now(db, hours: float, limit: int) -> dict:
+    """Active sessions of the last `hours` of event time, the most urgent first (action_priority,
+    then the newest): the (status, session_end) index bounds the read."""
+    latest = db[C.SEGMENTS].find_one({"status": "active"}, {"session_end": 1}, sort=[("session_end", DESCENDING)])
+    if latest is None:
+        return {"count": 0, "sessions": []}
+    since = latest["session_end"] - timedelta(hours=hours)
+    docs = list(db[C.SEGMENTS].find({"status": "active", "session_end": {"$gte": since}},
+                                    {n: 1 for n in SESSION_FIELDS}).sort("session_end", DESCENDING).limit(5000))
+    docs.sort(key=lambda d: (d.get("action_priority") or 99, -d["session_end"].timestamp()))
+    return {"since": since, "count": len(docs[:limit]),
+            "sessions": [{"session_id": d.pop("_id"), **d} for d in docs[:limit]]}
+
+
+def job_progress(db) -> dict | None:
+    doc = db[C.PROGRESS].find_one({"query": "sessions"}, sort=[("timestamp", DESCENDING)])
+    return doc and {k: v for k, v in doc.items() if k not in ("_id", "duration_ms")}

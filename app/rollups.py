@@ -1,0 +1,100 @@
+"""The rollups the query API reads instead of scanning collections that grow with events
+(DESIGN.md §15). Pure Python; the driver adds each batch's deltas once (app/sinks/exactly_once.py).
+
+- event_counts_hourly: counted events (sessionized: no duplicates, no late copy of a closed
+  session's event) per hour of event time x event_type x country.
+- session_paths: closed sessions per segment x event path (app/sessions/metrics.py event_path),
+  with how many of them purchased and their revenue.
+- retention_cohorts: distinct users with a closed session starting in week k of their cohort
+  (the ISO week of the user's first event, from the profile), per cohort x k.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterable, Mapping
+
+from app.aggregates import to_datetime
+
+HOUR_MS = 3_600_000
+UNKNOWN_COUNTRY = "unknown"
+EVENT_COUNT_SUMS = ("events",)
+PATH_SUMS = ("sessions", "conversions", "total_revenue")
+RETENTION_SUMS = ("users",)
+
+
+def hour_start_ms(event_ms: int) -> int:
+    return event_ms - event_ms % HOUR_MS
+
+
+def _iso(ms: int) -> str:
+    return to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_count_deltas(counts: Iterable[tuple[int, str, str | None, int]]) -> dict[str, dict]:
+    """(hour_ms, event_type, country, events) rows -> document id -> delta with its key fields."""
+    deltas: dict[str, dict] = {}
+    for hour_ms, event_type, country, events in counts:
+        country = country or UNKNOWN_COUNTRY
+        doc_id = f"{_iso(hour_ms)}|{event_type}|{country}"
+        delta = deltas.setdefault(doc_id, {"hour_ms": hour_ms, "event_type": event_type, "country": country,
+                                           "events": 0})
+        delta["events"] += events
+    return deltas
+
+
+def event_count_document(doc_id: str, delta: Mapping, sums: Mapping) -> dict:
+    return {"_id": doc_id, "hour": to_datetime(delta["hour_ms"]), "event_type": delta["event_type"],
+            "country": delta["country"], "events": sums["events"]}
+
+
+def path_deltas(closed: Iterable[Mapping]) -> dict[str, dict]:
+    """Closed sessions -> `<segment>|<path>` -> {segment, path, sessions, conversions, total_revenue}."""
+    deltas: dict[str, dict] = {}
+    for s in closed:
+        segment, path = s["behavior_segment"], s.get("event_path") or ""
+        delta = deltas.setdefault(f"{segment}|{path}", {"behavior_segment": segment, "event_path": path,
+                                                        **dict.fromkeys(PATH_SUMS, 0)})
+        delta["sessions"] += 1
+        delta["conversions"] += int(s["purchase_count"] > 0)
+        delta["total_revenue"] += s["total_amount"] or 0.0
+    return deltas
+
+
+def path_document(doc_id: str, delta: Mapping, sums: Mapping) -> dict:
+    return {"_id": doc_id, "behavior_segment": delta["behavior_segment"], "event_path": delta["event_path"],
+            "steps": len(delta["event_path"].split(">")) if delta["event_path"] else 0,
+            "sessions": sums["sessions"], "conversions": sums["conversions"],
+            "total_revenue": round(sums["total_revenue"], 2)}
+
+
+def cohort_monday(cohort_week: str) -> date:
+    year, week = cohort_week.split("-W")
+    return date.fromisocalendar(int(year), int(week), 1)
+
+
+def week_offset(cohort_week: str, event_ms: int) -> int:
+    """Whole weeks from the cohort's Monday to the Monday of the week of event_ms (0: the cohort week)."""
+    day = datetime.fromtimestamp(event_ms / 1000, timezone.utc).date()
+    monday = day - timedelta(days=day.weekday())
+    return (monday - cohort_monday(cohort_week)).days // 7
+
+
+def retention_members(closed: Iterable[Mapping]) -> dict[str, tuple[str, int]]:
+    """Closed sessions with the user's cohort -> member id `<cohort>|<k>|<user>` -> (cohort, k)."""
+    members = {}
+    for s in closed:
+        cohort = s.get("user_cohort_week")
+        if cohort is None:  # profiles off: no cohort
+            continue
+        k = week_offset(cohort, s["session_start_ms"])
+        members[f"{cohort}|{k}|{s['user_id']}"] = (cohort, k)
+    return members
+
+
+def retention_deltas(new_members: Mapping[tuple[str, int], int]) -> dict[str, dict]:
+    return {f"{cohort}|{k}": {"cohort_week": cohort, "week": k, "users": users}
+            for (cohort, k), users in new_members.items() if users}
+
+
+def retention_document(doc_id: str, delta: Mapping, sums: Mapping) -> dict:
+    return {"_id": doc_id, "cohort_week": delta["cohort_week"], "week": delta["week"], "users": sums["users"]}

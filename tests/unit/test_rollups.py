@@ -1,0 +1,132 @@
+"""The rollups the API reads (app/rollups.py), the event path of a session, and the analytics
+arithmetic over them (app/api/analytics.py)."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from app import rollups as R
+from app.api import analytics as A
+from app.sessions.metrics import PATH_STEPS, SessionAccumulator, event_path
+
+T0 = datetime(2019, 10, 1, tzinfo=timezone.utc)
+
+
+def _ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def test_event_path_collapses_runs_and_keeps_the_first_steps():
+    acc = SessionAccumulator(0, 0)
+    for event_type in ["view", "view", "cart", "view", "cart", "purchase", "purchase"]:
+        acc.add(0, event_type, None, None, 1.0)
+    assert event_path(acc) == "view>cart>view>cart>purchase"
+    for i in range(20):
+        acc.add(0, "view" if i % 2 else "cart", None, None, None)
+    assert len(acc.path) == PATH_STEPS
+
+
+def test_event_path_survives_the_state_round_trip_and_old_state_without_one():
+    acc = SessionAccumulator(0, 0)
+    acc.add(0, "view", "p", "c", None)
+    assert SessionAccumulator.from_state(acc.to_state()).path == ["view"]
+    old = acc.to_state()
+    del old["path"]
+    assert SessionAccumulator.from_state(old).path == []
+
+
+def test_event_counts_group_by_hour_type_and_country_with_unknown_for_none():
+    hour = _ms(T0)
+    deltas = R.event_count_deltas([(hour, "view", "DE", 3), (hour, "view", None, 2), (hour, "view", "DE", 1)])
+    assert deltas == {"2019-10-01T00:00:00Z|view|DE": {"hour_ms": hour, "event_type": "view", "country": "DE",
+                                                        "events": 4},
+                      "2019-10-01T00:00:00Z|view|unknown": {"hour_ms": hour, "event_type": "view",
+                                                             "country": "unknown", "events": 2}}
+    assert R.hour_start_ms(hour + 3_599_999) == hour
+
+
+def test_path_deltas_count_sessions_conversions_and_revenue_per_segment_and_path():
+    closed = [{"behavior_segment": "browser", "event_path": "view>cart", "purchase_count": 0, "total_amount": None},
+              {"behavior_segment": "browser", "event_path": "view>cart", "purchase_count": 0, "total_amount": None},
+              {"behavior_segment": "engaged_shopper", "event_path": "view>cart>purchase", "purchase_count": 2,
+               "total_amount": 30.5}]
+    deltas = R.path_deltas(closed)
+    assert deltas["browser|view>cart"]["sessions"] == 2 and deltas["browser|view>cart"]["conversions"] == 0
+    shopper = deltas["engaged_shopper|view>cart>purchase"]
+    assert (shopper["sessions"], shopper["conversions"], shopper["total_revenue"]) == (1, 1, 30.5)
+
+
+@pytest.mark.parametrize("day, expected", [("2019-09-30", 0), ("2019-10-06", 0), ("2019-10-07", 1), ("2019-10-20", 2),
+                                           ("2020-01-01", 13)])
+def test_week_offset_counts_iso_weeks_from_the_cohort_monday(day, expected):
+    event = datetime.fromisoformat(day).replace(hour=23, tzinfo=timezone.utc)
+    assert R.week_offset("2019-W40", _ms(event)) == expected
+
+
+def test_retention_members_are_one_per_user_cohort_and_week():
+    start = _ms(T0)
+    closed = [{"user_id": "u1", "user_cohort_week": "2019-W40", "session_start_ms": start},
+              {"user_id": "u1", "user_cohort_week": "2019-W40", "session_start_ms": start + 3600_000},
+              {"user_id": "u1", "user_cohort_week": "2019-W40", "session_start_ms": start + 8 * 86400_000},
+              {"user_id": "u2", "user_cohort_week": None, "session_start_ms": start}]
+    assert R.retention_members(closed) == {"2019-W40|0|u1": ("2019-W40", 0), "2019-W40|1|u1": ("2019-W40", 1)}
+
+
+def test_retention_table_shares_are_of_the_week_zero_users():
+    docs = [{"cohort_week": "2019-W40", "week": 0, "users": 4}, {"cohort_week": "2019-W40", "week": 2, "users": 1},
+            {"cohort_week": "2019-W41", "week": 0, "users": 2}, {"cohort_week": "2019-W40", "week": 9, "users": 1}]
+    table = A.retention(docs, max_weeks=2)
+    first = table["cohorts"][0]
+    assert first["users"] == 4
+    assert [(w["week"], w["users"], w["retention_pct"]) for w in first["weeks"]] == [(0, 4, 100.0), (1, 0, 0.0),
+                                                                                     (2, 1, 25.0)]
+    assert [c["cohort_week"] for c in table["cohorts"]] == ["2019-W40", "2019-W41"]
+
+
+def test_patterns_rank_by_sessions_across_segments_then_by_path():
+    docs = [{"behavior_segment": "browser", "event_path": "view", "sessions": 3, "conversions": 0, "total_revenue": 0},
+            {"behavior_segment": "bouncer", "event_path": "view", "sessions": 2, "conversions": 0, "total_revenue": 0},
+            {"behavior_segment": "engaged_shopper", "event_path": "view>purchase", "sessions": 5, "conversions": 5,
+             "total_revenue": 50.0},
+            {"behavior_segment": "browser", "event_path": "cart", "sessions": 1, "conversions": 0, "total_revenue": 0}]
+    result = A.patterns(docs, min_sessions=2, limit=10)
+    assert [(p["event_path"], p["sessions"]) for p in result["patterns"]] == [("view", 5), ("view>purchase", 5)]
+    assert result["patterns"][0]["segments"] == {"bouncer": 2, "browser": 3}
+    assert result["total_sessions"] == 11 and result["patterns"][1]["conversion_rate"] == 100.0
+
+
+def test_anomalies_flag_an_hour_far_from_a_baseline_with_missing_hours_as_zero():
+    hours = {T0 + timedelta(hours=h): {"events": 10 + (h % 2)} for h in range(0, 24)}
+    del hours[T0 + timedelta(hours=5)]  # an hour with nothing counts as 0 in the baseline
+    hours[T0 + timedelta(hours=25)] = {"events": 100}
+    result = A.anomalies(hours, T0 + timedelta(hours=24), T0 + timedelta(hours=26), T0, threshold=3.0,
+                         metrics=("events",))
+    base = [10 + (h % 2) for h in range(24)]
+    base[5] = 0
+    mean = sum(base) / 24
+    std = (sum((v - mean) ** 2 for v in base) / 23) ** 0.5
+    events = result["metrics"][0]
+    assert events["baseline_hours"] == 24 and events["baseline_mean"] == round(mean, 2)
+    assert events["baseline_std"] == round(std, 2)
+    assert [h["hour"] for h in events["anomalous_hours"]] == [T0 + timedelta(hours=24), T0 + timedelta(hours=25)]
+    assert events["anomalous_hours"][1]["z_score"] == round((100 - mean) / std, 2)
+
+
+def test_anomalies_give_no_z_score_for_a_flat_or_missing_baseline():
+    flat = {T0 + timedelta(hours=h): {"events": 5} for h in range(3)}
+    result = A.anomalies(flat, T0 + timedelta(hours=2), T0 + timedelta(hours=3), T0, 3.0, ("events",))
+    assert result["metrics"][0]["z_score"] is None and result["anomalies"] == 0
+    none = A.anomalies({}, T0, T0 + timedelta(hours=1), T0, 3.0, ("events",))
+    assert none["metrics"][0]["baseline_mean"] is None
+
+
+def test_session_metrics_weight_durations_by_sessions():
+    windows = [{"behavior_segment": "browser", "session_count": 1, "total_revenue": 0.0, "sum_duration_minutes": 10.0,
+                "avg_session_duration": 10.0},
+               {"behavior_segment": "browser", "session_count": 3, "total_revenue": 5.0, "sum_duration_minutes": 2.0,
+                "avg_session_duration": 0.67}]
+    result = A.session_metrics(windows)
+    assert result["segments"] == [{"behavior_segment": "browser", "sessions": 4, "share_pct": 100.0,
+                                   "total_revenue": 5.0, "avg_session_duration": 3.0,
+                                   "avg_revenue_per_session": 1.25}]
