@@ -208,7 +208,7 @@ def test_external_mongodb_gets_no_server_credentials(rendered, value_set):
     assert not [w for w in workloads(docs) if w["metadata"]["labels"][COMPONENT] in ("mongodb", "mongodb-init")]
     assert set(env_of(driver_of(docs))) >= {"MONGODB_URI"}
     keys = {k for data in secret_data(docs).values() for k in data}
-    assert keys <= {"MONGODB_URI"}
+    assert keys <= {"MONGODB_URI", "MONGODB_API_URI"}
 
 
 # --- Kafka SASL ----------------------------------------------------------------------------------
@@ -328,3 +328,15 @@ def test_network_policies_with_an_external_spark_leave_the_executor_ports_open(r
     assert _admitted(driver, "driver", pods) == {ANY} and _admitted(driver, "health", pods) == {ANY}
     kafka = _policy_for(docs, pods["kafka"])
     assert _admitted(kafka, "kafka", pods) == {ANY} and _admitted(kafka, "controller", pods) == {"kafka"}
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_every_secret_key_a_pod_reads_is_in_the_rendered_secret(rendered, value_set):
+    """A secretKeyRef to a missing key leaves the pod in CreateContainerConfigError."""
+    docs = rendered[value_set]
+    secrets = secret_data(docs)
+    refs = {(w["metadata"]["name"], secret_ref(e["valueFrom"])) for w in workloads(docs) for c in all_containers(w)
+            for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs
+    missing = [(w, name, key) for w, (name, key) in refs if name in secrets and key not in secrets[name]]
+    assert not missing
