@@ -294,3 +294,17 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
 {{- define "seg.checkpointClaim" -}}
 {{- default (include "seg.component" (list . "checkpoints")) .Values.checkpoint.existingClaim -}}
 {{- end -}}
+
+{{/* The Secret the API reads API_KEY (key api-key) from. */}}
+{{- define "seg.apiKeySecretName" -}}
+{{- default (include "seg.component" (list . "api-key")) .Values.api.existingSecret -}}
+{{- end -}}
+
+{{/* JOB_STATUS_URL of the API: api.jobStatusUrl, else the driver's health Service; empty without a job. */}}
+{{- define "seg.jobStatusUrl" -}}
+{{- if .Values.api.jobStatusUrl -}}
+{{- .Values.api.jobStatusUrl -}}
+{{- else if .Values.job.enabled -}}
+{{- printf "http://%s:%v/status" (include "seg.component" (list . "streaming-ui")) .Values.job.health.port -}}
+{{- end -}}
+{{- end -}}

@@ -3,13 +3,16 @@
 deploy/local/helm_check.sh `render` writes one file per values set into .local/helm-rendered/
 (default, production, ci-<name> for each helm/ci/<name>-values.yaml); the `rendered` fixture
 re-renders when they are missing or older than the chart, and the helpers below look things up
-in them the way Kubernetes would (labels, selectors, named ports).
+in them the way Kubernetes would (labels, selectors, named ports). rendered_with(--set ...) renders
+the chart once more for a setting no values set covers.
 """
 from __future__ import annotations
 
 import base64
 import copy
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,6 +24,7 @@ CHART = ROOT / "helm"
 HELM_CHECK = ROOT / "deploy" / "local" / "helm_check.sh"
 STACK_DIR = Path(os.environ.get("STACK_DIR", ROOT / ".local"))
 RENDER_DIR = STACK_DIR / "helm-rendered"
+HELM = STACK_DIR / "bin" / "helm"
 RULES_FILE = ROOT / "app" / "rules" / "segments_v1.yaml"
 VALUE_SETS = ["default", "production"] + sorted(
     "ci-" + p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
@@ -30,6 +34,38 @@ COMPONENT = "app.kubernetes.io/component"
 def run_helm_check(*parts: str, chart: Path = CHART, out: Path = RENDER_DIR) -> subprocess.CompletedProcess:
     env = dict(os.environ, HELM_CHART_DIR=str(chart), HELM_RENDER_DIR=str(out))
     return subprocess.run(["bash", str(HELM_CHECK), *parts], env=env, capture_output=True, text=True, timeout=1800)
+
+
+def helm_template(*flags: str, chart: Path = CHART) -> subprocess.CompletedProcess:
+    """`helm template` of the chart with extra flags (e.g. --set api.enabled=false), for settings no
+    values set covers; same release, namespace and Kubernetes version as helm_check.sh."""
+    if not HELM.is_file():
+        result = run_helm_check("tools")
+        assert result.returncode == 0, f"helm_check.sh tools failed:\n{result.stderr[-4000:]}"
+    kube_version = re.search(r'KUBE_VERSION="\$\{KUBE_VERSION:-([^}]+)\}"', HELM_CHECK.read_text()).group(1)
+    return subprocess.run([str(HELM), "template", "seg", str(chart), "--namespace", "segmentation",
+                           "--kube-version", kube_version, *flags], capture_output=True, text=True, timeout=300)
+
+
+def rendered_with(*flags: str, chart: Path = CHART) -> list[dict]:
+    """The manifests of helm_template(*flags); fails the test when helm does."""
+    result = helm_template(*flags, chart=chart)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def rendered_notes(tmp_path: Path, *flags: str) -> str:
+    """NOTES.txt as `helm install` prints it. `helm template` skips NOTES.txt (and a client-side
+    dry-run install needs a cluster), so a copy of the chart renders it into a ConfigMap."""
+    chart = tmp_path / "notes-chart"
+    shutil.copytree(CHART, chart)  # follows the rules symlink
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        '{{- define "test.notes" -}}' + notes + '{{- end -}}\n'
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: rendered-notes\n"
+        'data:\n  notes: {{ include "test.notes" . | toJson }}\n')
+    docs = rendered_with(*flags, chart=chart)
+    return next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rendered-notes")["data"]["notes"]
 
 
 def _newest_input_mtime() -> float:

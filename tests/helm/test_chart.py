@@ -124,7 +124,8 @@ def test_external_kafka_and_mongodb_when_disabled(rendered):
 def test_existing_secret_and_external_master(rendered):
     docs = rendered["ci-existing-secret"]
     values = yaml.safe_load((CHART / "ci" / "existing-secret-values.yaml").read_text())
-    assert not [d for d in docs if d["kind"] == "Secret"]
+    # No MongoDB Secret: the operator's. The API's generated key is the one Secret of the release.
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == ["seg-api-key"]
     assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
     job = one(docs, "Deployment", "streaming")
     driver = container(job, "driver")

@@ -93,7 +93,7 @@ def test_credentials_appear_only_in_secrets(rendered, value_set):
         for c in all_containers(w):
             from_secret = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
             for e in c.get("env", []):
-                if re.search(r"PASSWORD|_URI$", e["name"]):
+                if re.search(r"PASSWORD|_URI$|API_KEY", e["name"]):
                     assert e["name"] in from_secret, f"{w['metadata']['name']}/{c['name']}: {e['name']}"
                 # A value may name a password only as $(VAR) of a variable taken from a Secret.
                 for secret in re.findall(r'(?:password|user_[\w.-]+)="([^"]*)"', e.get("value", "")):
@@ -189,16 +189,17 @@ def test_generated_secret_carries_uris_with_the_app_and_api_credentials(rendered
 def test_mongodb_credentials_from_an_existing_secret(rendered):
     docs, values = rendered["ci-mongodb-auth-existing-secret"], values_of("ci-mongodb-auth-existing-secret")
     existing = values["mongodb"]["auth"]["existingSecret"]
-    assert not [d for d in docs if d["kind"] == "Secret"]
+    # The only Secret rendered is the API's key (api.existingSecret is unset in this set).
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == ["seg-api-key"]
     refs = {secret_ref(e["valueFrom"]) for w in workloads(docs) for c in all_containers(w) for e in c.get("env", [])
-            if "secretKeyRef" in e.get("valueFrom", {})}
+            if "secretKeyRef" in e.get("valueFrom", {})} - {("seg-api-key", "api-key")}
     assert {name for name, _ in refs} == {existing}
     # Every key the pods read is documented at mongodb.auth.existingSecret in values.yaml.
     auth = (CHART / "values.yaml").read_text().split("\n  auth:\n", 1)[1]
     doc = auth[:auth.index("    existingSecret:")]
     assert {key for _, key in refs} == {"mongodb-root-password", "mongodb-app-password", "mongodb-api-password",
-                                        "MONGODB_URI"}
-    for _, key in refs | {("", "mongodb-replica-set-key"), ("", "MONGODB_API_URI")}:
+                                        "MONGODB_URI", "MONGODB_API_URI"}
+    for _, key in refs | {("", "mongodb-replica-set-key")}:
         assert key in doc, f"{key} is not documented at mongodb.auth.existingSecret"
 
 
@@ -208,7 +209,7 @@ def test_external_mongodb_gets_no_server_credentials(rendered, value_set):
     assert not [w for w in workloads(docs) if w["metadata"]["labels"][COMPONENT] in ("mongodb", "mongodb-init")]
     assert set(env_of(driver_of(docs))) >= {"MONGODB_URI"}
     keys = {k for data in secret_data(docs).values() for k in data}
-    assert keys <= {"MONGODB_URI", "MONGODB_API_URI"}
+    assert keys <= {"MONGODB_URI", "MONGODB_API_URI", "api-key"}
 
 
 # --- Kafka SASL ----------------------------------------------------------------------------------
@@ -267,9 +268,9 @@ def test_kafka_options_pass_through_job_extra_env(rendered):
 # --- NetworkPolicies -----------------------------------------------------------------------------
 
 def _pods(docs: list[dict]) -> dict[str, dict[str, str]]:
-    """component -> pod labels, plus the API that will carry the chart's labels as `api`."""
+    """component -> pod labels of every workload (the API's pods included)."""
     pods = {pod_labels(w)[COMPONENT]: pod_labels(w) for w in workloads(docs)}
-    pods["api"] = {**pods["streaming"], COMPONENT: "api"}
+    assert "api" in pods
     return pods
 
 
@@ -306,6 +307,7 @@ def test_network_policies_admit_only_the_intended_pods(rendered, value_set):
         "spark-worker": {None: {"spark-master", "streaming", "spark-worker"}},
         "streaming": {"driver": {"spark-master", "spark-worker"}, "blockmanager": {"spark-master", "spark-worker"},
                       "ui": {ANY}, "health": {ANY}},
+        "api": {"http": {ANY}},
     }
     for component, ports in expected.items():
         workload = next(w for w in workloads(docs) if pod_labels(w)[COMPONENT] == component)
@@ -328,6 +330,24 @@ def test_network_policies_with_an_external_spark_leave_the_executor_ports_open(r
     assert _admitted(driver, "driver", pods) == {ANY} and _admitted(driver, "health", pods) == {ANY}
     kafka = _policy_for(docs, pods["kafka"])
     assert _admitted(kafka, "kafka", pods) == {ANY} and _admitted(kafka, "controller", pods) == {"kafka"}
+
+
+@pytest.mark.parametrize("value_set", ["default", "production", "ci-api-ingress", "ci-existing-secret"])
+def test_api_is_open_on_its_port_and_reaches_mongodb_and_the_drivers_health(rendered, value_set):
+    docs = rendered[value_set]
+    pods = _pods(docs)
+    api = one(docs, "Deployment", "api")
+    policy = _policy_for(docs, pods["api"])
+    port = next(p for c in pod_spec(api)["containers"] for p in c.get("ports", []) if p["name"] == "http")
+    assert port["containerPort"] == values_of(value_set)["api"]["port"]
+    assert _admitted(policy, "http", pods) == {ANY}  # the public face: the API key guards it
+    assert _admitted(policy, "other", pods) == set()  # nothing else on the API's pods
+    driver = _policy_for(docs, pods["streaming"])
+    assert _admitted(driver, "health", pods) == {ANY}  # JOB_STATUS_URL
+    if values_of(value_set)["mongodb"]["enabled"]:
+        assert "api" in _admitted(_policy_for(docs, pods["mongodb"]), "mongodb", pods)
+    # The API reads MongoDB only: no Kafka settings, so no Kafka rule is needed for it.
+    assert not [name for name in env_of(container(api, "api")) if name.startswith("KAFKA_")]
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
