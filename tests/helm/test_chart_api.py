@@ -2,7 +2,8 @@
 
 The API Deployment runs `python -m app.api` in the app image; it reads MongoDB as the read-only
 api user (MONGODB_API_URI of the MongoDB Secret, never the job's MONGODB_URI), its key from
-<release>-api-key or api.existingSecret, and the driver's /status through the health Service.
+<release>-api-key or api.existingSecret, the job's rules file, and the driver's /status through
+the health Service.
 Its probes ask /healthz and /readyz; the Service and the optional Ingress reach its port; with
 api.enabled=false nothing of it is rendered. Its NetworkPolicy: test_chart_security.py.
 """
@@ -14,7 +15,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from chart_manifests import (COMPONENT, VALUE_SETS, container, env_of, helm_template, named, one, pod_spec, rendered,
-                             rendered_notes, rendered_with, secret_data, service_port_reaches, values_of)
+                             rendered_notes, rendered_with, secret_data, service_port_reaches, values_of,
+                             volume_of_mount)
 
 __all__ = ["rendered"]  # the fixture, imported for pytest
 
@@ -210,3 +212,17 @@ def test_notes_show_how_to_reach_the_api_and_read_its_key(tmp_path):
     assert "get secret my-key -o jsonpath='{.data.api-key}'" in existing and "svc/seg-api 9000" in existing
     assert "https://a.example.com/" in existing
     assert "seg-api" not in rendered_notes(tmp_path / "off", "--set", "api.enabled=false")
+
+
+@pytest.mark.parametrize("value_set", ["default", "production"])
+def test_api_reads_the_jobs_rules(rendered, value_set):
+    """The API accepts the segment names of the job's rules: the same file, from the same ConfigMap."""
+    docs = rendered[value_set]
+    job, deployment = one(docs, "Deployment", "streaming"), one(docs, "Deployment", "api")
+    rules_file = env_of(api_of(docs))["RULES_FILE"]
+    assert rules_file == env_of(container(job, "driver"))["RULES_FILE"]
+    mount, volume = volume_of_mount(deployment, api_of(docs), rules_file.rsplit("/", 1)[0])
+    assert mount["readOnly"] is True
+    assert volume["configMap"]["name"] == one(docs, "ConfigMap", "rules")["metadata"]["name"]
+    checksum = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/rules"]
+    assert checksum == job["spec"]["template"]["metadata"]["annotations"]["checksum/rules"]  # new rules: new pods
