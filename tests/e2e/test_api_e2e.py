@@ -1,0 +1,401 @@
+"""The query API end to end (DESIGN.md §15): the real job writes MongoDB from real Kafka (the REES46
+sample, generated sessions with bots, fraud, returning users and 5% redelivered events, and a user
+who comes back a week later), the API runs as its own process, and every endpoint's numbers are
+checked against a computation made here from the records read back from the topic."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from app.experiments.design import EXAMPLE_EXPERIMENTS
+from tests.conftest import ROOT, eventually
+from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, read_intent, run_job
+
+pytestmark = pytest.mark.e2e
+
+KEY = "e2e-api-key-" + "x" * 16
+GAP_MS, DELAY_MS, WINDOW_MS, HOUR_MS = 5 * 60_000, 10 * 60_000, 5 * 60_000, 3_600_000
+PRIORITY = {"power_user": 1, "browser": 2, "engaged_shopper": 3, "bouncer": 4}
+
+
+def _ms(value: str | datetime) -> int:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace(" UTC", "+00:00").replace("Z", "+00:00"))
+    return round(value.timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat()
+
+
+@dataclass
+class Session:
+    user_id: str
+    events: list = field(default_factory=list)   # (ms, event_id, type, price)
+
+    @property
+    def start(self) -> int:
+        return min(e[0] for e in self.events)
+
+    @property
+    def end(self) -> int:
+        return max(e[0] for e in self.events)
+
+    def count(self, event_type: str) -> int:
+        return sum(1 for e in self.events if e[2] == event_type)
+
+    @property
+    def revenue(self) -> float:
+        return sum(e[3] or 0 for e in self.events if e[2] == "purchase")
+
+    @property
+    def segment(self) -> str:
+        """DESIGN.md §7, written out again here."""
+        n, minutes = len(self.events), (self.end - self.start) / 60_000
+        carts, buys = self.count("cart"), self.count("purchase")
+        if n >= 30 and minutes >= 30 and buys >= 1:
+            return "power_user"
+        if buys >= 1 or (n >= 10 and minutes >= 10 and carts >= 1):
+            return "engaged_shopper"
+        if n >= 3 or minutes >= 1 or carts >= 1:
+            return "browser"
+        return "bouncer"
+
+    @property
+    def path(self) -> str:
+        steps = []
+        for _, _, event_type, _ in sorted(self.events):
+            if len(steps) < 8 and (not steps or steps[-1] != event_type):
+                steps.append(event_type)
+        return ">".join(steps)
+
+
+class Input:
+    """The topic's records, counted the way DESIGN.md says: an event_id once, sessions by user_session."""
+
+    def __init__(self, records):
+        self.events, seen = [], set()
+        for r in records:
+            value = json.loads(r.value)
+            event_id = value.get("event_id") or f"{r.topic}:{r.partition}:{r.offset}"
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            price = value.get("price")
+            self.events.append({"event_id": event_id, "user_id": str(value["user_id"]), "ms": _ms(value["event_time"]),
+                                "type": value["event_type"], "country": value.get("country") or "unknown",
+                                "session": value["user_session"], "price": float(price) if price not in (None, "") else None})
+        self.sessions: dict[str, Session] = {}
+        for e in self.events:
+            self.sessions.setdefault(e["session"], Session(e["user_id"])).events.append(
+                (e["ms"], e["event_id"], e["type"], e["price"]))
+        watermark = max(e["ms"] for e in self.events) - DELAY_MS
+        self.closed = {sid: s for sid, s in self.sessions.items() if s.end + GAP_MS < watermark}
+        self.active = {sid: s for sid, s in self.sessions.items() if sid not in self.closed}
+        self.first_seen = {}
+        for e in self.events:
+            self.first_seen[e["user_id"]] = min(e["ms"], self.first_seen.get(e["user_id"], e["ms"]))
+
+    def hourly(self) -> Counter:
+        return Counter((e["ms"] - e["ms"] % HOUR_MS, e["type"]) for e in self.events)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _json(value: dict) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _week_later_user(bootstrap: str, topic: str) -> None:
+    """One user with a session 8 days ago and one an hour ago: week 1 of the user's cohort."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for session, start in (("ret-a", now - timedelta(days=8)), ("ret-b", now - timedelta(hours=1))):
+        for i, event_type in enumerate(("view", "view", "cart")):
+            producer.send(topic, _json({"event_id": f"{session}-{i}", "user_id": "returner-1", "user_session": session,
+                                  "event_type": event_type, "event_time": (start + timedelta(seconds=40 * i)).isoformat(),
+                                  "country": "NL", "product_id": 7, "price": 10.0}))
+    producer.flush()
+    producer.close()
+
+
+@pytest.fixture(scope="module")
+def api_run(stack, mongo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    topic = database = "e2e_api_" + uuid.uuid4().hex[:10]
+    generate(stack["bootstrap"], topic, "--replay", str(SAMPLE_CSV))
+    generate(stack["bootstrap"], topic, "--sessions", "150", "--bots", "0.04", "--fraud", "0.04", "--returning", "0.3",
+             "--duplicate-ratio", "0.05", "--seed", "23", "--intent-file", str(tmp / "intent.jsonl"))
+    _week_later_user(stack["bootstrap"], topic)
+    run_job(job_env(stack, topic, database, tmp / "ckpt", SESSION_GAP="5m", WATERMARK_DELAY="10m",
+                    EXPERIMENTS_FILE=str(EXAMPLE_EXPERIMENTS)))
+    consumer = KafkaConsumer(topic, bootstrap_servers=stack["bootstrap"], auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    records = list(consumer)
+    consumer.close()
+    port = _free_port()
+    env = {**os.environ, "MONGODB_URI": stack["mongodb_uri"], "MONGODB_DATABASE": database, "API_KEY": KEY}
+    log = open(tmp / "api.log", "w")
+    api = subprocess.Popen([sys.executable, "-m", "app.api", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                           stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=30)
+    try:
+        eventually(lambda: _ready(client), timeout_s=60, what="the API's /readyz")
+        sessions, _ = read_intent(tmp / "intent.jsonl")
+        yield {"api": client, "db": mongo[database], "input": Input(records), "intent": sessions}
+    finally:
+        client.close()
+        api.terminate()
+        api.wait(timeout=30)
+        log.close()
+        mongo.drop_database(database)
+
+
+def _ready(client) -> bool:
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _get(run, path: str, **params) -> dict:
+    response = run["api"].get(path, params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_job_closed_exactly_the_sessions_the_watermark_passed(api_run):
+    """The premise of the closed-session figures below: the same sessions are closed here and there."""
+    db, data = api_run["db"], api_run["input"]
+    stored = {d["_id"]: d["status"] for d in db.user_behavior_segments.find({}, {"status": 1})}
+    assert data.closed and data.active
+    assert stored == {sid: "closed" if sid in data.closed else "active" for sid in data.sessions}
+
+
+def test_event_frequency_equals_the_input_per_hour_and_type_with_filters(api_run):
+    data = api_run["input"]
+    body = _get(api_run, "/v1/events/frequency")
+    got = {(_ms(b["bucket"]), t): n for b in body["series"] for t, n in b["by_event_type"].items()}
+    assert got == dict(data.hourly())
+    assert body["total_events"] == len(data.events)
+    country = Counter(e["country"] for e in data.events if e["country"] != "unknown").most_common(1)[0][0]
+    views = _get(api_run, "/v1/events/frequency", event_type="view", country=country, interval="day")
+    assert views["total_events"] == sum(1 for e in data.events if e["type"] == "view" and e["country"] == country)
+    cut = sorted({e["ms"] - e["ms"] % HOUR_MS for e in data.events})[-2]
+    recent = _get(api_run, "/v1/events/frequency", start=_iso(cut))
+    assert recent["total_events"] == sum(1 for e in data.events if e["ms"] >= cut)
+
+
+def test_behavior_patterns_are_the_closed_sessions_event_paths(api_run):
+    data = api_run["input"]
+    body = _get(api_run, "/v1/patterns", limit=1000)
+    assert {p["event_path"]: p["sessions"] for p in body["patterns"]} == dict(Counter(s.path for s in data.closed.values()))
+    counts = [p["sessions"] for p in body["patterns"]]
+    assert counts == sorted(counts, reverse=True)
+    browsers = _get(api_run, "/v1/patterns", segment="browser", limit=1000)
+    assert {p["event_path"]: p["sessions"] for p in browsers["patterns"]} == dict(
+        Counter(s.path for s in data.closed.values() if s.segment == "browser"))
+    top = body["patterns"][0]
+    assert top["conversions"] == sum(1 for s in data.closed.values() if s.path == top["event_path"] and s.count("purchase"))
+
+
+def test_retention_cohorts_count_each_user_once_per_week_of_its_cohort(api_run):
+    data = api_run["input"]
+    expected = defaultdict(set)
+    for s in data.closed.values():
+        first = datetime.fromtimestamp(data.first_seen[s.user_id] / 1000, timezone.utc)
+        year, week, _ = first.isocalendar()
+        start = datetime.fromtimestamp(s.start / 1000, timezone.utc).date()
+        k = ((start - timedelta(days=start.weekday())) - (first.date() - timedelta(days=first.weekday()))).days // 7
+        expected[(f"{year}-W{week:02d}", k)].add(s.user_id)
+    body = _get(api_run, "/v1/retention", max_weeks=3)
+    got = {(c["cohort_week"], w["week"]): w["users"] for c in body["cohorts"] for w in c["weeks"] if w["users"]}
+    assert got == {key: len(users) for key, users in expected.items() if key[1] <= 3}
+    assert any(week == 1 for _, week in got), "the returning user's week-1 session is missing"
+
+
+def test_funnel_session_metrics_and_distribution_equal_the_closed_sessions(api_run):
+    data = api_run["input"]
+    by_segment = defaultdict(list)
+    for s in data.closed.values():
+        by_segment[s.segment].append(s)
+    funnel = {f["behavior_segment"]: f for f in _get(api_run, "/v1/funnel")["segments"]}
+    assert set(funnel) == set(by_segment)
+    for segment, sessions in by_segment.items():
+        f = funnel[segment]
+        assert f["total_sessions"] == len(sessions)
+        assert f["unique_users"] == len({s.user_id for s in sessions})
+        assert (f["total_views"], f["total_carts"], f["total_purchases"]) == (
+            sum(s.count("view") for s in sessions), sum(s.count("cart") for s in sessions),
+            sum(s.count("purchase") for s in sessions))
+        assert f["total_revenue"] == pytest.approx(sum(s.revenue for s in sessions), abs=0.01)
+    metrics = {m["behavior_segment"]: m for m in _get(api_run, "/v1/sessions/metrics")["segments"]}
+    for segment, sessions in by_segment.items():
+        assert metrics[segment]["sessions"] == len(sessions)
+        assert metrics[segment]["avg_session_duration"] == pytest.approx(
+            sum((s.end - s.start) / 60_000 for s in sessions) / len(sessions), abs=0.01)
+    last_end = max(s.end for s in data.closed.values())
+    end = last_end - last_end % WINDOW_MS + WINDOW_MS
+    body = _get(api_run, "/v1/segments/distribution", hours=2)
+    expected = Counter(s.segment for s in data.closed.values() if end - 2 * HOUR_MS <= s.end - s.end % WINDOW_MS)
+    assert body["totals"] == dict(expected)
+    for window in body["windows"]:
+        start = _ms(window["window_start"])
+        assert {seg: w["session_count"] for seg, w in window["segments"].items()} == dict(
+            Counter(s.segment for s in data.closed.values() if s.end - s.end % WINDOW_MS == start))
+
+
+def test_personalization_gives_each_users_latest_session_segment_and_alerts(api_run):
+    data, intent = api_run["input"], api_run["intent"]
+    latest = {}
+    for sid, s in data.sessions.items():
+        if s.user_id not in latest or s.end >= data.sessions[latest[s.user_id]].end:
+            latest[s.user_id] = sid
+    risky = defaultdict(set)
+    for session in intent:
+        risky[str(session["user_id"])].update(session["alerts"])
+    users = sorted(risky, key=lambda u: -len(risky[u]))[:6] + sorted(latest)[:10]
+    for user in users:
+        body = _get(api_run, f"/v1/users/{user}/personalization")
+        sid = latest[user]
+        session = data.sessions[sid]
+        assert body["segment"]["session_id"] == sid
+        assert body["segment"]["behavior_segment"] == session.segment
+        assert body["segment"]["status"] == ("closed" if sid in data.closed else "active")
+        assert body["segment"]["total_events"] == len(session.events)
+        assert set(body["scores"]) == {"engagement_score", "interest_score", "intent_score", "conversion_probability"}
+        assert all(0 <= v <= 100 for v in body["scores"].values())
+        assert body["recommendations"], user
+        types = {a["alert_type"] for a in body["open_alerts"]}
+        assert risky[user] - {"HIGH_VALUE_PURCHASE"} <= types, (user, types)
+        big = any(e["price"] and e["price"] >= 500 for e in data.events if e["user_id"] == user and e["type"] == "purchase")
+        assert ("HIGH_VALUE_PURCHASE" in types) == big, user
+    stored = api_run["db"].user_behavior_segments.find_one({"_id": latest[users[0]]})
+    assert _get(api_run, f"/v1/users/{users[0]}/personalization")["experiments"] == (stored.get("experiments") or {})
+    missing = api_run["api"].get("/v1/users/no-such-user/personalization")
+    assert missing.status_code == 404 and "no-such-user" in missing.json()["error"]
+
+
+def test_user_activity_lists_the_users_events_newest_first_with_filters(api_run):
+    data = api_run["input"]
+    user = Counter(e["user_id"] for e in data.events).most_common(1)[0][0]
+    mine = sorted((e for e in data.events if e["user_id"] == user), key=lambda e: -e["ms"])
+    body = _get(api_run, "/v1/activity", user_id=user, limit=1000)
+    assert [_ms(e["event_timestamp"]) for e in body["events"]] == [e["ms"] for e in mine]  # ties: any order
+    assert {e["event_id"] for e in body["events"]} == {e["event_id"] for e in mine}
+    assert body["by_event_type"] == dict(sorted(Counter(e["type"] for e in mine).items()))
+    assert body["summary"]["total_events"] == len(mine)
+    views = _get(api_run, "/v1/activity", user_id=user, event_type="view", limit=3)
+    assert [_ms(e["event_timestamp"]) for e in views["events"]] == [e["ms"] for e in mine if e["type"] == "view"][:3]
+    assert all(e["event_type"] == "view" for e in views["events"])
+    middle = mine[len(mine) // 2]["ms"]
+    late = _get(api_run, "/v1/activity", user_id=user, start=_iso(middle), limit=1000)
+    assert late["count"] == sum(1 for e in mine if e["ms"] >= middle)
+
+
+def test_anomalies_compare_the_recent_hours_with_the_baseline_computed_from_the_input(api_run):
+    data = api_run["input"]
+    hourly = Counter()
+    for (hour, _), n in data.hourly().items():
+        hourly[hour] += n
+    last = max(h for h in hourly)
+    end = last + HOUR_MS
+    recent_start = end - 2 * HOUR_MS
+    # no earlier than the first hour counted (here the REES46 sample's, in 2019): hours without events are 0
+    baseline_start = max(recent_start - 7 * 24 * HOUR_MS, min(hourly))
+    base = [hourly.get(h, 0) for h in range(baseline_start, recent_start, HOUR_MS)]
+    mean = sum(base) / len(base)
+    std = (sum((v - mean) ** 2 for v in base) / (len(base) - 1)) ** 0.5
+    body = _get(api_run, "/v1/anomalies", recent_days=2 / 24, baseline_days=7, z_score_threshold=1.5, end=_iso(end))
+    events = next(m for m in body["metrics"] if m["metric"] == "events")
+    assert events["baseline_hours"] == len(base)
+    assert events["baseline_mean"] == pytest.approx(mean, abs=0.01)
+    assert events["baseline_std"] == pytest.approx(std, abs=0.01)
+    recent = [hourly.get(h, 0) for h in range(recent_start, end, HOUR_MS)]
+    assert events["recent_mean"] == pytest.approx(sum(recent) / len(recent), abs=0.01)
+    flagged = [h for h in range(recent_start, end, HOUR_MS) if std and abs((hourly.get(h, 0) - mean) / std) >= 1.5]
+    assert [_ms(h["hour"]) for h in events["anomalous_hours"]] == flagged
+
+
+def test_alerts_executions_experiments_and_user_segments_equal_what_the_job_stored(api_run):
+    db = api_run["db"]
+    high = _get(api_run, "/v1/alerts", severity="high", limit=1000)
+    stored = sorted(db.behavior_alerts.find({"severity": "high"}), key=lambda a: a["first_event_time"], reverse=True)
+    assert [a["first_event_time"] for a in high["alerts"]] == [a["first_event_time"].replace(
+        tzinfo=timezone.utc).isoformat() for a in stored]
+    assert {a["alert_id"] for a in high["alerts"]} == {a["_id"] for a in stored}
+    intended = {(str(s["user_id"]), t) for s in api_run["intent"] for t in s["alerts"] if t != "HIGH_VALUE_PURCHASE"}
+    got = {(a["user_id"], a["alert_type"]) for a in _get(api_run, "/v1/alerts", limit=1000)["alerts"]
+           if a["alert_type"] != "HIGH_VALUE_PURCHASE"}
+    assert got == intended
+    emails = _get(api_run, "/v1/trigger-executions", trigger="abandoned_cart_email", limit=1000)
+    assert {e["execution_id"] for e in emails["executions"]} == {
+        d["_id"] for d in db.trigger_executions.find({"trigger": "abandoned_cart_email"})}
+    data = api_run["input"]
+    carts = {sid: s for sid, s in data.closed.items() if s.segment == "browser" and s.count("cart")}
+    fired, last = set(), {}  # one email per user per 24 h of event time (the trigger's cooldown)
+    for sid, s in sorted(carts.items(), key=lambda item: item[1].end):
+        if s.user_id not in last or s.end - last[s.user_id] >= 24 * HOUR_MS:
+            fired.add(sid)
+            last[s.user_id] = s.end
+    assert {e["session_id"] for e in emails["executions"]} == fired
+    experiments = _get(api_run, "/v1/experiments")["experiments"]
+    assert experiments, "no experiment results"
+    for experiment in experiments:
+        exposed = Counter(d["experiments"][experiment["experiment"]] for d in db.user_behavior_segments.find(
+            {"status": "closed"}) if experiment["experiment"] in (d.get("experiments") or {}))
+        assert {v["variant"]: v["exposed_sessions"] for v in experiment["variants"] if v["exposed_sessions"]} == \
+            dict(exposed)
+    engaged = _get(api_run, "/v1/users/segments", min_engagement=30, limit=1000)["users"]
+    profiles = sorted(db.user_profiles.find({"engagement_score": {"$gte": 30}}),
+                      key=lambda p: (-p["engagement_score"], p["_id"]))
+    assert [u["user_id"] for u in engaged] == [p["_id"] for p in profiles]
+    assert len(db.user_profiles.distinct("_id")) == len(data.first_seen)
+
+
+def test_act_now_lists_the_open_sessions_most_urgent_first(api_run):
+    data = api_run["input"]
+    latest = max(s.end for s in data.active.values())
+    recent = [(sid, s) for sid, s in data.active.items() if s.end >= latest - HOUR_MS]
+    body = _get(api_run, "/v1/act-now", hours=1, limit=1000)
+    assert {s["session_id"] for s in body["sessions"]} == {sid for sid, _ in recent}
+    assert [(PRIORITY[s["behavior_segment"]], -_ms(s["session_end"])) for s in body["sessions"]] == sorted(
+        (PRIORITY[s.segment], -s.end) for _, s in recent)  # most urgent first; ties in any order
+
+
+def test_health_reports_the_jobs_last_batch(api_run):
+    last = api_run["db"].stream_progress.find_one({"query": "sessions"}, sort=[("batch_id", -1)])
+    body = _get(api_run, "/v1/health")
+    assert body["last_batch"]["batch_id"] == last["batch_id"]
+    assert body["last_batch"]["open_sessions"] == len(api_run["input"].active)
+
+
+@pytest.mark.parametrize("path, parameter", [
+    ("/v1/activity?limit=100000", "limit"), ("/v1/users/segments?segment=whales", "segment"),
+    ("/v1/anomalies?z_score_threshold=-2", "z_score_threshold"), ("/v1/retention?max_weeks=x", "max_weeks"),
+    ("/v1/alerts?start=2026-13-01", "start"), ("/v1/patterns?segmnt=browser", "segmnt"),
+])
+def test_the_running_api_answers_a_bad_parameter_with_a_422_naming_it(api_run, path, parameter):
+    response = api_run["api"].get(path)
+    assert response.status_code == 422 and response.json()["parameter"] == parameter
+
+
+def test_the_running_api_refuses_a_request_without_the_key(api_run):
+    response = httpx.get(str(api_run["api"].base_url) + "/v1/funnel")
+    assert response.status_code == 401
