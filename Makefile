@@ -56,6 +56,14 @@ bench-quick: up  ## the same benchmark at a small scale (~8 min)
 faults: up  ## the fault suite (~50 min): outages, broker restart, kill -9, bad data, full disk, 30-min soak -> bench/results/faults.*
 	$(PY) -m faults.run
 
+api: up  ## the read-only query API + live dashboard on 127.0.0.1:8000 (API_PORT; / dashboard, /docs OpenAPI; API_KEY to require a key)
+	$(PY) -m app.api
+
+dashboard: api  ## the same as make api: the dashboard is its page /
+
+bench-api: up  ## the API under load while the job runs: personalization p50/p99 at 200 req/s, analytics endpoints with 1M events -> bench/results/api.*
+	$(PY) -m bench.api
+
 report:  ## print sessions per segment, the funnel and open sessions to act on
 	$(PY) -m app.report
 
@@ -76,4 +84,4 @@ test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the r
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup up down status smoke demo api dashboard bench-api faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

@@ -61,8 +61,11 @@ def main() -> int:
     finally:
         os.killpg(job.pid, signal.SIGTERM)
         job.wait(timeout=60)
+        port = os.environ.get("API_PORT", "8000")
         print("demo: job stopped. Query the results: make mongosh, or ./deploy/scripts/query_behavior_segments.sh;\n"
-              "      the actions it fired: python -m app.actions.consume --from-beginning --idle-timeout 5s")
+              "      the actions it fired: python -m app.actions.consume --from-beginning --idle-timeout 5s;\n"
+              f"      the dashboard and the query API: make api, then open http://127.0.0.1:{port}/ "
+              f"(API docs: http://127.0.0.1:{port}/docs)")
 
 
 def _simulated_effect(experiments: str) -> list[str]:
