@@ -24,7 +24,8 @@ STACK = ROOT / "deploy" / "local" / "stack.sh"
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:" + os.environ.get("KAFKA_PORT", "9092"))
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:" + os.environ.get("MONGO_PORT", "27017") + "/")
 OUTPUTS = ("user_behavior_segments", "segment_distribution", "conversion_funnel", "enriched_events",
-           "quarantined_events", "user_profiles", "behavior_alerts", "trigger_executions")
+           "quarantined_events", "user_profiles", "behavior_alerts", "trigger_executions",
+           "event_counts_hourly", "session_paths", "retention_cohorts")  # the last three: what the API reads
 VOLATILE = {"processing_time", "ingest_time", "quarantined_at", "run_id", "batch_id", "updated_at", "detected_at",
             "executed_at"}
 
