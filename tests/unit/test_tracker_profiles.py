@@ -112,3 +112,25 @@ def test_the_stored_profile_is_read_once_per_epoch_and_the_first_write_inserts(s
     first = process_events(None, [ev(0, "e1")], 0, new_user)
     second = process_events(UserState.decode(first.state.encode()), [ev(MIN, "e2")], 0, new_user)
     assert (first.out.profile["first_write"], second.out.profile["first_write"]) == (True, False)
+
+
+def test_the_profile_points_at_the_latest_session_and_keeps_the_last_alerts(settings):
+    first = process_events(None, [ev(0, "e1", session="s1"), ev(MIN, "e2", session="s1")], 0, settings)
+    assert first.out.profile["live"] == {"session_id": "s1", "alerts": []}
+    later = process_events(UserState.decode(first.state.encode()),
+                           [ev(2 * MIN, "e3", session="s2"), ev(3 * MIN, "e4", "purchase", session="s2", price=900.0)],
+                           0, settings)
+    live = later.out.profile["live"]
+    assert live["session_id"] == "s2"
+    assert [(a["alert_type"], a["first_event_ms"]) for a in live["alerts"]] == [("HIGH_VALUE_PURCHASE", T0 + 3 * MIN)]
+    # an event of the older session does not move the pointer back
+    back = process_events(UserState.decode(later.state.encode()), [ev(MIN + 1, "e5", session="s1")], 0, settings)
+    assert back.out.profile["live"]["session_id"] == "s2"
+    # each purchase more than the 10-minute cooldown apart raises another alert; the profile keeps the last 10
+    state = UserState.decode(back.state.encode())
+    for i in range(12):
+        state = process_events(state, [ev((20 + 11 * i) * MIN, f"p{i}", "purchase", session="s2", price=600.0)],
+                               0, settings).state
+    alerts = state.profile.recent_alerts
+    assert len(alerts) == 10 and alerts[-1]["first_event_ms"] == T0 + (20 + 11 * 11) * MIN
+    assert [a["first_event_ms"] for a in alerts] == sorted(a["first_event_ms"] for a in alerts)
