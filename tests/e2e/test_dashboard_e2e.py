@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -127,6 +128,16 @@ def section_states(driver) -> dict:
     return {s: driver.find_element("id", s).get_attribute("data-state") for s in SECTIONS}
 
 
+def wait_for(driver, condition, timeout_s: float, what: str) -> None:
+    """WebDriverWait, failing with what the page shows (section states, banner) rather than an empty message."""
+    try:
+        WebDriverWait(driver, timeout_s).until(condition)
+    except TimeoutException:
+        banner = driver.find_element("id", "error")
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; sections {section_states(driver)}; "
+                             f"banner {banner.text if banner.is_displayed() else '(hidden)'!r}") from None
+
+
 def full_page_screenshot(driver, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     height, chrome = driver.execute_script(
@@ -141,111 +152,126 @@ def newest(docs: list[dict], time_field: str, n: int) -> list[datetime]:
     return sorted((utc(d[time_field]) for d in docs), reverse=True)[:n]
 
 
-def test_the_dashboard_shows_what_mongodb_holds(database, api, browser):
-    db = database
+@pytest.fixture
+def page(api, browser):
+    """The dashboard, opened with the key, once every section has data (and its screenshot taken)."""
     browser.get(f"{api}/?key={API_KEY}")
     try:
-        WebDriverWait(browser, 60).until(lambda d: set(section_states(d).values()) == {"ok"})
+        wait_for(browser, lambda d: set(section_states(d).values()) == {"ok"}, 60, "every section to have data")
     finally:
         full_page_screenshot(browser, SHOTS / "dashboard.png")
-    assert not browser.find_element("id", "error").is_displayed()
-    assert "key=" not in browser.current_url  # the key left the address bar
+    return browser
 
-    # funnel: per segment, the stored conversion_funnel documents
-    funnel_fields = ("sessions", "views", "carts", "purchases", "revenue", "viewToCart", "cartToPurchase", "conversion")
+
+def test_every_section_has_data_and_no_error_shows(page):
+    assert set(section_states(page).values()) == {"ok"}
+    assert not page.find_element("id", "error").is_displayed()
+    assert "key=" not in page.current_url  # the key left the address bar (it is kept in localStorage)
+
+
+def test_the_funnel_shows_conversion_funnel(page, database):
+    fields = ("sessions", "views", "carts", "purchases", "revenue", "viewToCart", "cartToPurchase", "conversion")
     stored_fields = ("total_sessions", "total_views", "total_carts", "total_purchases", "total_revenue",
                      "view_to_cart_rate", "cart_to_purchase_rate", "overall_conversion_rate")
-    shown = {r["segment"]: tuple(number(r[f]) for f in funnel_fields) for r in datasets(browser, "#funnel tr.funnel-row")}
-    stored = {d["_id"]: tuple(float(d[f]) for f in stored_fields) for d in db.conversion_funnel.find()}
+    shown = {r["segment"]: tuple(number(r[f]) for f in fields) for r in datasets(page, "#funnel tr.funnel-row")}
+    stored = {d["_id"]: tuple(float(d[f]) for f in stored_fields) for d in database.conversion_funnel.find()}
     assert len(stored) == 4 and shown == stored
-    power_row = text_of(browser, '#funnel tr[data-segment="power_user"]')
-    assert f"{int(stored['power_user'][0]):,}" in power_row and f"{stored['power_user'][4]:,.2f}" in power_row
+    power_user = text_of(page, '#funnel tr[data-segment="power_user"]')  # and the text says the same, formatted
+    assert f"{int(stored['power_user'][0]):,}" in power_user and f"{stored['power_user'][4]:,.2f}" in power_user
 
-    # segment mix: the 6 h of windows up to the latest one, per window and segment, and the totals
-    mix = browser.find_element("id", "segment-mix")
-    end = utc(db.segment_distribution.find_one(sort=[("window_start", -1)])["window_end"])
-    assert (utc(mix.get_attribute("data-start")), utc(mix.get_attribute("data-end"))) == (end - 6 * HOUR, end)
-    windows = list(db.segment_distribution.find({"window_start": {"$gte": utc(end - 6 * HOUR), "$lt": end}}))
-    expected_totals = Counter()
+
+def test_the_segment_mix_sums_segment_distribution_over_the_6_hours_shown(page, database):
+    mix = datasets(page, "#segment-mix")[0]
+    end = utc(database.segment_distribution.find_one(sort=[("window_start", -1)])["window_end"])
+    assert (utc(mix["start"]), utc(mix["end"])) == (end - 6 * HOUR, end)
+    windows = list(database.segment_distribution.find({"window_start": {"$gte": end - 6 * HOUR, "$lt": end}}))
+    expected = Counter()
     for w in windows:
-        expected_totals[w["behavior_segment"]] += w["session_count"]
-    totals = {r["segment"]: int(r["sessions"]) for r in datasets(browser, "#segment-mix .segment-total")}
-    assert sum(expected_totals.values()) > 0 and totals == expected_totals
-    bars = {(utc(r["windowStart"]), r["segment"]): int(r["sessions"]) for r in datasets(browser, "#segment-mix rect.bar")}
+        expected[w["behavior_segment"]] += w["session_count"]
+    totals = {r["segment"]: int(r["sessions"]) for r in datasets(page, "#segment-mix .segment-total")}
+    assert sum(expected.values()) > 0 and totals == expected
+    bars = {(utc(r["windowStart"]), r["segment"]): int(r["sessions"]) for r in datasets(page, "#segment-mix rect.bar")}
     assert bars == {(utc(w["window_start"]), w["behavior_segment"]): w["session_count"] for w in windows}
 
-    # alerts: the 15 newest behavior_alerts, newest first, each as stored
-    alerts = datasets(browser, "#alerts li.alert")
-    stored_alerts = {a["_id"]: a for a in db.behavior_alerts.find()}
-    assert len(stored_alerts) > 0 and int(datasets(browser, "#alerts")[0]["count"]) == len(alerts)
-    assert [utc(a["time"]) for a in alerts] == newest(list(stored_alerts.values()), "first_event_time", 15)
+
+def test_the_alerts_feed_is_the_15_newest_behavior_alerts(page, database):
+    alerts = datasets(page, "#alerts li.alert")
+    stored = {a["_id"]: a for a in database.behavior_alerts.find()}
+    assert len(stored) > 15 and int(datasets(page, "#alerts")[0]["count"]) == len(alerts) == 15
+    assert [utc(a["time"]) for a in alerts] == newest(list(stored.values()), "first_event_time", 15)
     assert [(a["type"], a["severity"], a["user"], utc(a["time"])) for a in alerts] == [
         (s["alert_type"], s["severity"], s["user_id"], utc(s["first_event_time"]))
-        for s in (stored_alerts[a["alertId"]] for a in alerts)]
+        for s in (stored[a["alertId"]] for a in alerts)]
 
-    # act now: the open sessions of the last hour of event time, most urgent (action_priority) first
-    active = [s for s in db.user_behavior_segments.find({"status": "active"})]
-    since = max(utc(s["session_end"]) for s in active) - HOUR
-    urgent = sorted((s for s in active if utc(s["session_end"]) >= since),
+
+def test_act_now_lists_the_most_urgent_open_sessions_of_the_last_hour(page, database):
+    active = {s["_id"]: s for s in database.user_behavior_segments.find({"status": "active"})}
+    since = max(utc(s["session_end"]) for s in active.values()) - HOUR
+    urgent = sorted((s for s in active.values() if utc(s["session_end"]) >= since),
                     key=lambda s: (s.get("action_priority") or 99, -utc(s["session_end"]).timestamp()))[:15]
-    rows = datasets(browser, "#act-now tr.act-row")
-    by_session = {s["_id"]: s for s in active}
+    rows = datasets(page, "#act-now tr.act-row")
     assert len(urgent) > 0 and len(rows) == len(urgent)
-    assert [(int(r["priority"]), utc(by_session[r["session"]]["session_end"])) for r in rows] == [
+    assert [(int(r["priority"]), utc(active[r["session"]]["session_end"])) for r in rows] == [
         (s["action_priority"], utc(s["session_end"])) for s in urgent]
     assert {(r["session"], r["user"], r["segment"], int(r["cartCount"]), r["recommendation"]) for r in rows} == {
         (s["_id"], s["user_id"], s["behavior_segment"], s["cart_count"], s["recommendations"][0]) for s in urgent}
 
-    # act now: the 10 newest trigger executions
-    executions = datasets(browser, "#act-now tr.execution-row")
-    stored_executions = {x["_id"]: x for x in db.trigger_executions.find()}
-    assert [utc(x["eventTime"]) for x in executions] == newest(list(stored_executions.values()), "event_time", 10)
+
+def test_act_now_lists_the_10_newest_trigger_executions(page, database):
+    executions = datasets(page, "#act-now tr.execution-row")
+    stored = {x["_id"]: x for x in database.trigger_executions.find()}
+    assert len(stored) > 10 and len(executions) == 10
+    assert [utc(x["eventTime"]) for x in executions] == newest(list(stored.values()), "event_time", 10)
     assert [(x["trigger"], x["user"]) for x in executions] == [
-        (stored_executions[x["executionId"]]["trigger"], stored_executions[x["executionId"]]["user_id"]) for x in executions]
+        (stored[x["executionId"]]["trigger"], stored[x["executionId"]]["user_id"]) for x in executions]
 
-    # experiments: exposed sessions, conversions, p-value and verdict per variant
-    variants = {(r["experiment"], r["variant"]): (int(r["exposed"]), int(r["conversions"]), number(r["pValue"]),
-                                                  r["significant"] == "true")
-                for r in datasets(browser, "#experiments tr.variant-row")}
-    results = {(d["experiment"], d["variant"]): (d["exposed_sessions"], d["conversions"], d["p_value"], d["significant"])
-               for d in db.experiment_results.find()}
-    assert len(results) == 3 and variants == results
 
-    # health: the newest stream_progress document of the query
-    progress = db.stream_progress.find_one({"query": "sessions"}, sort=[("timestamp", -1)])
-    health = datasets(browser, "#health")[0]
+def test_the_experiments_show_experiment_results(page, database):
+    shown = {(r["experiment"], r["variant"]): (int(r["exposed"]), int(r["conversions"]), number(r["pValue"]),
+                                               r["significant"] == "true")
+             for r in datasets(page, "#experiments tr.variant-row")}
+    stored = {(d["experiment"], d["variant"]): (d["exposed_sessions"], d["conversions"], d["p_value"], d["significant"])
+              for d in database.experiment_results.find()}
+    assert len(stored) == 3 and shown == stored
+
+
+def test_the_health_is_the_newest_stream_progress(page, database):
+    progress = database.stream_progress.find_one({"query": "sessions"}, sort=[("timestamp", -1)])
+    health = datasets(page, "#health")[0]
     assert (int(health["batchId"]), int(health["inputRows"]), int(health["openSessions"]), int(health["stateUsers"]),
             int(health["kafkaLag"])) == (progress["batch_id"], progress["input_rows"], progress["open_sessions"],
                                          progress["state_users"], progress["kafka_lag"])
-    assert f"#{progress['batch_id']}" in text_of(browser, "#health")
+    assert f"#{progress['batch_id']}" in text_of(page, "#health")
 
-    # anomalies: every metric; the recent events per hour from event_counts_hourly; flagged hours highlighted
-    anomalies = datasets(browser, "#anomalies")[0]
+
+def test_the_anomalies_show_every_metric_over_the_last_3_hours_and_highlight_flagged_ones(page, database):
+    anomalies = datasets(page, "#anomalies")[0]
     recent_start, end = utc(anomalies["recentStart"]), utc(anomalies["end"])
-    latest_hour = utc(db.event_counts_hourly.find_one(sort=[("hour", -1)])["hour"])
-    assert (recent_start, end) == (latest_hour - 2 * HOUR, latest_hour + HOUR)  # the last 3 h (recent_days=0.125)
-    metrics = {r["metric"]: r for r in datasets(browser, "#anomalies tr.anomaly-row")}
+    latest_hour = utc(database.event_counts_hourly.find_one(sort=[("hour", -1)])["hour"])
+    assert (recent_start, end) == (latest_hour - 2 * HOUR, latest_hour + HOUR)  # recent_days=0.125
+    metrics = {r["metric"]: r for r in datasets(page, "#anomalies tr.anomaly-row")}
     assert tuple(metrics) == METRICS
-    events = sum(d["events"] for d in db.event_counts_hourly.find({"hour": {"$gte": recent_start, "$lt": end}}))
+    events = sum(d["events"] for d in database.event_counts_hourly.find({"hour": {"$gte": recent_start, "$lt": end}}))
     assert float(metrics["events"]["recentMean"]) == round(events / 3, 2)
-    highlighted = browser.execute_script("""return [...document.querySelectorAll('#anomalies tr.anomaly-row')].map(r =>
+    highlighted = page.execute_script("""return [...document.querySelectorAll('#anomalies tr.anomaly-row')].map(r =>
         [r.dataset.metric, r.classList.contains('anomalous'), r.querySelectorAll('.chip').length])""")
     assert highlighted == [[m, int(r["flaggedHours"]) > 0 or r["anomalous"] == "true", int(r["flaggedHours"])]
                            for m, r in metrics.items()]
     assert int(anomalies["anomalies"]) == sum(int(m["flaggedHours"]) for m in metrics.values())
 
-    # it refreshes itself
-    stamp = browser.find_element("id", "last-refresh")
-    seen = int(stamp.get_attribute("data-refreshes"))
-    WebDriverWait(browser, 20).until(lambda d: int(stamp.get_attribute("data-refreshes")) > seen)
-    assert stamp.get_attribute("data-state") == "ok"
+
+def test_the_page_refreshes_itself(page):
+    seen = int(datasets(page, "#last-refresh")[0]["refreshes"])
+    wait_for(page, lambda d: int(datasets(d, "#last-refresh")[0]["refreshes"]) > seen, 20, "the page's next refresh")
+    assert datasets(page, "#last-refresh")[0]["state"] == "ok"
 
 
 def test_a_wrong_key_shows_the_error_banner(api, browser):
     browser.get(f"{api}/?key=not-the-key-{secrets.token_hex(8)}")
     banner = browser.find_element("id", "error")
     try:
-        WebDriverWait(browser, 30).until(lambda d: banner.is_displayed() and banner.get_attribute("data-status") == "401")
+        wait_for(browser, lambda d: banner.is_displayed() and banner.get_attribute("data-status") == "401", 30,
+                 "the error banner with the API's 401")
     finally:
         full_page_screenshot(browser, SHOTS / "dashboard-error.png")
     assert "missing or wrong API key" in banner.text  # the API's own error text
@@ -259,7 +285,8 @@ def test_an_unreachable_store_shows_the_api_error_not_a_blank_page(browser, tmp_
     with api_server(nothing_there, "e2e_dashboard_down", "/healthz", tmp_path / "api.log") as base:
         browser.get(f"{base}/?key={API_KEY}")
         banner = browser.find_element("id", "error")
-        WebDriverWait(browser, 60).until(lambda d: banner.is_displayed() and banner.get_attribute("data-status") == "503")
+        wait_for(browser, lambda d: banner.is_displayed() and banner.get_attribute("data-status") == "503", 60,
+                 "the error banner with the API's 503")
         assert f"MongoDB at {nothing_there} is unreachable" in banner.text
         assert not browser.find_element("id", "key-form").is_displayed()
         assert set(section_states(browser).values()) == {"error"}
