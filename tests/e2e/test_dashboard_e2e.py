@@ -32,6 +32,7 @@ API_KEY = "e2e-dashboard-" + secrets.token_hex(12)
 SECTIONS = ("health", "segment-mix", "funnel", "act-now", "alerts", "anomalies", "experiments")
 SHOTS = ROOT / ".local"
 HOUR = timedelta(hours=1)
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's, from setup.sh browser
 
 
 def utc(value: datetime | str) -> datetime:
@@ -103,11 +104,13 @@ def api(stack, database, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    assert not missing, f"{', '.join(missing)} missing: run ./deploy/local/setup.sh browser (part of make setup)"
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,1000"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))  # no Selenium Manager
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))  # a path: Selenium Manager stays idle
     try:
         yield driver
     finally:
