@@ -239,7 +239,8 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
     @app.get("/v1/experiments", tags=["analytics"], **v1)
     def experiments(experiment: Annotated[str | None, Query(min_length=1)] = None):
         """Per experiment and variant: exposed sessions, conversions, rate with its 95% interval,
-        lift, p-value, sample-ratio check."""
+        lift, p-value, sample-ratio check. conversion_rate, ci95_low/high and lift_abs are fractions
+        (0-1); lift_pct is a percentage."""
         return Q.experiment_results(db, experiment)
 
     @app.get("/v1/act-now", tags=["live"], **v1)

@@ -156,9 +156,10 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
     event time the job has counted (replayed history and live traffic alike)."""
     latest = latest_hour(db)
     if latest is None:
-        return {"metrics": [], "anomalies": 0, "z_score_threshold": threshold, "note": "no events counted yet"}
-    if end is None:
-        end = latest + A.HOUR
+        return {"baseline_start": None, "recent_start": None, "end": None, "z_score_threshold": threshold,
+                "metrics": [], "anomalies": 0, "note": "no events counted yet"}
+    if end is None:  # the hour still filling on live traffic would look like a dip: complete hours only
+        end = latest + A.HOUR if latest + A.HOUR <= _now() else latest
     end = A.floor_hour(end) if A.floor_hour(end) == end else A.floor_hour(end) + A.HOUR
     recent_start = end - timedelta(days=recent_days)
     # The baseline starts no earlier than the first hour the job counted: before it, nothing was
@@ -176,7 +177,8 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
 def funnel(db, segment_order: tuple[str, ...]) -> dict:
     rank = {name: i for i, name in enumerate(segment_order)}
     docs = sorted(db[C.FUNNEL].find({}, _HIDDEN), key=lambda d: (rank.get(d["_id"], len(rank)), d["_id"]))
-    return {"segments": [{k: v for k, v in d.items() if k != "_id"} for d in docs]}
+    return {"segments": [{k: round(v, 2) if k == "sum_duration_minutes" else v for k, v in d.items() if k != "_id"}
+                         for d in docs]}
 
 
 def segment_distribution(db, hours: float, start, end, segment: str | None) -> dict:
@@ -185,7 +187,7 @@ def segment_distribution(db, hours: float, start, end, segment: str | None) -> d
     if start is None:
         latest = db[C.DISTRIBUTION].find_one({}, {"window_end": 1}, sort=[("window_start", DESCENDING)])
         if latest is None:
-            return {"windows": [], "totals": {}}
+            return {"start": None, "end": None, "windows": [], "totals": {}}
         end = end or latest["window_end"]
         start = end - timedelta(hours=hours)
     query = _range("window_start", start, end)
