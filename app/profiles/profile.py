@@ -195,7 +195,8 @@ def profile_document(user_id: str, totals: Mapping, rules: ProfileRules) -> dict
     figures, scores = _figures_and_scores(totals, rules)
     return {
         "_id": user_id, "user_id": user_id, "first_seen": _date(totals["first_seen"]),
-        "last_seen": _date(totals["last_seen"]), "cohort_week": cohort_week(totals["first_seen"]), **{k: v for k, v in figures.items() if k != "last_session_bounced"},
+        "last_seen": _date(totals["last_seen"]), "cohort_week": cohort_week(totals["first_seen"]),
+        **{k: v for k, v in figures.items() if k != "last_session_bounced"},
         "last_segment": totals.get("last_segment"), "segment_counts": dict(sorted(totals["segment_counts"].items())),
         "preferred_device": _top(totals["devices"]), "top_country": _top(totals["countries"]),
         "top_category": _top(totals["categories"]), **scores, "behavior_pattern": rules.pattern({**figures, **scores}),

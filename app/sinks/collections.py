@@ -34,7 +34,8 @@ RAPID_ACTION_SECONDS = 2.0
 OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS,
            "user_profiles", "behavior_alerts", EXECUTIONS, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION,
            RETENTION_USERS)
-AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION)  # additive sums tagged with the run (query id) that made them
+# additive sums tagged with the run (query id) that made them
+AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION)
 
 
 def ensure_indexes(db) -> None:
@@ -50,6 +51,8 @@ def ensure_indexes(db) -> None:
     # What the query API (app/api) reads by range.
     db[EXECUTIONS].create_index([("event_time", DESCENDING)])
     db[EVENTS].create_index([("user_id", ASCENDING), ("event_timestamp", DESCENDING)])
+    db[EVENTS].create_index([("event_timestamp", DESCENDING)])
+    db[SEGMENTS].create_index([("user_id", ASCENDING), ("session_end", DESCENDING)])
     db[EVENT_COUNTS].create_index([("hour", ASCENDING)])
     db[PROGRESS].create_index([("query", ASCENDING), ("timestamp", DESCENDING)])
 

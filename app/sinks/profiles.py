@@ -32,6 +32,7 @@ def ensure_profile_indexes(db) -> None:
     db[ALERTS].create_index([("user_id", ASCENDING)])
     db[ALERTS].create_index([("severity", ASCENDING), ("first_event_time", DESCENDING)])
     db[ALERTS].create_index([("first_event_time", DESCENDING)])
+    db[ALERTS].create_index([("user_id", ASCENDING), ("first_event_time", DESCENDING)])
     db[PROFILES].create_index([("engagement_score", DESCENDING)])
 
 
