@@ -1,0 +1,657 @@
+"""`make bench-api`: the query API (app/api) under load while the job runs, and its analytics
+endpoints over a large ingest. Writes bench/results/api.{json,md}.
+
+1. Personalization while the job runs: LIVE_EVENTS events of the benchmark's session mix preloaded
+   into a fresh topic, the job live on it (trigger 1 s) while a paced producer (its own process)
+   keeps sending PRODUCER_RATE events/s, the API as a subprocess (`python -m app.api`, API_KEY set).
+   Once /readyz answers 200 and the job has written user_profiles, real user ids are read from
+   user_profiles and GET /v1/users/{id}/personalization is driven open-loop: request i is due at
+   t0 + i/RATE whatever happened before it, and its latency runs from that due time to the end of
+   the response (queueing in the client counts: no coordinated omission), over a pool of
+   keep-alive connections (http.client, one per thread). WARMUP s at the rate are not counted, then
+   SECONDS are. The same again with the job stopped (the API alone), to show what the job costs.
+2. The analytics endpoints after the job (available-now) has taken in a topic of EVENTS events:
+   each endpoint called sequentially, a few warm-up calls then up to CALLS timed calls (within a
+   time budget per endpoint: on FerretDB some are scans of the biggest collections), p50/p99, and
+   the document count of every collection they read.
+
+    python -m bench.api [--events 1000000] [--live-events 200000] [--rate 200] [--seconds 60]
+                        [--warmup 20] [--calls 30] [--quick] [--out bench/results]
+
+--quick: 50,000 events in both parts, 15 s at 50 requests/s after a 5 s warm-up, 10 timed calls.
+Everything runs on 127.0.0.1 against the local stack (`make up`); topics and databases are named
+bench_api_* and dropped at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import multiprocessing
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+from pymongo import MongoClient
+
+from bench import load, workload
+from bench.jobproc import MONGODB_URI, ROOT, WORK, Job, say
+from bench.load import BOOTSTRAP
+from bench.run import machine, throughput
+
+RESULTS = ROOT / "bench" / "results"
+PREFIX = "bench_api_"
+LIVE_TOPIC, LIVE_DB = PREFIX + "live", PREFIX + "live"
+EVENTS_LABEL = "api_events"  # bench.run.throughput: job "job-api_events", database "bench_api_events"
+EVENTS_DB = "bench_" + EVENTS_LABEL
+ALERTS_TOPIC, ACTIONS_TOPIC = PREFIX + "alerts", PREFIX + "actions"
+JOB_SCRIPT = "app/jobs/streaming/advanced_streaming.py"
+# The job's side outputs stay in this benchmark's own topics; experiments as `make demo` runs them,
+# so that /v1/experiments and the personalization's variants have something to read.
+JOB_ENV = {"ALERTS_TOPIC": ALERTS_TOPIC, "ACTIONS_TOPIC": ACTIONS_TOPIC, "HEALTH_PORT": "0",
+           "EXPERIMENTS_FILE": str(ROOT / "app" / "rules" / "experiments_v1.yaml")}
+LIVE_SEED = 11  # the paced producer's sessions: not the preload's (seed 7), whose event ids they would repeat
+GOAL_P99_MS = 25.0
+QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10}
+FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 30}
+COLLECTIONS = ("enriched_events", "user_behavior_segments", "event_counts_hourly", "segment_distribution",
+               "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions", "user_profiles",
+               "conversion_funnel", "experiment_results", "stream_progress")
+# path -> what it reads (app/api/queries.py). FerretDB 1.24 (SQLite) uses an index only for _id
+# equality: any other filter or sort reads the whole collection.
+SCAN, WHOLE = "filter/sort: a scan on FerretDB", "reads all of it"
+ENDPOINTS = [
+    ("/v1/funnel", "conversion_funnel", WHOLE),
+    ("/v1/segments/distribution?hours=24", "segment_distribution", "latest window + window_start range: " + SCAN),
+    ("/v1/events/frequency", "event_counts_hourly", WHOLE),
+    ("/v1/events/frequency?interval=day", "event_counts_hourly", WHOLE),
+    ("/v1/patterns", "session_paths", WHOLE),
+    ("/v1/retention", "retention_cohorts", WHOLE),
+    ("/v1/anomalies", "event_counts_hourly, segment_distribution", "first/last hour + hour ranges: " + SCAN),
+    ("/v1/users/segments?min_engagement=50", "user_profiles", "engagement_score >= 50, sorted: " + SCAN),
+    ("/v1/experiments", "experiment_results", WHOLE),
+    ("/v1/alerts?limit=100", "behavior_alerts", "sorted by first_event_time: " + SCAN),
+    ("/v1/trigger-executions?limit=100", "trigger_executions", "sorted by event_time: " + SCAN),
+    ("/v1/act-now", "user_behavior_segments", "status=active by session_end (twice): " + SCAN),
+    ("/v1/activity?user_id={user}", "enriched_events (+ user_profiles by _id)",
+     "user_id, sorted by event_timestamp: " + SCAN),
+    ("/v1/sessions/metrics", "segment_distribution", WHOLE),
+    ("/v1/sessions/metrics?user_id={user}", "user_behavior_segments", "user_id, sorted by session_end: " + SCAN),
+    ("/v1/health", "stream_progress", "query=sessions, latest: " + SCAN),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of sorted values."""
+    if not values:
+        return None
+    return values[min(len(values), max(1, math.ceil(len(values) * p / 100))) - 1]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The API as a child process
+
+
+class Api:
+    """`python -m app.api` on a free loopback port, its own process group, API_KEY set."""
+
+    def __init__(self, name: str, database: str):
+        self.name, self.database = name, database
+        self.port, self.key = free_port(), secrets.token_hex(24)
+        self.log_path = WORK / f"{name}-server.log"  # the job's log is WORK/<job name>.log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Api":
+        env = {k: v for k, v in os.environ.items() if k not in ("API_PORT", "API_HOST", "JOB_STATUS_URL",
+                                                                "API_CORS_ORIGINS")}
+        env.update({"MONGODB_URI": MONGODB_URI, "MONGODB_DATABASE": self.database, "API_KEY": self.key})
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "app.api", "--host", "127.0.0.1",
+                                          "--port", str(self.port)], cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        say(f"api [{self.name}]: pid {self.proc.pid} on 127.0.0.1:{self.port}, database {self.database}")
+        return self
+
+    def wait_ready(self, timeout_s: float = 90) -> float:
+        started = time.time()
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API exited {self.proc.returncode} (log: {self.log_path})")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return time.time() - started
+                conn.close()
+            except OSError:
+                pass
+            if time.time() - started > timeout_s:
+                raise RuntimeError(f"the API was not ready within {timeout_s:.0f} s (log: {self.log_path})")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The paced producer, in its own process so that it does not hold the load generator's GIL
+
+
+def _produce_live(rate: float, seconds: float, stop) -> None:
+    def stamped():
+        for event in workload.events(int(rate * seconds) + 1, seed=LIVE_SEED):
+            if stop.is_set():
+                return
+            now = time.time()
+            yield {**event, "event_time": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
+    result = load.paced(BOOTSTRAP, LIVE_TOPIC, stamped(), rate, seconds)
+    print(f"  paced producer: {result['events']:,} events in {result['seconds']} s "
+          f"({result['events_per_s']:,}/s, at most {result['max_behind_s']} s behind)", flush=True)
+
+
+class Producer:
+    def __init__(self, rate: float, max_seconds: float):
+        ctx = multiprocessing.get_context("spawn")
+        self.stop_event = ctx.Event()
+        self.proc = ctx.Process(target=_produce_live, args=(rate, max_seconds, self.stop_event), daemon=True)
+
+    def start(self) -> "Producer":
+        self.proc.start()
+        return self
+
+    def stop(self) -> None:
+        if self.proc.pid is None:  # never started
+            return
+        self.stop_event.set()
+        self.proc.join(timeout=90)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU use of the processes involved, over a window
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root] + root.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
+    out = {}
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+class CpuWindow:
+    """CPU seconds of named process groups between start() and stop(), as % of one core."""
+
+    def __init__(self, groups: dict[str, callable]):
+        self.groups = groups
+
+    def start(self) -> None:
+        self.t0, self.sys0 = time.monotonic(), psutil.cpu_times()
+        self.before = {name: _cpu_seconds(find()) for name, find in self.groups.items()}
+
+    def stop(self) -> dict:
+        elapsed = time.monotonic() - self.t0
+        sys1 = psutil.cpu_times()
+        busy = lambda t: t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+        out = {"machine_busy_pct_of_all_cores": round(100 * (busy(sys1) - busy(self.sys0)) /
+                                                      (elapsed * psutil.cpu_count()), 1)}
+        for name, find in self.groups.items():
+            after = _cpu_seconds(find())
+            used = sum(max(0.0, s - self.before[name].get(pid, 0.0)) for pid, s in after.items())
+            out[f"{name}_pct_of_one_core"] = round(100 * used / elapsed, 1)
+        return out
+
+
+def _ferretdb() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] == "ferretdb":
+            found.append(p)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Open-loop load
+
+
+def open_loop(api: Api, paths: list[str], rate: float, warmup_s: float, seconds: float, connections: int,
+              timeout_s: float, label: str, job_procs=lambda: []) -> dict:
+    """Request i is due at t0 + i/rate; `connections` threads, one keep-alive connection each, take
+    the next due request, wait for its time, send it. Latency = response end - due time."""
+    n_warm, n = int(rate * warmup_s), int(rate * warmup_s) + int(rate * seconds)
+    t0 = time.perf_counter() + 0.5
+    sent_at, done_at, status = [0.0] * n, [0.0] * n, [0] * n
+    lock, counter = threading.Lock(), [0]
+    headers = {"X-API-Key": api.key}
+
+    def take() -> int:
+        with lock:
+            i = counter[0]
+            counter[0] += 1
+            return i
+
+    def worker() -> None:
+        conn = None
+        while (i := take()) < n:
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            sent_at[i] = time.perf_counter()
+            for attempt in (0, 1):  # a kept-alive connection the server has closed: once more on a new one
+                fresh = conn is None
+                try:
+                    if conn is None:
+                        conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=timeout_s)
+                    conn.request("GET", paths[i % len(paths)], headers=headers)
+                    response = conn.getresponse()
+                    response.read()
+                    status[i] = response.status
+                    if response.will_close:
+                        conn.close()
+                        conn = None
+                    break
+                except TimeoutError:
+                    status[i] = -2
+                    conn.close()
+                    conn = None
+                    break
+                except (OSError, http.client.HTTPException):
+                    status[i] = -1
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    if fresh:
+                        break
+            done_at[i] = time.perf_counter()
+        if conn is not None:
+            conn.close()
+
+    say(f"[{label}] open loop: {rate:g} requests/s, {warmup_s:g} s warm-up (not counted) + {seconds:g} s, "
+        f"{connections} keep-alive connections, {len(paths):,} users")
+    cpu = CpuWindow({"job": job_procs, "api": lambda: _tree(api.proc.pid),
+                     "ferretdb": _ferretdb, "load_generator": lambda: [psutil.Process()]})
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, t0 + warmup_s - time.perf_counter()))
+    cpu.start()
+    window_start_wall = time.time()
+    say(f"[{label}] warm-up done ({sum(1 for i in range(n_warm) if done_at[i]):,} requests, "
+        f"{sum(1 for i in range(n_warm) if done_at[i] and status[i] != 200)} errors); measuring")
+    while True:
+        deadline = time.perf_counter() + 10
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.perf_counter()))
+        if not any(t.is_alive() for t in threads):
+            break
+        done = sum(1 for i in range(n_warm, n) if done_at[i])
+        errors = sum(1 for i in range(n_warm, n) if done_at[i] and status[i] != 200)
+        say(f"[{label}] {done:,}/{n - n_warm:,} measured requests done, {errors} errors")
+    cpu_use = cpu.stop()
+    window_end_wall = time.time()
+    measured = range(n_warm, n)
+    latencies = sorted(done_at[i] - (t0 + i / rate) for i in measured)
+    lags = sorted(sent_at[i] - (t0 + i / rate) for i in measured)
+    codes: dict[str, int] = {}
+    for i in measured:
+        key = {-1: "connection error", -2: "timeout"}.get(status[i], str(status[i]))
+        codes[key] = codes.get(key, 0) + 1
+    errors = sum(1 for i in measured if status[i] != 200)
+    span = max(done_at[i] for i in measured) - (t0 + n_warm / rate)
+    result = {"label": label, "rate": rate, "warmup_s": warmup_s, "seconds": seconds, "connections": connections,
+              "timeout_s": timeout_s, "users": len(paths), "warmup_requests": n_warm, "requests": n - n_warm,
+              "achieved_per_s": round((n - n_warm) / span, 1), "errors": errors,
+              "timeouts": codes.get("timeout", 0), "status_counts": codes,
+              "p50_ms": _ms(pct(latencies, 50)), "p95_ms": _ms(pct(latencies, 95)),
+              "p99_ms": _ms(pct(latencies, 99)), "p999_ms": _ms(pct(latencies, 99.9)),
+              "max_ms": _ms(latencies[-1]),
+              "send_lag_p50_ms": _ms(pct(lags, 50)), "send_lag_p99_ms": _ms(pct(lags, 99)),
+              "send_lag_max_ms": _ms(lags[-1]), "cpu": cpu_use,
+              "window": [window_start_wall, window_end_wall]}
+    result["goal_met"] = errors == 0 and result["p99_ms"] <= GOAL_P99_MS
+    say(f"[{label}] {result['requests']:,} requests at {result['achieved_per_s']}/s: p50 {result['p50_ms']} ms, "
+        f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, {errors} errors; "
+        f"goal p99 <= {GOAL_P99_MS:g} ms {'met' if result['goal_met'] else 'NOT met'}; CPU {cpu_use}")
+    return result
+
+
+def _sessions_batches(db) -> list[dict]:
+    return list(db["stream_progress"].find({"query": "sessions"},
+                                           {"batch_id": 1, "timestamp": 1, "input_rows": 1, "batch_duration_ms": 1}))
+
+
+def _job_batches(db, window: list[float]) -> dict:
+    """What the job did during the window: its sessions batches that overlap it (stream_progress is
+    written when a batch ends; one still running when the job was stopped is not in it)."""
+    overlapping = []
+    for p in _sessions_batches(db):
+        start = p["timestamp"].replace(tzinfo=timezone.utc).timestamp()
+        end = start + p["batch_duration_ms"] / 1000
+        if start <= window[1] and end >= window[0]:
+            overlapping.append({"batch": p["batch_id"], "rows": p["input_rows"],
+                                "seconds": round(p["batch_duration_ms"] / 1000, 1),
+                                "started_s_before_window": round(window[0] - start, 1)})
+    ends = [p["timestamp"].replace(tzinfo=timezone.utc).timestamp() + p["batch_duration_ms"] / 1000
+            for p in _sessions_batches(db)]
+    # the job runs on when this is read: the batch after the last recorded one was in progress
+    running_since = max(ends, default=None)
+    return {"batches_overlapping": len(overlapping), "events_in_them": sum(b["rows"] for b in overlapping),
+            "batches": overlapping,
+            "batch_in_progress_since_s_before_window_end": None if running_since is None or
+            running_since > window[1] else round(window[1] - running_since, 1)}
+
+
+def personalization(args) -> dict:
+    """Part 1: personalization lookups, while the job runs live and then with the job stopped."""
+    say(f"part 1: personalization at {args.rate:g}/s while the job runs; preload {args.live_events:,} events")
+    for topic in (LIVE_TOPIC, ALERTS_TOPIC, ACTIONS_TOPIC):
+        load.fresh_topic(BOOTSTRAP, topic)
+    figures = load.preload(BOOTSTRAP, LIVE_TOPIC, workload.events(args.live_events), args.live_events)
+    say(f"preload: {figures['events']:,} events in {figures['seconds']} s ({figures['events_per_s']:,}/s)")
+    result: dict = {"preload": figures, "producer_rate": args.producer_rate}
+    job = Job("api-live", LIVE_TOPIC, LIVE_DB, {**JOB_ENV, "TRIGGER_INTERVAL": "1s"}, [], JOB_SCRIPT)
+    api = Api("api-live", LIVE_DB)
+    budget = args.profile_wait + 2 * (args.warmup + args.seconds) + 600
+    producer = Producer(args.producer_rate, budget)
+    db = MongoClient(MONGODB_URI)[LIVE_DB]
+    try:
+        job.start()
+        job.wait_running(timeout_s=300)
+        say(f"job running (trigger 1 s); paced producer at {args.producer_rate:,} events/s into {LIVE_TOPIC}")
+        producer.start()
+        api.start()
+        result["api_ready_s"] = round(api.wait_ready(), 1)
+        say(f"api ready in {result['api_ready_s']} s; waiting for the job's first batch (all its user_profiles)")
+        deadline = time.time() + args.profile_wait
+        # stream_progress is written after a batch's writes: then every preloaded user has a profile
+        while not _sessions_batches(db) or db["user_profiles"].find_one({}, {"_id": 1}) is None:
+            if job.proc.poll() is not None:
+                raise RuntimeError(f"the job exited {job.proc.returncode} (log: {job.log_path})")
+            if time.time() > deadline:
+                raise RuntimeError(f"no first batch within {args.profile_wait} s (log: {job.log_path})")
+            time.sleep(2)
+        result["first_batch_after_s"] = round(time.time() - job.started_at, 1)
+        job._sampling = False  # its RSS sampler (psutil over the JVM's tree) would share this process's GIL
+        users = [d["_id"] for d in db["user_profiles"].find({}, {"_id": 1}).limit(args.users)]
+        random.Random(3).shuffle(users)
+        say(f"first batch written {result['first_batch_after_s']} s after the job's start; {len(users):,} user ids read")
+        paths = [f"/v1/users/{u}/personalization" for u in users]
+        result["with_job"] = open_loop(api, paths, args.rate, args.warmup, args.seconds, args.connections,
+                                       args.timeout, "with the job", lambda: _tree(job.proc.pid))
+        result["with_job"]["job"] = _job_batches(db, result["with_job"]["window"])
+        say(f"the job during the window: {result['with_job']['job']}")
+        producer.stop()
+        job.stop()
+        say("job and producer stopped; the API alone")
+        result["api_alone"] = open_loop(api, paths, args.rate, args.warmup, args.seconds, args.connections,
+                                        args.timeout, "API alone")
+        result["profiles"] = _count(db, "user_profiles")
+    finally:
+        api.stop()
+        producer.stop()
+        if hasattr(job, "proc"):
+            job.stop()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytics endpoints
+
+
+def _count(db, name: str) -> int | None:
+    """collStats' count (FerretDB answers it from its metadata; count_documents would scan)."""
+    try:
+        return int(db.command("collStats", name).get("count", 0))
+    except Exception:  # noqa: BLE001 - a collection the run never created
+        return None
+
+
+def _call(conn_box: list, port: int, key: str, path: str, timeout_s: float) -> tuple[float, int, int]:
+    started = time.perf_counter()
+    try:
+        if conn_box[0] is None:
+            conn_box[0] = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+        conn_box[0].request("GET", path, headers={"X-API-Key": key})
+        response = conn_box[0].getresponse()
+        body = response.read()
+        if response.will_close:
+            conn_box[0].close()
+            conn_box[0] = None
+        return time.perf_counter() - started, response.status, len(body)
+    except (OSError, http.client.HTTPException) as exc:
+        if conn_box[0] is not None:
+            conn_box[0].close()
+        conn_box[0] = None
+        return time.perf_counter() - started, -2 if isinstance(exc, TimeoutError) else -1, 0
+
+
+def analytics(args) -> dict:
+    """Part 2: the job (available-now) over EVENTS events, then each analytics endpoint in turn."""
+    say(f"part 2: analytics endpoints over {args.events:,} events")
+    topic = f"{PREFIX}events_{args.events}"
+    for name in (topic, ALERTS_TOPIC, ACTIONS_TOPIC):
+        load.fresh_topic(BOOTSTRAP, name)
+    figures = load.preload(BOOTSTRAP, topic, workload.events(args.events), args.events)
+    say(f"preload: {figures['events']:,} events in {figures['seconds']} s ({figures['events_per_s']:,}/s)")
+    result: dict = {"preload": figures}
+    run = throughput(topic, args.events, EVENTS_LABEL, dict(JOB_ENV))
+    result["ingest"] = {k: run[k] for k in ("events", "events_written", "sessions", "seconds", "events_per_s",
+                                            "wall_s", "peak_rss_mb")}
+    db = MongoClient(MONGODB_URI)[EVENTS_DB]
+    result["documents"] = {name: _count(db, name) for name in COLLECTIONS}
+    say(f"documents: {result['documents']}")
+    user_doc = db["user_profiles"].find_one({"sessions": {"$gte": 2}}, {"_id": 1}) or \
+        db["user_profiles"].find_one({}, {"_id": 1})
+    user = user_doc["_id"] if user_doc else "0"
+    result["user_id"] = user
+    api = Api("api-analytics", EVENTS_DB)
+    rows = []
+    try:
+        api.start()
+        result["api_ready_s"] = round(api.wait_ready(), 1)
+        conn = [None]
+        for template, reads, how in ENDPOINTS:
+            path = template.format(user=user)
+            warm = []
+            for _ in range(args.warmup_calls):
+                seconds, status, size = _call(conn, api.port, api.key, path, args.analytics_timeout)
+                warm.append(seconds)
+                if seconds > args.slow_call:  # a call this slow is a scan: one warm-up is enough
+                    break
+            times, statuses, size = [], {}, 0
+            started = time.perf_counter()
+            while len(times) < args.calls and (len(times) < args.min_calls
+                                                or time.perf_counter() - started < args.endpoint_budget):
+                seconds, status, size = _call(conn, api.port, api.key, path, args.analytics_timeout)
+                times.append(seconds)
+                statuses[str(status)] = statuses.get(str(status), 0) + 1
+            times.sort()
+            row = {"path": path, "reads": reads, "access": how, "warmup_calls": len(warm), "calls": len(times),
+                   "p50_ms": _ms(pct(times, 50)), "p99_ms": _ms(pct(times, 99)), "max_ms": _ms(times[-1]),
+                   "statuses": statuses, "errors": sum(v for k, v in statuses.items() if k != "200"),
+                   "response_bytes": size}
+            rows.append(row)
+            say(f"  {path}: {row['calls']} calls, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                f"statuses {statuses}, {size:,} bytes")
+        if conn[0] is not None:
+            conn[0].close()
+    finally:
+        api.stop()
+    result["endpoints"] = rows
+    heaviest = max(rows, key=lambda r: r["p99_ms"] or 0)
+    result["heaviest"] = {"path": heaviest["path"], "p99_ms": heaviest["p99_ms"], "calls": heaviest["calls"]}
+    say(f"heaviest: {heaviest['path']}, p99 {heaviest['p99_ms']} ms over {heaviest['calls']} calls")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _n(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"# Query API benchmark ({'quick' if r['quick'] else 'full'}, {m['date']}, commit {m['commit']}, "
+             f"{m['cores']} cores, load average {r['load_average_start']} at the start)", ""]
+    p = r.get("personalization")
+    if p:
+        lines += [f"## GET /v1/users/{{id}}/personalization, open loop (goal p99 <= {GOAL_P99_MS:g} ms)", "",
+                  f"{p['preload']['events']:,} events preloaded, the job live on them (trigger 1 s) with a paced "
+                  f"producer at {p['producer_rate']:,} events/s; {p['with_job']['users']:,} real user ids from "
+                  f"user_profiles; {p['with_job']['connections']} keep-alive connections; latency from each "
+                  "request's scheduled send time (queueing counts); "
+                  f"{p['with_job']['warmup_s']:g} s warm-up not counted.", "",
+                  "| run | requests | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | goal |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for key, name in (("with_job", "the job running"), ("api_alone", "the job stopped (API alone)")):
+            x = p.get(key)
+            if x:
+                lines.append(f"| {name} | {x['requests']:,} at {x['rate']:g}/s | {x['achieved_per_s']} | "
+                             f"{x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['max_ms']} | {x['errors']} | "
+                             f"{'met' if x['goal_met'] else '**NOT met**'} |")
+        lines += ["", "| run | CPU: machine (all cores) | job | API | FerretDB | load generator | "
+                  "generator send lag p99 ms | job batches during the window (events) |", "|---|---|---|---|---|---|---|---|"]
+        for key, name in (("with_job", "the job running"), ("api_alone", "API alone")):
+            x = p.get(key)
+            if x:
+                c, j = x["cpu"], x.get("job") or {}
+                lines.append(f"| {name} | {c['machine_busy_pct_of_all_cores']}% | {c['job_pct_of_one_core']}% | "
+                             f"{c['api_pct_of_one_core']}% | {c['ferretdb_pct_of_one_core']}% | "
+                             f"{c['load_generator_pct_of_one_core']}% | {x['send_lag_p99_ms']} | "
+                             f"{_n(j.get('batches_overlapping'))} ({_n(j.get('events_in_them'))})"
+                             + (f" + one in progress since {j['batch_in_progress_since_s_before_window_end']} s before "
+                                "the window's end" if j.get("batch_in_progress_since_s_before_window_end") is not None
+                                else "") + " |")
+        lines += ["", "(process CPU in % of one core; send lag = scheduled -> sent: waiting for a free connection "
+                  "or the generator's own lateness, included in the latencies)", ""]
+    a = r.get("analytics")
+    if a:
+        lines += [f"## Analytics endpoints over {a['ingest']['events']:,} events", "",
+                  f"The job (available-now) took them in at {a['ingest']['events_per_s']:,} events/s "
+                  f"({a['ingest']['seconds']} s); then each endpoint alone, one call at a time, the job stopped. "
+                  f"User for the per-user calls: {a['user_id']}.", "",
+                  "| collection | documents |", "|---|---|"]
+        lines += [f"| {name} | {_n(count)} |" for name, count in a["documents"].items()]
+        lines += ["", "| endpoint | reads | how (FerretDB 1.24, SQLite) | calls | p50 ms | p99 ms | errors | bytes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in a["endpoints"]:
+            lines.append(f"| `{e['path']}` | {e['reads']} | {e['access']} | {e['calls']} | {e['p50_ms']} | "
+                         f"{e['p99_ms']} | {e['errors']} | {e['response_bytes']:,} |")
+        h = a["heaviest"]
+        lines += ["", f"Heaviest: `{h['path']}`, p99 {h['p99_ms']:,} ms ({h['calls']} calls; with fewer than 100 "
+                  "calls the p99 is the slowest call).", "",
+                  "FerretDB 1.24's SQLite backend uses an index only for `_id` equality: every other filter or "
+                  "sort reads the whole collection, so the endpoints that filter or sort by user_id or time on "
+                  "enriched_events, user_behavior_segments, user_profiles, behavior_alerts or trigger_executions "
+                  "grow with that collection. On MongoDB those reads are index ranges (app/sinks/collections.py "
+                  "creates the indexes); not measured here.", ""]
+    lines.append(f"Run time: {r['bench_seconds']:,} s.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small and fast: " + json.dumps(QUICK))
+    parser.add_argument("--events", type=int, help="events for the analytics part (default 1,000,000)")
+    parser.add_argument("--live-events", type=int, help="events preloaded for the live part (default 200,000)")
+    parser.add_argument("--rate", type=float, help="personalization requests/s (default 200)")
+    parser.add_argument("--seconds", type=float, help="measured seconds (default 60)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds at the rate, not counted (default 20)")
+    parser.add_argument("--calls", type=int, help="timed calls per analytics endpoint (default 30)")
+    parser.add_argument("--warmup-calls", type=int, default=5)
+    parser.add_argument("--min-calls", type=int, default=3, help="timed calls per endpoint whatever the budget")
+    parser.add_argument("--endpoint-budget", type=float, default=60,
+                        help="seconds of timed calls per endpoint after --min-calls (a scan of 1M events is slow)")
+    parser.add_argument("--slow-call", type=float, default=2.0, help="a warm-up call slower than this ends warm-up")
+    parser.add_argument("--producer-rate", type=int, default=500, help="events/s sent while the job runs live")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--users", type=int, default=5000, help="user ids read from user_profiles")
+    parser.add_argument("--timeout", type=float, default=10, help="personalization request timeout (s)")
+    parser.add_argument("--analytics-timeout", type=float, default=900)
+    parser.add_argument("--profile-wait", type=float, default=900, help="longest wait for the first profiles (s)")
+    parser.add_argument("--only", choices=("personalization", "analytics"))
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    out = Path(args.out) if args.out.startswith("/") else ROOT / args.out
+    started = time.time()
+    results: dict = {"quick": args.quick, "machine": machine(),
+                     "load_average_start": [round(x, 2) for x in os.getloadavg()],
+                     "options": {k: v for k, v in vars(args).items() if k != "out"}}
+    say(f"bench.api: {results['options']}; load average {results['load_average_start']}")
+    try:
+        if args.only != "analytics":
+            results["personalization"] = personalization(args)
+            MongoClient(MONGODB_URI).drop_database(LIVE_DB)
+        if args.only != "personalization":
+            results["analytics"] = analytics(args)
+    finally:
+        client = MongoClient(MONGODB_URI)
+        for name in (LIVE_DB, EVENTS_DB):
+            client.drop_database(name)
+        load.delete_topics(BOOTSTRAP, PREFIX)
+        for name in ("api-live", f"job-{EVENTS_LABEL}"):
+            shutil.rmtree(WORK / "checkpoints" / name, ignore_errors=True)
+        say(f"dropped databases {LIVE_DB}, {EVENTS_DB} and topics {PREFIX}*")
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["bench_seconds"] = round(time.time() - started)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "api.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "api.md").write_text(markdown(results))
+    say(f"done in {results['bench_seconds']} s: {out / 'api.json'}, {out / 'api.md'}")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
