@@ -61,7 +61,7 @@ api: up  ## the read-only query API + live dashboard on 127.0.0.1:8000 (API_PORT
 
 dashboard: api  ## the same as make api: the dashboard is its page /
 
-bench-api: up  ## the API under load while the job runs: personalization p50/p99 at 200 req/s, analytics endpoints with 1M events -> bench/results/api.*
+bench-api: up  ## the query API (~50 min): personalization p99 at 200 req/s with the job running and alone, analytics endpoints over 1M events -> bench/results/api.*
 	$(PY) -m bench.api
 
 report:  ## print sessions per segment, the funnel and open sessions to act on

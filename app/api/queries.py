@@ -23,6 +23,11 @@ PROFILE_FIELDS = ("first_seen", "last_seen", "cohort_week", "sessions", "total_e
                   "segment_counts", "preferred_device", "top_country", "top_category", *SCORES, "behavior_pattern")
 
 
+# Only what the lookup returns: the stored totals and bases stay in the store.
+_PROFILE_PROJECTION = {n: 1 for n in (*PROFILE_FIELDS, "current_session_id", "recent_alerts")}
+_SESSION_PROJECTION = {n: 1 for n in (*SESSION_FIELDS, "user_scores")}
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -44,12 +49,12 @@ def personalization(db, user_id: str, open_alert_hours: float) -> dict | None:
     """The user's profile by _id, then the session it points to (the session of the user's latest
     event) by _id; the profile carries the latest alerts. Two reads by _id. With profiles off,
     the latest session comes from the user_id index instead."""
-    profile = db[PROFILES].find_one({"_id": user_id})
+    profile = db[PROFILES].find_one({"_id": user_id}, _PROFILE_PROJECTION)
     session = None
     if profile is not None and profile.get("current_session_id"):
-        session = db[C.SEGMENTS].find_one({"_id": profile["current_session_id"]})
+        session = db[C.SEGMENTS].find_one({"_id": profile["current_session_id"]}, _SESSION_PROJECTION)
     if session is None and profile is None:
-        session = db[C.SEGMENTS].find_one({"user_id": user_id}, sort=[("session_end", DESCENDING)])
+        session = db[C.SEGMENTS].find_one({"user_id": user_id}, _SESSION_PROJECTION, sort=[("session_end", DESCENDING)])
     if profile is None and session is None:
         return None
     last_seen = (profile or {}).get("last_seen") or session["session_end"]
