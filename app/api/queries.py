@@ -24,6 +24,7 @@ PROFILE_FIELDS = ("first_seen", "last_seen", "cohort_week", "sessions", "total_e
 
 
 # Only what the lookup returns: the stored totals and bases stay in the store.
+ACT_NOW_SCAN = 5000  # open sessions read at most, newest first
 _PROFILE_PROJECTION = {n: 1 for n in (*PROFILE_FIELDS, "current_session_id", "recent_alerts")}
 _SESSION_PROJECTION = {n: 1 for n in (*SESSION_FIELDS, "user_scores")}
 
@@ -106,9 +107,10 @@ def user_segments(db, min_engagement: float, segment: str | None, limit: int) ->
     query: dict[str, Any] = {"engagement_score": {"$gte": min_engagement}}
     if segment is not None:
         query["last_segment"] = segment
-    docs = db[PROFILES].find(query).sort([("engagement_score", DESCENDING), ("_id", ASCENDING)]).limit(limit)
-    users = [{"user_id": d["_id"], **_pick(d, ("last_segment", *SCORES, "behavior_pattern", "sessions", "total_events",
-                                              "total_revenue", "last_seen"))} for d in docs]
+    fields = ("last_segment", *SCORES, "behavior_pattern", "sessions", "total_events", "total_revenue", "last_seen")
+    docs = db[PROFILES].find(query, {n: 1 for n in fields}).sort([("engagement_score", DESCENDING),
+                                                                  ("_id", ASCENDING)]).limit(limit)
+    users = [{"user_id": d["_id"], **_pick(d, fields)} for d in docs]
     return {"min_engagement": min_engagement, "segment": segment, "count": len(users), "users": users}
 
 
@@ -238,12 +240,13 @@ def experiment_results(db, experiment: str | None) -> dict:
 def act_now(db, hours: float, limit: int) -> dict:
     """Active sessions of the last `hours` of event time, the most urgent first (action_priority,
     then the newest): the (status, session_end) index bounds the read."""
-    latest = db[C.SEGMENTS].find_one({"status": "active"}, {"session_end": 1}, sort=[("session_end", DESCENDING)])
-    if latest is None:
-        return {"count": 0, "sessions": []}
-    since = latest["session_end"] - timedelta(hours=hours)
-    docs = list(db[C.SEGMENTS].find({"status": "active", "session_end": {"$gte": since}},
-                                    {n: 1 for n in SESSION_FIELDS}).sort("session_end", DESCENDING).limit(5000))
+    # One read, newest first: the window is measured from the newest open session it returns.
+    docs = list(db[C.SEGMENTS].find({"status": "active"}, {n: 1 for n in SESSION_FIELDS})
+                .sort("session_end", DESCENDING).limit(ACT_NOW_SCAN))
+    if not docs:
+        return {"since": None, "count": 0, "sessions": []}
+    since = docs[0]["session_end"] - timedelta(hours=hours)
+    docs = [d for d in docs if d["session_end"] >= since]
     docs.sort(key=lambda d: (d.get("action_priority") or 99, -d["session_end"].timestamp()))
     return {"since": since, "count": len(docs[:limit]),
             "sessions": [{"session_id": d.pop("_id"), **d} for d in docs[:limit]]}
