@@ -83,7 +83,7 @@ ENDPOINTS = [
     ("/v1/experiments", "experiment_results", WHOLE),
     ("/v1/alerts?limit=100", "behavior_alerts", "sorted by first_event_time: " + SCAN),
     ("/v1/trigger-executions?limit=100", "trigger_executions", "sorted by event_time: " + SCAN),
-    ("/v1/act-now", "user_behavior_segments", "status=active by session_end (twice): " + SCAN),
+    ("/v1/act-now", "user_behavior_segments", "status=active, newest first (one read): " + SCAN),
     ("/v1/activity?user_id={user}", "enriched_events (+ user_profiles by _id)",
      "user_id, sorted by event_timestamp: " + SCAN),
     ("/v1/sessions/metrics", "segment_distribution", WHOLE),
