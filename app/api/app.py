@@ -125,7 +125,7 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def api_key(request: Request, call_next):
-        if config.api_key and request.url.path not in OPEN_PATHS and not request.url.path.startswith("/static"):
+        if config.api_key and request.url.path not in OPEN_PATHS:
             given = request.headers.get("x-api-key", "")
             if not hmac.compare_digest(given.encode(), config.api_key.encode()):
                 return JSONResponse(status_code=401, content={
