@@ -19,6 +19,9 @@ ID_FIELDS = ("user_id", "product_id", "category_id")  # int or string in, string
 
 MAX_VALUE_BYTES = 64 * 1024
 MAX_FUTURE_SECONDS = 5 * 60
+# A price above this is quarantined (price_too_large): sums of prices near 1e308 overflow to
+# Infinity, which is not JSON. A billion per item leaves room for any real catalogue and currency.
+MAX_PRICE = 1e9
 
 # Quarantine reason codes: one record may carry several.
 INVALID_JSON = "invalid_json"
@@ -32,7 +35,8 @@ NEGATIVE_PRICE = "negative_price"
 PRICE_NOT_A_NUMBER = "price_not_a_number"
 PURCHASE_WITHOUT_PRICE = "purchase_without_price"
 VALUE_TOO_LARGE = "value_too_large"
+PRICE_TOO_LARGE = "price_too_large"
 
 REASON_CODES = (INVALID_JSON, NOT_AN_OBJECT, MISSING_EVENT_TIME, MISSING_EVENT_TYPE, MISSING_USER_ID,
                 UNPARSEABLE_EVENT_TIME, EVENT_TIME_IN_FUTURE, NEGATIVE_PRICE, PRICE_NOT_A_NUMBER,
-                PURCHASE_WITHOUT_PRICE, VALUE_TOO_LARGE)
+                PURCHASE_WITHOUT_PRICE, VALUE_TOO_LARGE, PRICE_TOO_LARGE)

@@ -90,6 +90,7 @@ def parse_events(max_future_seconds: int = C.MAX_FUTURE_SECONDS, now: Column | N
                     C.EVENT_TIME_IN_FUTURE),
             _reason(is_object & price_text.isNotNull() & ~price_is_number, C.PRICE_NOT_A_NUMBER),
             _reason(is_object & price_is_number & (price < 0), C.NEGATIVE_PRICE),
+            _reason(is_object & price_is_number & (price > C.MAX_PRICE), C.PRICE_TOO_LARGE),
             _reason(is_object & (event_type == "purchase") & price_text.isNull(), C.PURCHASE_WITHOUT_PRICE),
             _reason(F.col("raw_size") > C.MAX_VALUE_BYTES, C.VALUE_TOO_LARGE),
         )

@@ -47,6 +47,8 @@ def _broken_event(kind: str, event: dict, rng: random.Random, now: datetime) -> 
         event["event_time"] = (now.astimezone(timezone.utc) + ahead).strftime(TIME_FORMAT)
     elif kind == c.NEGATIVE_PRICE:
         event["price"] = -round(rng.uniform(1, 500), 2)
+    elif kind == c.PRICE_TOO_LARGE:
+        event["price"] = rng.choice((1e308, 1.7976931348623157e308, c.MAX_PRICE * 10))
     elif kind == c.PRICE_NOT_A_NUMBER:
         event["price"] = rng.choice(_NOT_NUMBERS)
     elif kind == c.PURCHASE_WITHOUT_PRICE:

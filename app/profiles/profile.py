@@ -91,27 +91,39 @@ class ProfileTotals:
             self.latest_session_id, self.latest_session_ms = session_id, end_ms
 
     def saw_alert(self, alert_id: str, alert_type: str, severity: str, first_event_ms: int) -> None:
+        if any(a["alert_id"] == alert_id for a in self.recent_alerts):
+            return
         self.recent_alerts.append({"alert_id": alert_id, "alert_type": alert_type, "severity": severity,
                                    "first_event_ms": first_event_ms})
         self.recent_alerts = sorted(self.recent_alerts, key=lambda a: (a["first_event_ms"], a["alert_id"]))[
             -RECENT_ALERTS:]
 
     def to_state(self) -> dict:
-        return asdict(self)
+        state = dict(self.__dict__)  # asdict() deep-copies field by field: 10x slower, per event
+        for name in TALLIES + ("segment_counts",):
+            state[name] = dict(state[name])
+        state["recent_alerts"] = [dict(a) for a in self.recent_alerts]
+        state["base"] = None if self.base is None else dict(self.base)
+        return state
 
     @classmethod
     def from_state(cls, raw: Mapping) -> "ProfileTotals":
         return cls(**raw)
 
 
-def new_epoch(watermark_ms: int, event_ms: int, event_id: str, stored: Mapping | None = None) -> ProfileTotals:
-    """A user (re)entering the state store. The epoch's id names the batch (its watermark) and the
-    event that opened it: a replay of that batch gives the same id, while an old event delivered
-    again long after the entry expired gives another (its batch's watermark differs). `stored` is
-    the user's user_profiles document (epoch, base, totals) when there is one."""
-    epoch = f"{watermark_ms}:{event_ms}:{event_id}"
-    return ProfileTotals(epoch=epoch, first_seen=event_ms, last_seen=event_ms, base=base_of(stored, epoch),
-                         stored=stored is not None)
+def new_epoch(event_ms: int, event_id: str, stored: Mapping | None = None) -> ProfileTotals:
+    """A user (re)entering the state store, with its first final event. The epoch's id names that
+    event: a replay gives the same id, however the batches were cut, and an event is final only
+    once, so two epochs never share an id. `stored` is the user's user_profiles document (epoch,
+    base, totals) when there is one."""
+    epoch = f"{event_ms}:{event_id}"
+    base = base_of(stored, epoch)
+    totals = ProfileTotals(epoch=epoch, first_seen=event_ms, last_seen=event_ms, base=base, stored=stored is not None)
+    live = (base or {}).get("live")
+    if live:  # the latest session and alerts of the earlier epochs carry on
+        totals.latest_session_id, totals.latest_session_ms = live["session_id"], live["session_ms"]
+        totals.recent_alerts = [dict(a) for a in live["alerts"]]
+    return totals
 
 
 def base_of(stored: Mapping | None, epoch: str) -> dict | None:
@@ -148,12 +160,21 @@ def epoch_totals(totals: ProfileTotals, open_sessions: Iterable[OpenSession]) ->
     return figures
 
 
-def profile_update(user_id: str, totals: ProfileTotals, open_sessions: Iterable[OpenSession]) -> dict:
+def profile_update(user_id: str, totals: ProfileTotals, open_sessions: Iterable[OpenSession],
+                   bounce_segment: str | None = "bouncer") -> dict:
     """What the sink stores for the user now: the epoch, its base, the totals (base + epoch, open
-    sessions folded in), and whether a document exists already (insert, or replace)."""
+    sessions folded in), and whether a document exists already (insert, or replace).
+    `bounce_segment`: the segment rules' fallback segment (what a session with nothing else is),
+    whatever its name: `last_session_bounced` says whether the user's latest session ended there."""
     figures = epoch_totals(totals, open_sessions)
+    combined = figures if totals.base is None else _add(totals.base, figures)
+    combined["last_session_bounced"] = int(combined.get("last_segment") is not None
+                                           and combined.get("last_segment") == bounce_segment)
+    # kept in the totals, so a later epoch's base carries them on (see new_epoch)
+    combined["live"] = {"session_id": totals.latest_session_id, "session_ms": totals.latest_session_ms,
+                        "alerts": list(totals.recent_alerts)}
     return {"user_id": user_id, "epoch": totals.epoch, "base": totals.base,
-            "totals": figures if totals.base is None else _add(totals.base, figures), "first_write": not totals.stored,
+            "totals": combined, "first_write": not totals.stored,
             "live": {"session_id": totals.latest_session_id, "alerts": list(totals.recent_alerts)}}
 
 
@@ -219,6 +240,7 @@ def _figures_and_scores(totals: Mapping, rules: ProfileRules) -> tuple[dict, dic
         "avg_session_duration": round(totals["duration_minutes"] / sessions, 2) if sessions else 0.0,
         "avg_events_per_session": round(totals["total_events"] / sessions, 2) if sessions else 0.0,
         "unique_categories": len(totals["categories"]),
-        "last_session_bounced": int(totals.get("last_segment") == "bouncer"),
+        # the tracker names the rules' fallback segment; documents from before it did: "bouncer"
+        "last_session_bounced": int(totals.get("last_session_bounced", totals.get("last_segment") == "bouncer")),
     }
     return figures, rules.score(figures)

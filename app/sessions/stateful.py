@@ -42,12 +42,13 @@ from app.sessions.tracker import Event, SessionSettings, Step, UserState, proces
 
 class OutputRow(NamedTuple):
     """One row of the operator's output; `kind` says which fields are set."""
-    kind: str                         # event | duplicate | session | quarantine | profile | alert | action
-    id: str                           # event_id | event_id | session _id | quarantine _id | user_id | alert id
-                                      # | execution id
+    kind: str                         # event | event_fix | duplicate | session | retract | quarantine | profile
+                                      # | alert | action
+    id: str                           # event_id | event_id | event_id | session _id | session _id | quarantine _id
+                                      # | user_id | alert id | execution id
     doc: str | None                   # the event, session or quarantine document as JSON
-    session_id: str | None = None     # event: its session (None when late and unsessionized)
-    seconds_since_prev: float | None = None   # event
+    session_id: str | None = None     # event, event_fix: its session (None when late and unsessionized)
+    seconds_since_prev: float | None = None   # event, event_fix
     is_late: bool | None = None       # event
     status: str | None = None         # session: active | closed
     first_write: bool | None = None   # session: never written before (insert, not replace)
@@ -172,7 +173,10 @@ def _rows(step: Step, docs: dict) -> list[OutputRow]:
     out = step.out
     rows = [OutputRow("event", e.event_id, docs.get(e.event_id), e.session_id, e.seconds_since_prev, e.is_late)
             for e in out.events]
+    rows += [OutputRow("event_fix", e.event_id, None, e.session_id, e.seconds_since_prev, e.is_late)
+             for e in out.event_fixes]
     rows += [OutputRow("duplicate", event_id, None) for event_id in out.duplicates]
+    rows += [OutputRow("retract", session_id, None, session_id) for session_id in out.retracted]
     rows += [OutputRow("session", doc["_id"], json.dumps(doc, separators=(",", ":")), doc["_id"],
                        status=doc["status"], first_write=doc["_id"] in out.first_writes)
              for doc in out.sessions]

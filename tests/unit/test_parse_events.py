@@ -118,6 +118,9 @@ CASES = {
     "future_1_hour": event(event_time=(NOW + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")),
     "future_5_min_1_s": event(event_time=(NOW + timedelta(minutes=5, seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")),
     "negative_price": event(price=-0.01),
+    "price_near_double_max": event(price=1e308),
+    "price_above_ceiling": event(price=1e9 + 1),
+    "price_at_ceiling": event(price=1e9),
     "price_text": event(price="abc"),
     "price_nan": event(price="NaN"),
     "price_boolean": event(price=True),
@@ -306,7 +309,7 @@ def test_kafka_coordinates_are_carried(rows):
 @pytest.mark.parametrize("name", [
     "rees46_row", "string_ids", "empty_optional_strings", "given_event_id", "properties_object",
     "properties_string", "context_fields", "purchase_price_zero", "view_without_price",
-    "future_4_minutes", "future_4_min_59_s", "exactly_64kib",
+    "future_4_minutes", "future_4_min_59_s", "exactly_64kib", "price_at_ceiling",
 ])
 def test_valid_records_have_no_reasons(rows, name):
     assert rows[name].quarantine_reasons == []
@@ -331,6 +334,8 @@ def test_valid_records_have_no_reasons(rows, name):
     ("future_1_hour", ["event_time_in_future"]),
     ("future_5_min_1_s", ["event_time_in_future"]),
     ("negative_price", ["negative_price"]),
+    ("price_near_double_max", ["price_too_large"]),
+    ("price_above_ceiling", ["price_too_large"]),
     ("price_text", ["price_not_a_number"]),
     ("price_nan", ["price_not_a_number"]),
     ("price_boolean", ["price_not_a_number"]),
