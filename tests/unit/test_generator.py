@@ -62,6 +62,8 @@ def quarantine_reasons(value: bytes, now: datetime) -> set:
         reasons.add(c.PRICE_NOT_A_NUMBER)
     elif price is not None and price < 0:
         reasons.add(c.NEGATIVE_PRICE)
+    elif price is not None and price > c.MAX_PRICE:
+        reasons.add(c.PRICE_TOO_LARGE)
     if record.get("event_type") == "purchase" and price is None:
         reasons.add(c.PURCHASE_WITHOUT_PRICE)
     return reasons
@@ -153,9 +155,9 @@ def test_unknown_malformed_kind_is_refused():
 
 
 def test_malformed_records_are_interleaved_cycling_every_kind():
-    out = list(interleave_malformed(range(220), 0.1, random.Random(1), NOW))
+    out = list(interleave_malformed(range(240), 0.1, random.Random(1), NOW))
     kinds = [kind for _, kind in out if kind]
-    assert [r for r, kind in out if kind is None] == list(range(220))
+    assert [r for r, kind in out if kind is None] == list(range(240))
     assert kinds == list(MALFORMED_KINDS) * 2
     positions = [i for i, (_, kind) in enumerate(out) if kind]
     assert all(8 <= b - a <= 12 for a, b in zip(positions, positions[1:]))  # spread evenly

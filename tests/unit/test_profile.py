@@ -14,7 +14,7 @@ T0 = 1_570_000_000_000  # 2019-10-02
 
 
 def _two_sessions() -> ProfileTotals:
-    totals = new_epoch(T0 - 600_000, T0, "e1")
+    totals = new_epoch(T0, "e1")
     totals.open_session()
     totals.add_event(T0, "view", 10.0, "mobile", "PL", "electronics.smartphone")
     totals.add_event(T0 + 60_000, "cart", 10.0, "mobile", "PL", "electronics.smartphone")
@@ -49,7 +49,7 @@ def test_a_returning_user_continues_from_the_stored_totals_and_a_replay_writes_t
     stored = {k: first[k] for k in ("epoch", "base", "totals")}
 
     def returning(stored_doc):
-        later = new_epoch(T0 + 40 * DAY - 600_000, T0 + 40 * DAY, "e9", stored_doc)
+        later = new_epoch(T0 + 40 * DAY, "e9", stored_doc)
         later.open_session()
         later.add_event(T0 + 40 * DAY, "purchase", 99.5, "tablet", "DE", "apparel.shoes")
         return profile_update("u1", later, [OpenSession(0.0, "engaged_shopper", T0 + 40 * DAY)])
@@ -66,18 +66,26 @@ def test_a_returning_user_continues_from_the_stored_totals_and_a_replay_writes_t
     assert returning({k: update[k] for k in ("epoch", "base", "totals")}) == update
 
 
-def test_an_old_event_delivered_again_after_the_entry_expired_opens_another_epoch():
-    first = new_epoch(T0 - 600_000, T0, "e1")
-    stored_totals = epoch_totals(_two_sessions(), [])
-    again = new_epoch(T0 + 31 * DAY, T0, "e1", {"epoch": first.epoch, "base": None, "totals": stored_totals})
-    assert first.epoch != again.epoch  # the same first event, a month later
-    update = profile_update("u1", again, [])
-    assert update["base"] == stored_totals and update["totals"]["total_events"] == stored_totals["total_events"]
+def test_an_epoch_is_named_by_its_first_final_event_and_carries_the_earlier_live_pointers():
+    """An event is final once, so its (time, id) names one epoch; the document the same epoch
+    wrote (a replayed batch) gives its own base, another epoch's document its totals, with the
+    latest session and alerts of the epochs before."""
+    earlier = _two_sessions()
+    earlier.saw_session("s9", T0 + DAY)
+    earlier.saw_alert("HIGH_VALUE_PURCHASE:u1:1", "HIGH_VALUE_PURCHASE", "medium", T0)
+    stored = profile_update("u1", earlier, [])
+    again = new_epoch(T0 + 31 * DAY, "e1", {k: stored[k] for k in ("epoch", "base", "totals")})
+    assert again.epoch == f"{T0 + 31 * DAY}:e1" != stored["epoch"]
+    assert again.base == stored["totals"]
+    assert (again.latest_session_id, [a["alert_id"] for a in again.recent_alerts]) == (
+        "s9", ["HIGH_VALUE_PURCHASE:u1:1"])
+    replay = new_epoch(T0 + 31 * DAY, "e1", {"epoch": again.epoch, "base": again.base, "totals": {}})
+    assert replay.base == again.base
 
 
 def test_the_state_carries_the_base_so_later_writes_read_nothing():
     stored = {"epoch": "old", "base": None, "totals": epoch_totals(_two_sessions(), [])}
-    totals = new_epoch(T0 + 40 * DAY, T0 + 40 * DAY, "e9", stored)
+    totals = new_epoch(T0 + 40 * DAY, "e9", stored)
     assert ProfileTotals.from_state(totals.to_state()) == totals  # base and `stored` survive the state store
     assert totals.base == stored["totals"] and totals.stored
 
@@ -98,7 +106,7 @@ def test_profile_document_fields():
 
 
 def test_ties_pick_the_smallest_key_whatever_the_order():
-    totals = new_epoch(T0, T0, "e")
+    totals = new_epoch(T0, "e")
     for country in ("PL", "DE", "DE", "PL"):
         totals.add_event(T0, "view", None, country=country)
     assert profile_document("u", epoch_totals(totals, []), RULES)["top_country"] == "DE"

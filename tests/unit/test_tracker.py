@@ -57,15 +57,18 @@ JOURNEY = [ev(0, "e1"), ev(20 * SEC, "e2", product_id="p2"), ev(40 * SEC, "e3", 
 
 def test_active_while_open_then_closed_on_timeout(settings):
     step = process_events(None, [ev(0, "e1", user_session="abc")], 0, settings)
-    [active] = step.out.sessions
+    [active] = step.out.sessions  # shown at once, provisionally
     assert active["status"] == "active"
     assert (active["_id"], active["user_session"], active["user_id"]) == ("abc", "abc", "u1")
     assert (active["behavior_segment"], active["total_events"]) == ("bouncer", 1)
-    assert step.timeout_ms == T0 + GAP
+    assert step.timeout_ms == T0  # the event becomes final when the watermark passes it
 
     step = process_events(step.state, [ev(2 * MIN, "e2", user_session="abc")], 0, settings)
     [active] = step.out.sessions
     assert (active["status"], active["behavior_segment"], active["total_events"]) == ("active", "browser", 2)
+
+    step = process_timeout(step.state, T0 + 3 * MIN, settings)  # both final; the session is open
+    assert [d["status"] for d in step.out.sessions] == ["active"] and list(step.state.sessions) == ["abc"]
     assert step.timeout_ms == T0 + 2 * MIN + GAP
 
     # A batch whose watermark reaches the timeout exactly does not close it yet.
@@ -132,18 +135,20 @@ def test_derived_sessions_are_separated_by_more_than_the_gap(settings):
     batch = [ev(0, "a1"), ev(10 * MIN, "a2"), ev(10 * MIN + GAP + 1, "b1"), ev(10 * MIN + GAP + 2 * MIN, "b2")]
     step = process_events(None, batch, 0, settings)
     first, second = sorted(step.out.sessions, key=lambda d: d["session_start"])
-    # Both stay open until the watermark passes them: a newer event does not close a session.
-    assert first["status"] == second["status"] == "active"
+    assert first["status"] == second["status"] == "active"  # provisional, until the watermark passes them
     assert first["_id"] != second["_id"]
     assert first["user_session"] == first["_id"] and second["user_session"] == second["_id"]
     assert (first["session_start"], first["session_end"], first["total_events"]) == (T0, T0 + 10 * MIN, 2)
     assert (second["session_start"], second["total_events"]) == (T0 + 10 * MIN + GAP + 1, 2)
     assert {e.event_id: e.session_id for e in step.out.events} == {
         "a1": first["_id"], "a2": first["_id"], "b1": second["_id"], "b2": second["_id"]}
-    assert step.timeout_ms == T0 + 10 * MIN + GAP
-    closing = close(step.state, settings, step.timeout_ms)
-    assert [(d["_id"], d["status"]) for d in closing.out.sessions] == [(first["_id"], "closed")]
-    assert closing.timeout_ms == T0 + 12 * MIN + 2 * GAP
+    closing = process_timeout(step.state, T0 + 10 * MIN + GAP + 1, settings)  # a1, a2 final; b1 not yet
+    assert [(d["_id"], d["status"]) for d in closing.out.sessions] == [(first["_id"], "closed"),
+                                                                         (second["_id"], "active")]
+    assert closing.timeout_ms == T0 + 10 * MIN + GAP + 1  # b1's event time
+    done = process_timeout(closing.state, T0 + 10 * MIN + GAP + 3 * MIN, settings)
+    assert [(d["_id"], d["status"]) for d in done.out.sessions] == [(second["_id"], "active")]
+    assert done.timeout_ms == T0 + 12 * MIN + 2 * GAP
 
 
 def test_exactly_the_gap_does_not_split_a_derived_session(settings):
@@ -153,41 +158,45 @@ def test_exactly_the_gap_does_not_split_a_derived_session(settings):
 
 def test_derived_session_ids_stay_distinct_across_batches(settings):
     step = process_events(None, [ev(0, "a1")], 0, settings)
-    closed = close(step.state, settings, step.timeout_ms)
+    closed = close(step.state, settings, T0 + GAP)
     assert closed.state is None  # a user with derived sessions only leaves the store at once
-    again = process_events(None, [ev(GAP + MIN, "b1")], step.timeout_ms + 1, settings)
+    again = process_events(None, [ev(GAP + MIN, "b1")], T0 + GAP + 1, settings)
     assert closed.out.sessions[0]["_id"] != again.out.sessions[0]["_id"]
 
 
-def test_explicit_session_is_not_split_by_the_gap(settings):
+def test_an_explicit_session_is_split_by_more_than_the_gap_in_event_time(settings):
     batch = [ev(0, "e1", user_session="x"), ev(2 * GAP, "e2", user_session="x")]
-    [doc] = process_events(None, batch, 0, settings).out.sessions
-    assert (doc["_id"], doc["total_events"], doc["status"]) == ("x", 2, "active")
+    shown = process_events(None, batch, 0, settings)
+    assert sorted((d["_id"], d["total_events"]) for d in shown.out.sessions) == [("x", 1), ("x#2", 1)]
+    final = process_timeout(shown.state, T0 + 2 * GAP + 1, settings)
+    assert [(d["_id"], d["status"]) for d in final.out.sessions] == [("x", "closed"), ("x#2", "active")]
 
 
 def test_a_user_keeps_several_explicit_sessions_open_at_once(settings):
     batch = [ev(0, "a1", user_session="a"), ev(MIN, "b1", user_session="b"), ev(2 * MIN, "a2", user_session="a")]
     step = process_events(None, batch, 0, settings)
     assert sorted((d["_id"], d["total_events"]) for d in step.out.sessions) == [("a", 2), ("b", 1)]
+    step = process_timeout(step.state, T0 + 3 * MIN, settings)
     assert set(step.state.sessions) == {"a", "b"}
 
 
 def test_explicit_session_force_closed_at_24h_continues_as_generation_2(settings):
-    batch = [ev(0, "e1", user_session="bot"), ev(12 * HOUR, "e2", user_session="bot"),
-             ev(MAX, "e3", user_session="bot")]
-    out = process_events(None, batch, 0, settings).out
+    batch = [ev(i * 20 * MIN, f"e{i}", user_session="bot") for i in range(73)]  # never a gap; the last at 24 h
+    shown = process_events(None, batch, 0, settings)
+    assert {e.session_id for e in shown.out.events if e.event_id != "e72"} == {"bot"}
+    assert [e.session_id for e in shown.out.events if e.event_id == "e72"] == ["bot#2"]
+    out = process_timeout(shown.state, T0 + MAX + 1, settings).out
     first, second = out.sessions
-    assert (first["_id"], first["status"], first["total_events"]) == ("bot", "closed", 2)
+    assert (first["_id"], first["status"], first["total_events"]) == ("bot", "closed", 72)
     assert (second["_id"], second["status"], second["total_events"]) == ("bot#2", "active", 1)
     assert second["user_session"] == "bot"
-    assert {e.event_id: e.session_id for e in out.events} == {"e1": "bot", "e2": "bot", "e3": "bot#2"}
 
 
 def test_explicit_session_times_out_at_24h_cap_even_while_busy(settings):
     # Events every 20 minutes never leave a gap; the cap (start + 24 h) is the timeout.
     batch = [ev(i * 20 * MIN, f"e{i}", user_session="busy") for i in range(72)]  # up to 23h40
-    step = process_events(None, batch, 0, settings)
-    assert step.timeout_ms == T0 + MAX
+    step = process_timeout(process_events(None, batch, 0, settings).state, T0 + 23 * HOUR + 41 * MIN, settings)
+    assert step.timeout_ms == T0 + MAX - 1  # the last event time the session still takes
     out = close(step.state, settings, step.timeout_ms).out
     assert [(d["_id"], d["status"], d["total_events"]) for d in out.sessions] == [("busy", "closed", 72)]
 
@@ -195,7 +204,7 @@ def test_explicit_session_times_out_at_24h_cap_even_while_busy(settings):
 @pytest.mark.parametrize("later", [GAP + 5 * MIN, 25 * HOUR, 29 * 24 * HOUR])
 def test_a_reused_user_session_continues_as_the_next_generation(settings, later):
     step = process_events(None, [ev(0, "e1", user_session="r")], 0, settings)
-    closed = close(step.state, settings, step.timeout_ms)
+    closed = close(step.state, settings, T0 + GAP)
     assert closed.out.sessions[0]["_id"] == "r"
     assert closed.timeout_ms == T0 + RETENTION  # the entry keeps the id's generation
     state = roundtrip(closed.state)
@@ -205,7 +214,7 @@ def test_a_reused_user_session_continues_as_the_next_generation(settings, later)
 
 def test_the_entry_leaves_the_store_when_the_id_retention_passes(settings):
     step = process_events(None, [ev(0, "e1", user_session="k"), ev(MIN, "e2", user_session="k")], 0, settings)
-    closed = close(step.state, settings, step.timeout_ms)
+    closed = close(step.state, settings, T0 + MIN + GAP)
     assert [d["status"] for d in closed.out.sessions] == ["closed"]
     assert (closed.state.sessions, closed.state.generations) == ({}, {"k": 1})
     assert closed.timeout_ms == T0 + MIN + RETENTION
@@ -223,31 +232,29 @@ def test_late_event_without_open_session_is_kept_as_late_and_opens_nothing(setti
 
 def test_late_event_for_a_closed_explicit_session_does_not_reopen_it(settings):
     step = process_events(None, [ev(0, "e1", user_session="t")], 0, settings)
-    closed = close(step.state, settings, step.timeout_ms)
-    late = process_events(closed.state, [ev(MIN, "late", user_session="t")], step.timeout_ms + 1, settings)
+    closed = close(step.state, settings, T0 + GAP)
+    late = process_events(closed.state, [ev(MIN, "late", user_session="t")], T0 + GAP + 1, settings)
     assert late.out.events == [EventOut("late", None, None, True)]
     assert late.out.sessions == [] and late.state.sessions == {}
 
 
-def test_late_event_for_a_still_open_session_joins_it(settings):
+def test_a_late_event_is_late_even_while_its_session_is_open(settings):
+    """Behind the watermark, an event's place in the user's order is gone (alerts, triggers and
+    history have moved on): it is written and counted as late, never sessionized, whatever the
+    batches; a live run marks late exactly the events that arrive later than the delay."""
     step = process_events(None, [ev(0, "e1"), ev(20 * MIN, "e2")], 0, settings)
-    # The watermark moved past 5 min; a late event at 5 min still belongs to the open session.
     step = process_events(step.state, [ev(5 * MIN, "late")], T0 + 10 * MIN, settings)
-    [doc] = step.out.sessions
-    assert step.out.events == [EventOut("late", doc["_id"], None, True)]
-    assert (doc["total_events"], doc["session_start"], doc["session_end"]) == (3, T0, T0 + 20 * MIN)
+    assert EventOut("late", None, None, True) in step.out.events
+    [doc] = step.out.sessions  # e1 became final: the session is shown again, without the late event
+    assert (doc["total_events"], doc["session_start"], doc["session_end"]) == (2, T0, T0 + 20 * MIN)
 
 
 def test_late_event_more_than_the_gap_before_an_open_derived_session_leaves_it_open_and_whole(settings):
-    # The open session starts at 100 min; an event at 60 min (40 min earlier) belongs to another,
-    # already-gone session: it is late, and the live session is neither closed nor split.
     step = process_events(None, [ev(100 * MIN, "e1")], 0, settings)
     live_id = step.out.sessions[0]["_id"]
     step = process_events(step.state, [ev(60 * MIN, "late")], T0 + 95 * MIN, settings)
     assert step.out.events == [EventOut("late", None, None, True)]
     assert step.out.sessions == []  # nothing about the live session changed
-    assert list(step.state.sessions) == [live_id]
-    # The user's next event joins the same live session.
     step = process_events(step.state, [ev(101 * MIN, "e2")], T0 + 95 * MIN, settings)
     [doc] = step.out.sessions
     assert (doc["_id"], doc["status"], doc["total_events"]) == (live_id, "active", 2)
@@ -256,18 +263,21 @@ def test_late_event_more_than_the_gap_before_an_open_derived_session_leaves_it_o
 def test_early_event_not_behind_the_watermark_opens_its_own_derived_session(settings):
     step = process_events(None, [ev(100 * MIN, "e1")], 0, settings)
     step = process_events(step.state, [ev(60 * MIN, "early")], T0 + 50 * MIN, settings)
-    [doc] = step.out.sessions
-    assert (doc["session_start"], doc["total_events"], doc["status"]) == (T0 + 60 * MIN, 1, "active")
-    assert len(step.state.sessions) == 2
+    docs = sorted(step.out.sessions, key=lambda d: d["session_start"])
+    assert [(d["session_start"], d["total_events"], d["status"]) for d in docs] == [
+        (T0 + 60 * MIN, 1, "active"), (T0 + 100 * MIN, 1, "active")]
+    step = process_timeout(step.state, T0 + 100 * MIN + 1, settings)
+    assert len(step.state.sessions) == 1  # the early session closed in event time before e1
 
 
 def test_seconds_since_prev_and_out_of_order_events(settings):
     step = process_events(None, [ev(0, "e1"), ev(1500, "e2"), ev(61500, "e3")], 0, settings)
     assert [(e.event_id, e.seconds_since_prev) for e in step.out.events] == [("e1", None), ("e2", 1.5), ("e3", 60.0)]
-    # An event older than the session's latest arrives in a later batch: no negative gap.
+    # An event older than the session's latest arrives in a later batch: e3 is corrected.
     step = process_events(step.state, [ev(30 * SEC, "old"), ev(70 * SEC, "new")], 0, settings)
     assert [(e.event_id, e.seconds_since_prev, e.is_late) for e in step.out.events] == [
-        ("old", None, False), ("new", 8.5, False)]
+        ("old", 28.5, False), ("new", 8.5, False)]
+    assert [(e.event_id, e.seconds_since_prev) for e in step.out.event_fixes] == [("e3", 31.5)]
     [doc] = step.out.sessions
     assert (doc["total_events"], doc["session_start"], doc["session_end"]) == (5, T0, T0 + 70 * SEC)
 
@@ -308,10 +318,11 @@ def _renamed_rules():
 
 
 def test_a_renamed_segment_is_reclassified_at_the_next_update_and_never_raises(settings):
-    step = process_events(None, [ev(0, "e1", user_session="r")], 0, settings)
+    step = process_timeout(process_events(None, [ev(0, "e1", user_session="r")], 0, settings).state, T0 + 1,
+                           settings)
     assert step.out.sessions[0]["behavior_segment"] == "bouncer"
     v2 = SessionSettings(GAP, MAX, _renamed_rules(), RETENTION)
-    step = process_events(roundtrip(step.state), [ev(10 * SEC, "e2", user_session="r")], 0, v2)
+    step = process_events(roundtrip(step.state), [ev(10 * SEC, "e2", user_session="r")], T0 + 1, v2)
     [doc] = step.out.sessions
     assert (doc["behavior_segment"], doc["rule_version"]) == ("one_pager", "segments-v2")
     assert [(h["segment"], h["rule_version"]) for h in doc["segment_history"]] == [
@@ -319,7 +330,8 @@ def test_a_renamed_segment_is_reclassified_at_the_next_update_and_never_raises(s
 
 
 def test_a_session_closing_after_a_threshold_change_is_classified_with_the_new_rules(settings):
-    step = process_events(None, [ev(0, "e1", user_session="t"), ev(10 * SEC, "e2", user_session="t")], 0, settings)
+    batch = [ev(0, "e1", user_session="t"), ev(10 * SEC, "e2", user_session="t")]
+    step = process_timeout(process_events(None, batch, 0, settings).state, T0 + MIN, settings)
     assert step.out.sessions[0]["behavior_segment"] == "bouncer"
     document = yaml.safe_load(DEFAULT_RULES_FILE.read_text())
     browser = next(s for s in document["segments"] if s["name"] == "browser")
@@ -354,8 +366,12 @@ def test_first_writes_name_each_session_once_across_batches_and_replays(settings
     assert [d["status"] for d in closed.out.sessions] == ["closed"] and closed.out.first_writes == set()
 
 
-def test_session_opened_and_closed_in_one_batch_is_a_first_write(settings):
+def test_session_closed_before_it_was_ever_shown_is_a_first_write(settings):
     batch = [ev(0, "e1", user_session="cap"), ev(MAX, "e2", user_session="cap")]  # the 24 h guard closes it
-    out = process_events(None, batch, 0, settings).out
+    out = process_events(None, batch, T0 + MAX + 1, settings).out  # both late: nothing shown or written
+    assert out.sessions == [] and [e.is_late for e in out.events] == [True, True]
+    shown = process_events(None, batch, 0, settings)
+    assert shown.out.first_writes == {"cap", "cap#2"}
+    out = process_timeout(shown.state, T0 + MAX + 1, settings).out
     assert [(d["_id"], d["status"]) for d in out.sessions] == [("cap", "closed"), ("cap#2", "active")]
-    assert out.first_writes == {"cap", "cap#2"}
+    assert out.first_writes == set()  # both were shown provisionally: replaced

@@ -155,17 +155,27 @@ def ev(at_ms, event_id, event_type="view", session="s1", price=None, user="u1"):
                  "PL", "10.0.0.1")
 
 
+def final(state, events, settings, upto=None):
+    """The events arrive, then the watermark passes them: the actions both steps fired."""
+    arrived = process_events(state, events, 0, settings)
+    upto = upto if upto is not None else max(e.event_ms for e in events) + 1
+    step = process_timeout(arrived.state, upto, settings)
+    return step._replace(out=dataclasses.replace(step.out, actions=arrived.out.actions + step.out.actions))
+
+
 def test_exit_intent_fires_for_an_active_bouncer_once_per_cooldown(settings):
-    step = process_events(None, [ev(0, "e1")], 0, settings)
+    arrived = process_events(None, [ev(0, "e1")], 0, settings)
+    assert arrived.out.actions == []  # decided by final events only
+    step = final(None, [ev(0, "e1")], settings)
     assert [a["trigger"] for a in step.out.actions] == ["exit_intent_offer"]
     action = step.out.actions[0]
     assert action["facts"]["session"]["behavior_segment"] == "bouncer" and action["facts"]["profile"]["sessions"] == 1
-    again = process_events(UserState.decode(step.state.encode()), [ev(10 * 1000, "e2")], 0, settings)
+    again = final(UserState.decode(step.state.encode()), [ev(10 * 1000, "e2")], settings)
     assert again.out.actions == []  # still a bouncer, within the hour
 
 
 def test_abandoned_cart_fires_when_a_browser_with_a_cart_closes(settings):
-    state = process_events(None, [ev(0, "e1"), ev(MIN, "e2", "cart"), ev(2 * MIN, "e3")], 0, settings).state
+    state = final(None, [ev(0, "e1"), ev(MIN, "e2", "cart"), ev(2 * MIN, "e3")], settings).state
     step = process_timeout(UserState.decode(state.encode()), T0 + 40 * MIN, settings)
     assert [a["trigger"] for a in step.out.actions] == ["abandoned_cart_email"]
     assert step.out.actions[0]["execution_id"] == f"abandoned_cart_email:u1:{T0 + 2 * MIN}"
@@ -174,18 +184,22 @@ def test_abandoned_cart_fires_when_a_browser_with_a_cart_closes(settings):
 def test_segment_changed_is_a_happening(settings):
     changed = dataclasses.replace(settings, triggers=_rules(_trigger("moved", on="segment_changed",
                                                                      segments=["browser"])))
-    first = process_events(None, [ev(0, "e1")], 0, changed)
+    first = final(None, [ev(0, "e1")], changed)
     assert first.out.actions == []  # a new session's first segment is not a change
-    second = process_events(UserState.decode(first.state.encode()), [ev(MIN, "e2", "cart")], 0, changed)
+    second = final(UserState.decode(first.state.encode()), [ev(MIN, "e2", "cart")], changed)
     [action] = second.out.actions
     assert action["facts"]["session"]["previous_segment"] == "bouncer"
 
 
 def test_a_replayed_batch_fires_the_same_executions(settings):
-    before = process_events(None, [ev(0, "e1")], 0, settings).state.encode()
-    batch = [ev(MIN, "e2", "cart"), ev(2 * MIN, "e3", "purchase", price=1200.0)]
-    first = process_events(UserState.decode(before), batch, 0, settings)
-    second = process_events(UserState.decode(before), batch, 0, settings)
+    """The step that makes the events final is replayed from the same state: the same executions
+    (a fraud review for three addresses within 10 minutes, an exit-intent offer)."""
+    hops = [Event(T0 + i * MIN, f"h{i}", "view", "u1", "s1", "p1", "c1", None, "electronics.audio", "mobile", "PL",
+                  f"10.0.0.{i}") for i in range(3)]
+    arrived = process_events(None, hops, 0, settings).state.encode()
+    first = process_timeout(UserState.decode(arrived), T0 + 5 * MIN, settings)
+    second = process_timeout(UserState.decode(arrived), T0 + 5 * MIN, settings)
+    assert sorted(a["trigger"] for a in first.out.actions) == ["exit_intent_offer", "fraud_review"]
     assert first.out.actions == second.out.actions
 
 
