@@ -123,6 +123,9 @@ def with_batch_metrics(rows: DataFrame) -> DataFrame:
         _count(kind == "quarantine").alias("quarantined"),
         _count(session & F.col("first_write")).alias("sessions_opened"),
         _count(session & (F.col("status") == "closed")).alias("sessions_closed"),
+        # provisional writes the final events changed: an event's session, a session not confirmed
+        _count(kind == "event_fix").alias("events_corrected"),
+        _count(kind == "retract").alias("sessions_retracted"),
     )
 
 

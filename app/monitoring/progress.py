@@ -17,7 +17,7 @@ from app.sinks.mongo import Store
 log = logging.getLogger("behavior.progress")
 BATCH_METRICS = "batch_metrics"  # app/pipeline.py with_batch_metrics
 _COUNTS = ("events", "late_events", "late_unsessionized", "duplicates", "quarantined", "sessions_opened",
-           "sessions_closed")
+           "sessions_closed", "events_corrected", "sessions_retracted")
 # Bytes the batch wrote to the state store: RocksDB counts them; the in-memory provider (tests)
 # reports only its map's size. (rocksdbSstFileSize stays 0 between snapshots with changelog
 # checkpointing, so it says nothing about the state's size from batch to batch.)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, DeleteOne, UpdateOne
 
 from app import aggregates as A
 from app.profiles.rules import parse_profile_rules
@@ -69,12 +69,18 @@ def event_document(row, ingest_time: datetime) -> dict:
     kafka_ms = doc.pop("kafka_timestamp_ms", None)
     doc["kafka_timestamp"] = A.to_datetime(kafka_ms) if kafka_ms is not None else None
     doc["properties"] = _sub_document(doc.get("properties"))
-    doc["session_id"] = row.session_id
-    doc["seconds_since_prev_in_session"] = row.seconds_since_prev
-    doc["is_rapid_action"] = row.seconds_since_prev is not None and row.seconds_since_prev < RAPID_ACTION_SECONDS
+    doc.update(event_session_fields(row))
     doc["is_late"] = bool(row.is_late)
     doc["ingest_time"] = ingest_time
     return doc
+
+
+def event_session_fields(row) -> dict:
+    """What an event's document says of its session (written on arrival, corrected later)."""
+    since = None if row.seconds_since_prev is None or row.seconds_since_prev != row.seconds_since_prev \
+        else row.seconds_since_prev
+    return {"session_id": row.session_id, "seconds_since_prev_in_session": since,
+            "is_rapid_action": since is not None and since < RAPID_ACTION_SECONDS}
 
 
 def _sub_document(properties):
@@ -124,9 +130,14 @@ def write_outputs(store: Store, profile_rules_document: dict | None = None):
     def write(rows) -> None:
         db, now = store.db(), _now()
         quarantine, events, profiles, alerts, executions, new_sessions, seen_sessions = [], [], [], [], [], [], []
+        fixes, retracted = [], []
         for row in rows:
             if row.kind == "event":
                 events.append(event_document(row, now))
+            elif row.kind == "event_fix":
+                fixes.append(UpdateOne({"_id": row.id}, {"$set": event_session_fields(row)}))
+            elif row.kind == "retract":
+                retracted.append(DeleteOne({"_id": row.id, "status": "active"}))
             elif row.kind == "session":
                 (new_sessions if row.first_write else seen_sessions).append(row)
             elif row.kind == "quarantine":
@@ -139,6 +150,8 @@ def write_outputs(store: Store, profile_rules_document: dict | None = None):
                 executions.append(execution_document(row, now))
         store.retrying("quarantined_events", lambda: insert_or_ignore(db[QUARANTINE], quarantine))
         store.retrying("enriched_events", lambda: insert_or_ignore(db[EVENTS], events))
+        if fixes:  # an earlier arrival, or the event becoming final, changed its session: idempotent $set
+            store.retrying("enriched_events corrections", lambda: db[EVENTS].bulk_write(fixes, ordered=False))
         if profiles:
             if not rules_cache:  # parsed once per Python worker
                 rules_cache.append(parse_profile_rules(profile_rules_document))
@@ -148,6 +161,8 @@ def write_outputs(store: Store, profile_rules_document: dict | None = None):
             for start in range(0, len(pending), chunk_size):
                 chunk = pending[start:start + chunk_size]
                 store.retrying(step, lambda: _write_session_rows(db[SEGMENTS], chunk, insert))
+        if retracted:  # provisional sessions the final events did not confirm (never a closed one)
+            store.retrying("retracted sessions", lambda: db[SEGMENTS].bulk_write(retracted, ordered=False))
         store.retrying("behavior_alerts", lambda: insert_or_ignore(db[P.ALERTS], alerts))
         store.retrying("trigger_executions", lambda: insert_or_ignore(db[EXECUTIONS], executions))
     return write

@@ -188,6 +188,8 @@ def test_a_rules_file_renaming_a_segment_between_two_runs_on_one_checkpoint(spar
     first = SessionStream(spark, tmp_path, rules=rules)
     try:
         first.send(event(0, "R"), event(0.5, "R"))
+        first.send(event(12, "X", user=7))    # the watermark passes R's events (2 min): they become final
+        first.send(event(12.5, "X", user=7))  # ... under these rules
         assert first.sessions("R")[-1]["behavior_segment"] == "bouncer"
     finally:
         first.query.stop()
