@@ -46,6 +46,7 @@ class AppConfig:
     rules_file: str = str(DEFAULT_RULES_FILE)
     session_max_s: float = 24 * 3600
     session_id_retention_s: float = 30 * 24 * 3600
+    max_open_sessions: int = 100  # per user: opening one more force-closes the oldest (a bot's)
     starting_offsets: str = "earliest"
     available_now: bool = False
     shuffle_partitions: int = 4
@@ -100,6 +101,8 @@ class AppConfig:
             raise InvalidConfigError(f"STARTING_OFFSETS must be 'earliest' or 'latest' (got {self.starting_offsets!r})")
         if self.shuffle_partitions < 1:
             raise InvalidConfigError(f"SHUFFLE_PARTITIONS must be a positive integer (got {self.shuffle_partitions})")
+        if not 1 <= self.max_open_sessions <= 100_000:
+            raise InvalidConfigError(f"MAX_OPEN_SESSIONS must be between 1 and 100000 (got {self.max_open_sessions})")
         if not Path(self.rules_file).is_file():
             raise InvalidConfigError(f"RULES_FILE={self.rules_file!r} does not exist")
         if self.profiles and not Path(self.profile_rules_file).is_file():
@@ -229,6 +232,7 @@ _SETTINGS = {
     "RULES_FILE": ("rules_file", str),
     "SESSION_MAX": ("session_max_s", parse_duration),
     "SESSION_ID_RETENTION": ("session_id_retention_s", parse_duration),
+    "MAX_OPEN_SESSIONS": ("max_open_sessions", int),
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
     "PROFILES": ("profiles", _bool),

@@ -265,7 +265,8 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
                               config.watermark_delay_s, config.session_id_retention_s,
                               profile_rules_document=rules.profiles,
                               stored_profile=StoredProfiles(store) if config.profiles else None,
-                              trigger_rules_document=rules.triggers, experiments_document=rules.experiments))
+                              trigger_rules_document=rules.triggers, experiments_document=rules.experiments,
+                              max_open_sessions=config.max_open_sessions))
         .transform(with_batch_metrics)
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))

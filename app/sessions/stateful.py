@@ -68,7 +68,7 @@ INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "wat
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
                id_retention_s: float = 30 * 24 * 3600, lean: bool = True, profile_rules_document: dict | None = None,
                stored_profile=None, trigger_rules_document: dict | None = None,
-               experiments_document: dict | None = None):
+               experiments_document: dict | None = None, max_open_sessions: int = 100):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
     once, every session the batch changed, and with profile rules each changed user's profile
     totals and the alerts raised, with trigger rules the trigger executions, with experiments the
@@ -77,7 +77,7 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
     app/sessions/lean_arrow.py where it applies."""
     state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
                                      int(id_retention_s * 1000), lean, profile_rules_document, stored_profile,
-                                     trigger_rules_document, experiments_document)
+                                     trigger_rules_document, experiments_document, max_open_sessions)
     delay_ms = int(watermark_delay_s * 1000)
 
     def transform(records: DataFrame) -> DataFrame:
@@ -95,7 +95,8 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
 
 def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention_ms: int, lean: bool,
                     profile_rules_document: dict | None = None, stored_profile=None,
-                    trigger_rules_document: dict | None = None, experiments_document: dict | None = None):
+                    trigger_rules_document: dict | None = None, experiments_document: dict | None = None,
+                    max_open_sessions: int = 100):
     settings_cache: list[SessionSettings] = []
 
     def settings() -> SessionSettings:
@@ -104,7 +105,8 @@ def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention
             triggers = None if trigger_rules_document is None else parse_trigger_rules(trigger_rules_document)
             experiments = None if experiments_document is None else parse_experiments(experiments_document)
             settings_cache.append(SessionSettings(gap_ms, max_ms, parse_rules(rules_document), id_retention_ms,
-                                                  profile_rules, stored_profile, triggers, experiments))
+                                                  profile_rules, stored_profile, triggers, experiments,
+                                                  max_open_sessions))
         return settings_cache[0]
 
     def process(key: tuple, columns: dict | None, state: GroupState) -> list[OutputRow]:

@@ -8,10 +8,17 @@ twice leaves what writing them once leaves:
 
 1. enriched_events and quarantined_events: insert-or-ignore on a deterministic `_id` (event_id;
    `topic:partition:offset`). A second insert of the same document is a duplicate-key no-op.
+   An event's session fields are corrected (`event_fix` rows: a `$set` of session_id and
+   seconds_since_prev by `_id`) when an earlier arrival or the event becoming final changes them;
+   a `$set` of the same values twice is the same. The correction is never in the batch of the
+   insert (an event becomes final in a later batch than the one it arrives in).
 2. user_behavior_segments: whole-document writes by `_id` (the session id). The state says
-   whether a session was ever written (`first_write`); a first write is inserted and, if a
-   replayed batch finds it there, replaced; later writes replace. The last write of a batch
-   carries the batch's final figures either way.
+   whether a session's document exists (`first_write`: its id is not among the user's written
+   ones); a first write is inserted and, if a replayed batch finds it there, replaced; later
+   writes replace. The last write of a batch carries the batch's final figures either way. A
+   provisional session that the final events did not confirm is deleted by `_id` where its
+   status is still `active` (`retract` rows): deleting twice is deleting once, and a closed
+   document is never deleted. A batch never both writes and retracts one id.
 3. conversion_funnel and segment_distribution: additive sums, so each batch's deltas must be
    added exactly once per document. Each document stores the `(run_id, batch_id)` of the last
    batch applied to it (`run_id` = the query id, which lives in the checkpoint); a batch whose
@@ -38,7 +45,8 @@ twice leaves what writing them once leaves:
 7. behavior_alerts: insert-or-ignore on the alert id (type:user:first event time of the
    evidence), which the state step derives from the state before the batch. The Kafka topic
    `behavior_alerts` is at-least-once: a replayed batch sends its alerts again with the same
-   ids, and consumers deduplicate by alert_id.
+   ids, and consumers deduplicate by alert_id. Alerts are raised by final events only (in event-
+   time order), so the same events raise the same ids however the batches were cut.
 
 8. trigger_executions: insert-or-ignore on the execution id (trigger:user:event time of what
    fired it), derived, with the cooldowns, from the state before the batch. The Kafka topic
