@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
+from app.experiments.design import EXAMPLE_EXPERIMENTS
 from app.generator.cli import main as generator_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,11 @@ BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:" + os.environ.
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:" + os.environ.get("MONGO_PORT", "27017") + "/")
 OUTPUTS = ("user_behavior_segments", "segment_distribution", "conversion_funnel", "enriched_events",
            "quarantined_events", "user_profiles", "behavior_alerts", "trigger_executions",
-           "event_counts_hourly", "session_paths", "retention_cohorts")  # the last three: what the API reads
+           "event_counts_hourly", "session_paths", "retention_cohorts",  # these three: what the API reads
+           "experiment_results")
+# What reached Kafka: each run's alerts and actions go to topics named after its database (see
+# job_topics); a replay may send a message twice (at-least-once), so the distinct ids are compared.
+TOPIC_IDS = {"alerts": "alert_id", "actions": "execution_id"}
 VOLATILE = {"processing_time", "ingest_time", "quarantined_at", "run_id", "batch_id", "updated_at", "detected_at",
             "executed_at"}
 
@@ -93,7 +98,7 @@ class SupervisedJob:
         self.health_port = free_port()
         self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP, "MONGODB_URI": MONGODB_URI,
                     "KAFKA_TOPIC": topic, "MONGODB_DATABASE": database, "CHECKPOINT_DIR": str(self.checkpoint),
-                    "TRIGGER_INTERVAL": "0.5s", "HEALTH_PORT": str(self.health_port), **env}
+                    "TRIGGER_INTERVAL": "0.5s", "HEALTH_PORT": str(self.health_port), **job_topics(database), **env}
         self.exits: list[dict] = []
         self.proc: subprocess.Popen | None = None
         self._supervising = False
@@ -178,15 +183,47 @@ class SupervisedJob:
             return None
 
 
-def snapshot(database: str, uri: str = MONGODB_URI) -> dict[str, list[dict]]:
-    """Every output collection, sorted by _id, without the fields that record wall-clock time."""
+def job_topics(database: str) -> dict:
+    """The settings that send a run's alerts and actions to topics of its own, with an experiment on."""
+    return {"ALERTS_TOPIC": f"{database}_alerts", "ACTIONS_TOPIC": f"{database}_actions",
+            "EXPERIMENTS_FILE": str(EXAMPLE_EXPERIMENTS)}
+
+
+def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) -> dict[str, list]:
+    """Every output collection, sorted by _id, without the fields that record wall-clock time; and
+    the distinct ids that reached the run's alerts and actions topics (see job_topics)."""
     client = MongoClient(uri)
     try:
         db = client[database]
-        return {name: [{k: v for k, v in doc.items() if k not in VOLATILE}
-                       for doc in db[name].find().sort("_id", 1)] for name in OUTPUTS}
+        out = {name: [{k: v for k, v in doc.items() if k not in VOLATILE}
+                      for doc in db[name].find().sort("_id", 1)] for name in OUTPUTS}
     finally:
         client.close()
+    for kind, id_field in TOPIC_IDS.items():
+        out[f"topic:{kind}"] = sorted({json.loads(value)[id_field] for value in topic_values(f"{database}_{kind}",
+                                                                                             bootstrap)})
+    return out
+
+
+def topic_values(topic: str, bootstrap: str = BOOTSTRAP, timeout_s: float = 60) -> list[bytes]:
+    """Every record's value, read up to the end offsets; [] when the topic does not exist."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end, values, deadline = consumer.end_offsets(partitions), [], time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out reading {topic} to its end offsets {end}")
+            for batch in consumer.poll(timeout_ms=1000).values():
+                values.extend(r.value for r in batch)
+        return values
+    finally:
+        consumer.close()
 
 
 def differences(expected: dict, actual: dict) -> list[str]:

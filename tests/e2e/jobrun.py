@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from app.generator.cli import main as generator_main
@@ -52,3 +53,24 @@ def kill_hard(process: subprocess.Popen) -> None:
 
 def snapshot(uri: str, database: str) -> dict[str, list[dict]]:
     return harness_snapshot(database, uri)
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list:
+    """Every record of the topic, read up to its end offsets (never "until 5 s of silence"), in
+    (partition, offset) order."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"topic {topic} does not exist"
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records, deadline = {}, time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"timed out reading {topic} back to its end offsets {end}"
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records.update({(r.partition, r.offset): r for r in batch})
+        return [records[k] for k in sorted(records)]
+    finally:
+        consumer.close()

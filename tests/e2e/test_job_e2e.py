@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from tests.conftest import eventually
+from faults.harness import job_topics
 from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, kill_hard, read_intent, run_job, snapshot, start_job
 
 pytestmark = pytest.mark.e2e
@@ -102,14 +103,15 @@ KILL_POINTS = ("inside a batch's writes", "right after a batch", "inside a batch
 def test_kill_9_at_several_points_then_restart_equals_an_uninterrupted_run(stack, mongo, tmp_path):
     topic = "e2e_kill_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--sessions", "400", "--bad-ratio", "0.02", "--seed", "5",
-             "--spread-minutes", "240", "--start-minutes-ago", "300", "--duplicate-ratio", "0.05")
+             "--spread-minutes", "240", "--start-minutes-ago", "300", "--duplicate-ratio", "0.05",
+             "--fraud", "0.03", "--bots", "0.02")
     small_batches = {"MAX_OFFSETS_PER_TRIGGER": "300"}
     reference, crashed = topic + "_ref", topic + "_crash"
-    try:
-        run_job(job_env(stack, topic, reference, tmp_path / "ckpt_ref", **small_batches))
+    try:  # each run with an experiment, sending its alerts and actions to topics of its own
+        run_job(job_env(stack, topic, reference, tmp_path / "ckpt_ref", **small_batches, **job_topics(reference)))
         total = mongo[reference].enriched_events.count_documents({})
 
-        env = job_env(stack, topic, crashed, tmp_path / "ckpt_crash", **small_batches)
+        env = job_env(stack, topic, crashed, tmp_path / "ckpt_crash", **small_batches, **job_topics(crashed))
         db = mongo[crashed]
         for i, point in enumerate(KILL_POINTS):
             job = start_job(env, tmp_path / f"crashed_job_{i}.log")
@@ -126,7 +128,8 @@ def test_kill_9_at_several_points_then_restart_equals_an_uninterrupted_run(stack
         run_job(env)  # restart from the checkpoint and finish
 
         expected, actual = snapshot(stack["mongodb_uri"], reference), snapshot(stack["mongodb_uri"], crashed)
-        for name in expected:
+        assert expected["experiment_results"] and expected["topic:alerts"] and expected["topic:actions"]
+        for name in expected:  # collections, and the distinct alert and execution ids on the topics
             assert len(actual[name]) == len(expected[name]), name
             assert actual[name] == expected[name], name
     finally:
