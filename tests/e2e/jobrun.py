@@ -25,6 +25,24 @@ def read_intent(path: Path) -> tuple[list[dict], list[dict]]:
     return [x for x in lines if "segment" in x], [x for x in lines if "malformed" in x]
 
 
+CLOCK_USER = "watermark-clock"
+
+
+def advance_watermark(bootstrap: str, topic: str) -> None:
+    """One view "now" by a user of its own, after the traffic: the watermark of an available-now run
+    then ends at now - WATERMARK_DELAY, so everything before that is final (DESIGN §5) and every
+    session whose gap it passes is closed. Tests leave CLOCK_USER out of what they count."""
+    from datetime import datetime, timezone
+    from kafka import KafkaProducer
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    producer.send(topic, key=CLOCK_USER.encode(), value=json.dumps({
+        "event_id": f"{CLOCK_USER}-{now.timestamp():.0f}", "event_time": now.isoformat(), "event_type": "view",
+        "user_id": CLOCK_USER, "user_session": CLOCK_USER}).encode())
+    producer.flush()
+    producer.close()
+
+
 def job_env(stack: dict, topic: str, database: str, checkpoint: Path, **extra: str) -> dict:
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": stack["bootstrap"], "MONGODB_URI": stack["mongodb_uri"],
             "KAFKA_TOPIC": topic, "MONGODB_DATABASE": database, "CHECKPOINT_DIR": str(checkpoint),
@@ -74,3 +92,17 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list:
         return [records[k] for k in sorted(records)]
     finally:
         consumer.close()
+
+
+def rees46_session_count(rows: list[dict], gap_s: float = 30 * 60) -> int:
+    """DESIGN §5 on CSV rows: a user_session's events split where two are more than the gap apart."""
+    from collections import defaultdict
+    from datetime import datetime
+    by_session = defaultdict(list)
+    for row in rows:
+        by_session[row["user_session"]].append(datetime.strptime(row["event_time"], "%Y-%m-%d %H:%M:%S UTC"))
+    count = 0
+    for times in by_session.values():
+        times.sort()
+        count += 1 + sum(1 for a, b in zip(times, times[1:]) if (b - a).total_seconds() > gap_s)
+    return count

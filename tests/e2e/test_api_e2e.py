@@ -17,16 +17,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from app.experiments.design import EXAMPLE_EXPERIMENTS
+from app.sessions.tracker import session_id_of
 from tests.conftest import ROOT, eventually
-from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, read_intent, run_job
+from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, read_intent, read_topic, run_job
 
 pytestmark = pytest.mark.e2e
 
 KEY = "e2e-api-key-" + "x" * 16
 GAP_MS, DELAY_MS, WINDOW_MS, HOUR_MS = 5 * 60_000, 10 * 60_000, 5 * 60_000, 3_600_000
+MAX_MS = 24 * HOUR_MS
 PRIORITY = {"power_user": 1, "browser": 2, "engaged_shopper": 3, "bouncer": 4}
 
 
@@ -97,12 +99,22 @@ class Input:
             self.events.append({"event_id": event_id, "user_id": str(value["user_id"]), "ms": _ms(value["event_time"]),
                                 "type": value["event_type"], "country": value.get("country") or "unknown",
                                 "session": value["user_session"], "price": float(price) if price not in (None, "") else None})
+        # DESIGN §5: a user_session's events, in event-time order, split where the gap between two
+        # exceeds SESSION_GAP or the session reaches SESSION_MAX: `S`, then `S#2`, ...
         self.sessions: dict[str, Session] = {}
+        by_key = defaultdict(list)
         for e in self.events:
-            self.sessions.setdefault(e["session"], Session(e["user_id"])).events.append(
-                (e["ms"], e["event_id"], e["type"], e["price"]))
+            by_key[(e["user_id"], e["session"])].append(e)
+        for (user, key), events in by_key.items():
+            generation, current = 0, None
+            for e in sorted(events, key=lambda e: (e["ms"], e["event_id"])):
+                if current is None or e["ms"] - current.end > GAP_MS or e["ms"] - current.start >= MAX_MS:
+                    generation, current = generation + 1, Session(user)
+                    self.sessions[session_id_of(key, generation)] = current
+                current.events.append((e["ms"], e["event_id"], e["type"], e["price"]))
         watermark = max(e["ms"] for e in self.events) - DELAY_MS
-        self.closed = {sid: s for sid, s in self.sessions.items() if s.end + GAP_MS < watermark}
+        self.closed = {sid: s for sid, s in self.sessions.items()
+                       if min(s.end + GAP_MS, s.start + MAX_MS - 1) < watermark}
         self.active = {sid: s for sid, s in self.sessions.items() if sid not in self.closed}
         self.first_seen = {}
         for e in self.events:
@@ -145,10 +157,7 @@ def api_run(stack, mongo, tmp_path_factory):
     _week_later_user(stack["bootstrap"], topic)
     run_job(job_env(stack, topic, database, tmp / "ckpt", SESSION_GAP="5m", WATERMARK_DELAY="10m",
                     EXPERIMENTS_FILE=str(EXAMPLE_EXPERIMENTS)))
-    consumer = KafkaConsumer(topic, bootstrap_servers=stack["bootstrap"], auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)
-    records = list(consumer)
-    consumer.close()
+    records = read_topic(stack["bootstrap"], topic)
     port = _free_port()
     env = {**os.environ, "MONGODB_URI": stack["mongodb_uri"], "MONGODB_DATABASE": database, "API_KEY": KEY}
     log = open(tmp / "api.log", "w")

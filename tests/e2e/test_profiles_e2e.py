@@ -8,22 +8,13 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-
-from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, read_intent, run_job
+from tests.e2e.jobrun import (CLOCK_USER, SAMPLE_CSV, advance_watermark, generate, job_env, read_intent, read_topic,
+                              rees46_session_count, run_job)
 
 pytestmark = pytest.mark.e2e
-
-
-def _messages(bootstrap: str, topic: str) -> list:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)
-    try:
-        return [message for message in consumer]
-    finally:
-        consumer.close()
 
 
 def test_bots_and_fraud_raise_exactly_the_intended_alerts_in_mongodb_and_on_kafka(stack, mongo, tmp_path):
@@ -31,6 +22,7 @@ def test_bots_and_fraud_raise_exactly_the_intended_alerts_in_mongodb_and_on_kafk
     alerts_topic = topic + "_alerts"
     generate(stack["bootstrap"], topic, "--sessions", "200", "--bots", "0.05", "--fraud", "0.05",
              "--returning", "0.3", "--seed", "17", "--intent-file", str(tmp_path / "intent.jsonl"))
+    advance_watermark(stack["bootstrap"], topic)  # alerts are decided by final events: make them all final
     run_job(job_env(stack, topic, database, tmp_path / "ckpt", ALERTS_TOPIC=alerts_topic))
     sessions, _ = read_intent(tmp_path / "intent.jsonl")
     try:
@@ -43,11 +35,12 @@ def test_bots_and_fraud_raise_exactly_the_intended_alerts_in_mongodb_and_on_kafk
         assert sum(s["scenario"] == "bot" for s in sessions) == 10 and len(intended) > 20
         bot = next(d for d in docs if d["alert_type"] == "HIGH_VELOCITY")
         assert bot["severity"] == "high" and bot["evidence"]["events"] == 30 and bot["_id"].startswith("HIGH_VELOCITY:")
-        messages = _messages(stack["bootstrap"], alerts_topic)
+        messages = read_topic(stack["bootstrap"], alerts_topic)
         assert sorted(json.loads(m.value)["alert_id"] for m in messages) == sorted(d["_id"] for d in docs)
         assert all(m.key.decode() == json.loads(m.value)["user_id"] for m in messages)
-        # the session document carries its user's scores
-        session = mongo[database].user_behavior_segments.find_one({"user_scores": {"$exists": True}})
+        # a closed session's document carries its user's scores
+        session = mongo[database].user_behavior_segments.find_one({"user_scores": {"$exists": True},
+                                                                    "status": "closed", "user_id": {"$ne": CLOCK_USER}})
         profile = mongo[database].user_profiles.find_one({"_id": session["user_id"]})
         assert 0 <= session["user_scores"]["intent_score"] <= 100
         assert session["user_scores"]["behavior_pattern"] == profile["behavior_pattern"]
@@ -58,13 +51,14 @@ def test_bots_and_fraud_raise_exactly_the_intended_alerts_in_mongodb_and_on_kafk
 def test_profiles_of_the_rees46_sample_equal_a_direct_computation(stack, mongo, tmp_path):
     topic = database = "e2e_prof_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--replay", str(SAMPLE_CSV))
+    advance_watermark(stack["bootstrap"], topic)  # profiles are decided by final events: make them all final
     run_job(job_env(stack, topic, database, tmp_path / "ckpt"))
     rows = list(csv.DictReader(SAMPLE_CSV.open()))
     by_user = defaultdict(list)
     for row in rows:
         by_user[row["user_id"]].append(row)
     try:
-        profiles = {d["_id"]: d for d in mongo[database].user_profiles.find()}
+        profiles = {d["_id"]: d for d in mongo[database].user_profiles.find({"_id": {"$ne": CLOCK_USER}})}
         assert set(profiles) == set(by_user)
         for user, events in by_user.items():
             doc = profiles[user]
@@ -73,7 +67,7 @@ def test_profiles_of_the_rees46_sample_equal_a_direct_computation(stack, mongo, 
             types = Counter(e["event_type"] for e in events)
             categories = Counter(e["category_code"].split(".")[0] for e in events if e["category_code"])
             top = min(categories.items(), key=lambda kv: (-kv[1], kv[0]))[0] if categories else None
-            expected = {"sessions": len({e["user_session"] for e in events}), "total_events": len(events),
+            expected = {"sessions": rees46_session_count(events), "total_events": len(events),
                         "view_count": types["view"], "cart_count": types["cart"], "purchase_count": types["purchase"],
                         "first_seen": min(times), "last_seen": max(times), "top_category": top}
             actual = {k: doc[k] for k in expected}
@@ -100,7 +94,8 @@ def test_a_user_whose_entry_left_the_state_continues_from_the_stored_profile(sta
     admin.close()
     generate(stack["bootstrap"], topic, "--sessions", "80", "--returning", "0.5", "--seed", "23",
              "--mix", "bouncer=0.3,browser=0.5,engaged_shopper=0.2", "--spread-minutes", "600",
-             "--start-minutes-ago", "660", "--intent-file", str(tmp_path / "intent.jsonl"))
+             "--start-minutes-ago", "730", "--intent-file", str(tmp_path / "intent.jsonl"))
+    advance_watermark(stack["bootstrap"], topic)  # now - 60 min: every generated event is final
     # a watermark an hour behind keeps every event on time; an entry expires 30 min after its last event
     run_job(job_env(stack, topic, database, tmp_path / "ckpt", SESSION_GAP="5m", SESSION_MAX="25m",
                     SESSION_ID_RETENTION="30m", WATERMARK_DELAY="60m", MAX_OFFSETS_PER_TRIGGER="30"))
@@ -110,7 +105,7 @@ def test_a_user_whose_entry_left_the_state_continues_from_the_stored_profile(sta
         expected[str(s["user_id"])][0] += 1
         expected[str(s["user_id"])][1] += s["events"]
     try:
-        profiles = {d["_id"]: d for d in mongo[database].user_profiles.find()}
+        profiles = {d["_id"]: d for d in mongo[database].user_profiles.find({"_id": {"$ne": CLOCK_USER}})}
         assert {u: [d["sessions"], d["total_events"]] for u, d in profiles.items()} == dict(expected)
         carried = [d for d in profiles.values() if d["base"] is not None]
         assert carried, "no user came back after its state entry expired"
