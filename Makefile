@@ -50,6 +50,12 @@ bench: up  ## the benchmark (~30 min): throughput, upper bound, baseline, latenc
 bench-profiles: up  ## profiles and alerts: the job with them on vs off (one run each), alert latency at 1,000/s -> bench/results/profiles.*
 	$(PY) -m bench.profiles
 
+bench-backlog: up  ## late events when a 1-hour backlog is caught up (MAX_OFFSETS_PER_TRIGGER 200 / 100000) vs a live run (~15 min) -> bench/results/backlog_late.*
+	$(PY) -m bench.backlog_late
+
+bench-user-cost: setup  ## one user's batch with 1k / 10k / 100k sessions opened (a bot), pure engine (~3 min)
+	$(PY) -m bench.user_cost
+
 bench-quick: up  ## the same benchmark at a small scale (~8 min)
 	$(PY) -m bench.run --profile quick --out .local/bench/results
 
@@ -84,4 +90,4 @@ test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the r
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo api dashboard bench-api faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup up down status smoke demo api dashboard bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

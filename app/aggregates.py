@@ -23,6 +23,12 @@ def _ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 2) if denominator else 0.0
 
 
+def add_minutes(a: float, b: float) -> float:
+    """Durations are whole milliseconds: added as integers, so the sum does not depend on the
+    order the sessions were added in (float addition does, in its last digits)."""
+    return (round(a * 60_000) + round(b * 60_000)) / 60_000
+
+
 def window_start_ms(session_end_ms: int) -> int:
     return session_end_ms - session_end_ms % WINDOW_MS
 
@@ -40,7 +46,7 @@ def funnel_deltas(closed: Iterable[Mapping]) -> dict[str, dict]:
         d["total_views"] += s["view_count"]
         d["total_carts"] += s["cart_count"]
         d["total_purchases"] += s["purchase_count"]
-        d["sum_duration_minutes"] += s["session_duration_minutes"]
+        d["sum_duration_minutes"] = add_minutes(d["sum_duration_minutes"], s["session_duration_minutes"])
         d["total_revenue"] += s["total_amount"] or 0.0
     return dict(deltas)
 
@@ -51,14 +57,15 @@ def distribution_deltas(closed: Iterable[Mapping]) -> dict[tuple[int, str], dict
     for s in closed:
         d = deltas[(window_start_ms(s["session_end_ms"]), s["behavior_segment"])]
         d["session_count"] += 1
-        d["sum_duration_minutes"] += s["session_duration_minutes"]
+        d["sum_duration_minutes"] = add_minutes(d["sum_duration_minutes"], s["session_duration_minutes"])
         d["total_revenue"] += s["total_amount"] or 0.0
     return dict(deltas)
 
 
 def add_sums(previous: Mapping | None, delta: Mapping, names: Iterable[str]) -> dict:
     previous = previous or {}
-    return {n: previous.get(n, 0) + delta.get(n, 0) for n in names}
+    return {n: add_minutes(previous.get(n, 0), delta.get(n, 0)) if n == "sum_duration_minutes"
+            else previous.get(n, 0) + delta.get(n, 0) for n in names}
 
 
 def funnel_document(segment: str, sums: Mapping) -> dict:

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
+from functools import reduce
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession, functions as F
@@ -34,6 +35,8 @@ def build_spark(config: AppConfig, app_name: str = "behavior-segmentation") -> S
         SparkSession.builder.appName(app_name)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
+        # one watermark per Kafka partition (event_time_source): the global one is their minimum
+        .config("spark.sql.streaming.multipleWatermarkPolicy", "min")
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
         .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
@@ -42,17 +45,58 @@ def build_spark(config: AppConfig, app_name: str = "behavior-segmentation") -> S
     )
 
 
-def kafka_source(spark: SparkSession, config: AppConfig) -> DataFrame:
+def kafka_source(spark: SparkSession, config: AppConfig, partition: int | None = None) -> DataFrame:
+    """The topic (or one partition of it: `assign`); MAX_OFFSETS_PER_TRIGGER applies per source."""
+    reader = (spark.readStream.format("kafka")
+              .option("kafka.bootstrap.servers", config.kafka_bootstrap_servers)
+              .options(**config.kafka_client_options()))
+    if partition is None:
+        reader = reader.option("subscribe", config.kafka_topic)
+    else:
+        reader = reader.option("assign", json.dumps({config.kafka_topic: [partition]}))
     return (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", config.kafka_bootstrap_servers)
-        .options(**config.kafka_client_options())
-        .option("subscribe", config.kafka_topic)
-        .option("startingOffsets", config.starting_offsets)
+        reader.option("startingOffsets", config.starting_offsets)
         .option("maxOffsetsPerTrigger", config.max_offsets_per_trigger)
         .option("failOnDataLoss", str(config.kafka_fail_on_data_loss).lower())
         .load()
     )
+
+
+def topic_partitions(spark: SparkSession, config: AppConfig) -> list[int]:
+    """The topic's partitions, asked of the broker at start-up with the job's own Kafka client
+    settings (the Kafka client of Spark's connector, in the driver's JVM)."""
+    jvm = spark.sparkContext._jvm
+    props = jvm.java.util.Properties()
+    props.put("bootstrap.servers", config.kafka_bootstrap_servers)
+    for key, value in config.kafka_client_options().items():
+        props.put(key.removeprefix("kafka."), value)
+    admin = jvm.org.apache.kafka.clients.admin.Admin.create(props)
+    try:
+        topics = jvm.java.util.Collections.singletonList(config.kafka_topic)
+        seconds = jvm.java.util.concurrent.TimeUnit.SECONDS
+        try:
+            described = admin.describeTopics(topics).allTopicNames().get(60, seconds)
+        except Exception as exc:  # py4j wraps the broker's answer (unknown topic, unreachable, refused)
+            reason = str(exc).splitlines()[0][:300]
+            raise InvalidConfigError(f"KAFKA_TOPIC={config.kafka_topic}: cannot list its partitions at "
+                                     f"{config.kafka_bootstrap_servers} ({reason}); create the topic first "
+                                     "(locally: make up)") from None
+        return sorted(int(p.partition()) for p in described.get(config.kafka_topic).partitions())
+    finally:
+        admin.close()
+
+
+def event_time_source(spark: SparkSession, config: AppConfig) -> DataFrame:
+    """Routed records of every partition, each partition with a watermark of its own: Spark's
+    global watermark is the minimum of them (spark.sql.streaming.multipleWatermarkPolicy=min), the
+    progress of the partition furthest behind. So a capped catch-up that reads one partition
+    ahead of another (MAX_OFFSETS_PER_TRIGGER splits offsets by backlog, not by event time) marks
+    no event late that a live run would not (DESIGN §5). A partition added to the topic is read
+    after a restart with a new checkpoint."""
+    delay = f"{int(config.watermark_delay_s * 1000)} milliseconds"
+    streams = [kafka_source(spark, config, partition).transform(parse_events()).transform(with_event_enrichment)
+               .withWatermark("event_timestamp", delay) for partition in topic_partitions(spark, config)]
+    return reduce(DataFrame.unionByName, streams)
 
 
 @dataclass(frozen=True)
@@ -258,15 +302,13 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
         store.retrying("indexes", lambda: ensure_profile_indexes(store.db()))
 
     rows = (
-        kafka_source(spark, config)
-        .transform(parse_events())
-        .transform(with_event_enrichment)
+        event_time_source(spark, config)
         .transform(sessionize(rules.segments, config.session_gap_s, config.session_max_s,
                               config.watermark_delay_s, config.session_id_retention_s,
                               profile_rules_document=rules.profiles,
                               stored_profile=StoredProfiles(store) if config.profiles else None,
                               trigger_rules_document=rules.triggers, experiments_document=rules.experiments,
-                              max_open_sessions=config.max_open_sessions))
+                              max_open_sessions=config.max_open_sessions, watermarked=True))
         .transform(with_batch_metrics)
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))

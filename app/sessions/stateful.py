@@ -24,6 +24,7 @@ timestamp with the watermark metadata, which satisfies the analyzer and is never
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterator, NamedTuple
 
 import pandas as pd
@@ -68,13 +69,14 @@ INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "wat
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
                id_retention_s: float = 30 * 24 * 3600, lean: bool = True, profile_rules_document: dict | None = None,
                stored_profile=None, trigger_rules_document: dict | None = None,
-               experiments_document: dict | None = None, max_open_sessions: int = 100):
+               experiments_document: dict | None = None, max_open_sessions: int = 100, watermarked: bool = False):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
     once, every session the batch changed, and with profile rules each changed user's profile
     totals and the alerts raised, with trigger rules the trigger executions, with experiments the
     sessions' variants. `stored_profile`: user_id -> stored profile document or None (a
     picklable callable, run in the Python workers; see SessionSettings). `lean`: use
-    app/sessions/lean_arrow.py where it applies."""
+    app/sessions/lean_arrow.py where it applies. `watermarked`: the input already carries its
+    watermark(s) on event_timestamp (one per Kafka partition, see app/pipeline.py)."""
     state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
                                      int(id_retention_s * 1000), lean, profile_rules_document, stored_profile,
                                      trigger_rules_document, experiments_document, max_open_sessions)
@@ -82,9 +84,10 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
 
     def transform(records: DataFrame) -> DataFrame:
         guard = F.lit(_GUARD_TS).cast("timestamp").alias("watermark_guard", metadata={WATERMARK_DELAY_KEY: delay_ms})
+        if not watermarked:
+            records = records.withWatermark("event_timestamp", f"{delay_ms} milliseconds")
         return (
-            records.withWatermark("event_timestamp", f"{delay_ms} milliseconds")
-            .select(*INPUT_COLUMNS[:-1], guard)
+            records.select(*INPUT_COLUMNS[:-1], guard)
             .groupBy("quarantined", "state_key")
             .applyInPandasWithState(state_function, OUTPUT_SCHEMA, STATE_SCHEMA, "update",
                                     GroupStateTimeout.EventTimeTimeout)
@@ -164,7 +167,23 @@ def _events(columns: dict) -> tuple[list[Event], dict]:
              "category_code", "device_type", "country", "ip_address")
     events = [Event(int(ms), event_id, event_type, user_id, *map(_none_if_nan, rest))
               for ms, event_id, event_type, user_id, *rest in zip(*(columns[name] for name in names))]
-    return events, dict(zip(columns["event_id"], columns["doc"]))
+    # In Kafka order (partition, offset): of a redelivered event's copies in one batch the earliest
+    # is kept, as it is when the copies come in different batches (a row's order in a group is not).
+    positions = [_kafka_position(doc) for doc in columns["doc"]]
+    order = sorted(range(len(events)), key=positions.__getitem__)
+    docs: dict = {}
+    for i in order:
+        docs.setdefault(columns["event_id"][i], columns["doc"][i])
+    return [events[i] for i in order], docs
+
+
+_POSITION = re.compile(r'"kafka_partition":(-?\d+),"kafka_offset":(-?\d+)')
+
+
+def _kafka_position(doc: str) -> tuple[int, int]:
+    """(partition, offset) of an enriched event document (app/events/enrich.py EVENT_DOC_FIELDS)."""
+    found = _POSITION.search(doc)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
 def _none_if_nan(value):

@@ -44,8 +44,10 @@ Other rules the transitions keep:
   ids): opening one more force-closes the user's session with the oldest last event, with
   `close_reason: "open_session_cap"`. Nothing is dropped, and the cost of a user's batch is
   bounded by the cap and the batch's events.
-- The entry stays while it has open sessions or pending events, while a generation counter is
-  retained, and while a trigger's cooldown runs, so cooldowns hold across sessions.
+- The entry stays while it has open sessions or pending events, then `id_retention_ms`
+  (SESSION_ID_RETENTION) after the user's last event, and while a trigger's cooldown runs: so
+  generations, cooldowns, the user's event ids and the profile's epoch hold across sessions,
+  whether or not the watermark passed one session before the next arrived.
 - The rules are re-applied at every update and at close: a session classified under another
   rules file (content hash) is reclassified, and its history records the new rule_version.
 - With profile rules, the entry also holds the user's profile totals of this epoch (with the
@@ -530,13 +532,13 @@ def _finish(state: UserState, out: Outputs, frontier: int, settings: SessionSett
     due = [s.close_ms(settings) for s in state.sessions.values()] + [p.event.event_ms for p in state.pending]
     if due:
         return Step(state, out, min(due))
-    retain_until = state.last_event_ms + settings.id_retention_ms if state.generations else None
+    retain_until = state.last_event_ms + settings.id_retention_ms  # ids, generations, the profile's epoch
     if settings.triggers is not None:
         cooldowns = {t.name: t.cooldown_ms for t in settings.triggers.triggers}
         for name, fired_ms in state.triggers.last_fired.items():
             until = fired_ms + cooldowns.get(name, 0)
-            retain_until = until if retain_until is None else max(retain_until, until)
-    if retain_until is not None and retain_until >= frontier:
+            retain_until = max(retain_until, until)
+    if retain_until >= frontier:
         return Step(state, out, retain_until)
     return Step(None, out, None)
 

@@ -29,16 +29,18 @@ CLOCK_USER = "watermark-clock"
 
 
 def advance_watermark(bootstrap: str, topic: str) -> None:
-    """One view "now" by a user of its own, after the traffic: the watermark of an available-now run
-    then ends at now - WATERMARK_DELAY, so everything before that is final (DESIGN §5) and every
+    """One view "now" on every partition, by a user of its own, after the traffic: the watermark
+    (the slowest partition's, see app/pipeline.py event_time_source) of an available-now run then
+    ends at now - WATERMARK_DELAY, so everything before that is final (DESIGN §5) and every
     session whose gap it passes is closed. Tests leave CLOCK_USER out of what they count."""
     from datetime import datetime, timezone
     from kafka import KafkaProducer
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     now = datetime.now(timezone.utc).replace(microsecond=0)
-    producer.send(topic, key=CLOCK_USER.encode(), value=json.dumps({
-        "event_id": f"{CLOCK_USER}-{now.timestamp():.0f}", "event_time": now.isoformat(), "event_type": "view",
-        "user_id": CLOCK_USER, "user_session": CLOCK_USER}).encode())
+    for partition in sorted(producer.partitions_for(topic)):
+        producer.send(topic, partition=partition, key=CLOCK_USER.encode(), value=json.dumps({
+            "event_id": f"{CLOCK_USER}-{partition}-{now.timestamp():.0f}", "event_time": now.isoformat(),
+            "event_type": "view", "user_id": CLOCK_USER, "user_session": f"{CLOCK_USER}-{partition}"}).encode())
     producer.flush()
     producer.close()
 

@@ -1,6 +1,7 @@
 """Results depend on event time only (DESIGN.md §5), on the real stack: one topic read by the job
-twice, once in one micro-batch and once in batches of 50 offsets (MAX_OFFSETS_PER_TRIGGER=50),
-gives identical collections and identical alerts and actions topics.
+twice, once in one micro-batch and once in batches of 20 offsets per partition
+(MAX_OFFSETS_PER_TRIGGER=20: 60 records a batch), gives identical collections and identical
+alerts and actions topics, and marks no event late.
 
 The topic holds traffic the way shop apps send it: events out of order by up to 3 minutes
 (within the 10-minute watermark delay), users without user_session (derived sessions), users
@@ -86,13 +87,13 @@ def produce(bootstrap: str, topic: str, events: list[dict]) -> None:
     producer.close()
 
 
-def test_one_batch_and_batches_of_50_offsets_give_identical_outputs(stack, mongo, tmp_path):
+def test_one_batch_and_batches_of_20_offsets_per_partition_give_identical_outputs(stack, mongo, tmp_path):
     topic = "e2e_event_time_" + uuid.uuid4().hex[:10]
     events = shop_traffic(7, datetime.now(timezone.utc).replace(microsecond=0))
     produce(stack["bootstrap"], topic, events)
     runs = {}
     try:
-        for name, cap in (("one", "1000000"), ("small", "50")):
+        for name, cap in (("one", "1000000"), ("small", "20")):
             env = job_env(stack, topic, f"{topic}_{name}", tmp_path / name, MAX_OFFSETS_PER_TRIGGER=cap,
                           EXPERIMENTS_FILE=str(EXAMPLE_EXPERIMENTS), ALERTS_TOPIC=f"{topic}_{name}_alerts",
                           ACTIONS_TOPIC=f"{topic}_{name}_actions", TRIGGER_INTERVAL="0")
@@ -104,9 +105,8 @@ def test_one_batch_and_batches_of_50_offsets_give_identical_outputs(stack, mongo
         one, small = runs["one"], runs["small"]
         progress = {name: list(mongo[f"{topic}_{name}"].stream_progress.find({"query": "sessions"}))
                     for name in runs}
-        assert len([p for p in progress["small"] if p.get("events")]) >= 20  # it really was read in small batches
+        assert len([p for p in progress["small"] if p.get("events")]) >= 15  # it really was read in small batches
         assert sum(p.get("late_events", 0) for p in progress["small"]) == 0
-        del one["stream_progress"], small["stream_progress"]  # per-batch figures differ by design
         assert not differences(one, small), differences(one, small)
         assert one == small
         closed = [s for s in one["user_behavior_segments"] if s["status"] == "closed"]

@@ -45,6 +45,7 @@ def test_env_vars(tmp_path):
         "RULES_FILE": str(rules),
         "SESSION_MAX": "12h",
         "SESSION_ID_RETENTION": "90 days",
+        "MAX_OPEN_SESSIONS": "500",
         "STARTING_OFFSETS": "latest",
         "SHUFFLE_PARTITIONS": "8",
         "KAFKA_FAIL_ON_DATA_LOSS": "false",
@@ -79,6 +80,7 @@ def test_env_vars(tmp_path):
         "rules_file": str(rules),
         "session_max_s": 43200.0,
         "session_id_retention_s": 90 * 86400.0,
+        "max_open_sessions": 500,
         "starting_offsets": "latest",
         "available_now": False,
         "shuffle_partitions": 8,
@@ -162,6 +164,7 @@ def test_parse_duration_rejects_garbage_naming_the_setting(text):
     ("SESSION_ID_RETENTION", "1h"),   # shorter than SESSION_MAX (24 h)
     ("STARTING_OFFSETS", "middle"),
     ("SHUFFLE_PARTITIONS", "0"),
+    ("MAX_OPEN_SESSIONS", "0"),
     ("SHUFFLE_PARTITIONS", "four"),
 ])
 def test_bad_setting_fails_with_a_one_line_message_naming_it(setting, value):

@@ -159,8 +159,8 @@ def test_exactly_the_gap_does_not_split_a_derived_session(settings):
 def test_derived_session_ids_stay_distinct_across_batches(settings):
     step = process_events(None, [ev(0, "a1")], 0, settings)
     closed = close(step.state, settings, T0 + GAP)
-    assert closed.state is None  # a user with derived sessions only leaves the store at once
-    again = process_events(None, [ev(GAP + MIN, "b1")], T0 + GAP + 1, settings)
+    assert closed.timeout_ms == T0 + RETENTION  # the entry stays: the user's ids and epoch hold
+    again = process_events(closed.state, [ev(GAP + MIN, "b1")], T0 + GAP + 1, settings)
     assert closed.out.sessions[0]["_id"] != again.out.sessions[0]["_id"]
 
 
