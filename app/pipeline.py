@@ -261,13 +261,29 @@ class _StepTimer:
 V1_LAYOUT = "quarantine"  # the v1 job's second query: its checkpoint holds sessions in hash buckets
 
 
+LAYOUT_FILE = "layout"  # in CHECKPOINT_DIR: which state layout and sources the checkpoint holds
+LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
+
+
 def check_checkpoint(config: AppConfig) -> None:
-    """Called by the job's main() at start-up, before Spark starts."""
+    """Called by the job's main() at start-up, before Spark starts: a checkpoint of an earlier
+    layout is refused with one line; a new one is marked with this layout."""
     if Path(config.checkpoint_dir, V1_LAYOUT).is_dir():
         raise InvalidConfigError(
             f"CHECKPOINT_DIR={config.checkpoint_dir} holds a v1 checkpoint (sessions in hash buckets); the "
             "per-user state needs a new checkpoint and a fresh database (make reset, or another CHECKPOINT_DIR "
             "and MONGODB_DATABASE)")
+    marker, query = Path(config.checkpoint_dir, LAYOUT_FILE), Path(config.checkpoint_dir, QUERY_NAME)
+    if query.is_dir() and any(query.iterdir()):
+        found = marker.read_text().strip() if marker.is_file() else "2: per-user state, one Kafka source"
+        if found != LAYOUT:
+            raise InvalidConfigError(
+                f"CHECKPOINT_DIR={config.checkpoint_dir} holds a checkpoint of layout {found.split(':')[0]} and this "
+                f"job needs layout {LAYOUT.split(':')[0]} (events wait in the state until final, one source per "
+                "partition): start with a new CHECKPOINT_DIR and --reset-output (locally: make reset)")
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(LAYOUT + "\n")
 
 
 def check_outputs(config: AppConfig, store: Store) -> None:
