@@ -17,8 +17,9 @@ parse per record with one "now" per batch, and one query whose output holds ever
 
 Late events must reach the state function (they are counted and still written), but Spark drops
 rows behind the watermark before a stateful operator whenever its input carries the watermarked
-column. So the watermark is defined on event_timestamp upstream (it still drives the event-time
-timeouts), and the operator's input carries `watermark_guard` instead: a constant far-future
+column. So the watermark is defined on event_timestamp upstream (in the job, one per Kafka
+partition: app/pipeline.py event_time_source; it still drives the event-time timeouts), and the
+operator's input carries `watermark_guard` instead: a constant far-future
 timestamp with the watermark metadata, which satisfies the analyzer and is never "late".
 """
 from __future__ import annotations
