@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from app.experiments.design import EXAMPLE_EXPERIMENTS
 from app.sessions.tracker import session_id_of
 from tests.conftest import ROOT, eventually
-from tests.e2e.jobrun import SAMPLE_CSV, generate, job_env, read_intent, read_topic, run_job
+from tests.e2e.jobrun import SAMPLE_CSV, advance_watermark, generate, job_env, read_intent, read_topic, run_job
 
 pytestmark = pytest.mark.e2e
 
@@ -88,9 +88,10 @@ class Input:
     """The topic's records, counted the way DESIGN.md says: an event_id once, sessions by user_session."""
 
     def __init__(self, records):
-        self.events, seen = [], set()
+        self.events, seen, newest = [], set(), {}
         for r in records:
             value = json.loads(r.value)
+            newest[r.partition] = max(newest.get(r.partition, 0), _ms(value["event_time"]))
             event_id = value.get("event_id") or f"{r.topic}:{r.partition}:{r.offset}"
             if event_id in seen:
                 continue
@@ -112,7 +113,7 @@ class Input:
                     generation, current = generation + 1, Session(user)
                     self.sessions[session_id_of(key, generation)] = current
                 current.events.append((e["ms"], e["event_id"], e["type"], e["price"]))
-        watermark = max(e["ms"] for e in self.events) - DELAY_MS
+        self.watermark = watermark = min(newest.values()) - DELAY_MS  # the slowest partition's (event_time_source)
         self.closed = {sid: s for sid, s in self.sessions.items()
                        if min(s.end + GAP_MS, s.start + MAX_MS - 1) < watermark}
         self.active = {sid: s for sid, s in self.sessions.items() if sid not in self.closed}
@@ -147,14 +148,32 @@ def _week_later_user(bootstrap: str, topic: str) -> None:
     producer.close()
 
 
+def _live_user(bootstrap: str, topic: str) -> None:
+    """A user whose session is still open at the end of the run: events 3 and 2 minutes ago."""
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for i, minutes in enumerate((3, 2)):
+        producer.send(topic, key=b"live-session", value=_json({
+            "event_id": f"live-{i}", "user_id": "live-1", "user_session": "live-session", "event_type": "view",
+            "event_time": (now - timedelta(minutes=minutes)).isoformat(), "country": "NL", "product_id": 8,
+            "price": 12.0}))
+    producer.flush()
+    producer.close()
+
+
 @pytest.fixture(scope="module")
 def api_run(stack, mongo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
     topic = database = "e2e_api_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--replay", str(SAMPLE_CSV))
+    # generated sessions end by ~50 min ago; then a user still browsing, and a clock "now" on every
+    # partition: the generated traffic is final (alerts, profiles), the live user's session open
     generate(stack["bootstrap"], topic, "--sessions", "150", "--bots", "0.04", "--fraud", "0.04", "--returning", "0.3",
-             "--duplicate-ratio", "0.05", "--seed", "23", "--intent-file", str(tmp / "intent.jsonl"))
+             "--duplicate-ratio", "0.05", "--seed", "23", "--start-minutes-ago", "300",
+             "--intent-file", str(tmp / "intent.jsonl"))
     _week_later_user(stack["bootstrap"], topic)
+    _live_user(stack["bootstrap"], topic)
+    advance_watermark(stack["bootstrap"], topic)
     run_job(job_env(stack, topic, database, tmp / "ckpt", SESSION_GAP="5m", WATERMARK_DELAY="10m",
                     EXPERIMENTS_FILE=str(EXAMPLE_EXPERIMENTS)))
     records = read_topic(stack["bootstrap"], topic)
@@ -375,7 +394,8 @@ def test_alerts_executions_experiments_and_user_segments_equal_what_the_job_stor
     profiles = sorted(db.user_profiles.find({"engagement_score": {"$gte": 30}}),
                       key=lambda p: (-p["engagement_score"], p["_id"]))
     assert [u["user_id"] for u in engaged] == [p["_id"] for p in profiles]
-    assert len(db.user_profiles.distinct("_id")) == len(data.first_seen)
+    final_users = {e["user_id"] for e in data.events if e["ms"] < data.watermark}  # profiles: final events
+    assert len(db.user_profiles.distinct("_id")) == len(final_users)
 
 
 def test_act_now_lists_the_open_sessions_most_urgent_first(api_run):

@@ -134,14 +134,14 @@ def test_late_events_are_counted_and_still_emitted(stream):
     assert not stream.sessions("C")
 
 
-def test_state_holds_one_entry_per_user_and_drops_users_without_session_ids_once_closed(stream):
+def test_state_holds_one_entry_per_user_kept_for_the_retention_once_closed(stream):
     stream.send(event(0, "A", user=1), event(1, "B", user=1), event(2, None, user=5), event(3, None, user=6))
     assert stream.state_rows() == 3  # users 1, 5 and 6; user 1 has two sessions
     stream.send(event(50, "Z", user=9))  # closes A, B and users 5 and 6's sessions
     assert {d["status"] for s in ("A", "B") for d in stream.sessions(s)[-1:]} == {"closed"}
-    # Users 5 and 6 (derived sessions only) leave the store at once; user 1 keeps its session id
-    # generations (SESSION_ID_RETENTION), user 9 its open session.
-    assert stream.state_rows() == 2
+    # Every user keeps its entry SESSION_ID_RETENTION after its last event (generations, event ids,
+    # cooldowns, the profile's epoch), with its sessions closed; user 9 has its open session.
+    assert stream.state_rows() == 4
 
 
 def test_a_batch_rewrites_only_the_users_it_touches(spark, tmp_path):
