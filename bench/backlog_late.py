@@ -17,12 +17,12 @@ import json
 import shutil
 import time
 import uuid
-from pathlib import Path
 
 from pymongo import MongoClient
 
 from app.generator.cli import main as generator_main
-from faults.harness import BOOTSTRAP, MONGODB_URI, ROOT, WORK, SupervisedJob, job_topics, say, topic_records
+from faults.harness import (BOOTSTRAP, MONGODB_URI, ROOT, WORK, SupervisedJob, job_topics, say, topic_records,
+                            wait_until)
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -80,17 +80,16 @@ def _live(sessions: int, rate: float) -> dict:
     shutil.rmtree(job.checkpoint, ignore_errors=True)
     job.start()
     try:
-        time.sleep(60)  # the job is up and has read the first record
+        wait_until(lambda: (job.status() or {}).get("ready"), 300, "the live job ready")
         started = time.monotonic()
         _generate(topic, sessions, rate)
         records = topic_records(topic)
-        deadline = time.monotonic() + 1800
-        while time.monotonic() < deadline:
-            status = job.status() or {}
-            queries = status.get("queries") or [{}]
-            if queries[0].get("kafka_lag") == 0 and _figures(database)["events"] >= records - 1:
-                break
-            time.sleep(5)
+
+        def caught_up() -> bool:
+            queries = (job.status() or {}).get("queries") or [{}]
+            return queries[0].get("kafka_lag") == 0 and _figures(database)["events"] >= records
+
+        wait_until(caught_up, 1800, "the live job caught up", interval_s=5)
         figures = _figures(database)
         figures["seconds"] = round(time.monotonic() - started, 1)
     finally:

@@ -205,8 +205,14 @@ def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) 
     return out
 
 
-def topic_values(topic: str, bootstrap: str = BOOTSTRAP, timeout_s: float = 60) -> list[bytes]:
-    """Every record's value, read up to the end offsets; [] when the topic does not exist."""
+def topic_values(topic: str, bootstrap: str = BOOTSTRAP) -> list[bytes]:
+    """Every record's value ([] when the topic does not exist)."""
+    return [r.value for r in read_records(topic, bootstrap)]
+
+
+def read_records(topic: str, bootstrap: str = BOOTSTRAP, timeout_s: float = 60) -> list:
+    """Every record of the topic in (partition, offset) order, read up to its end offsets (never
+    "until some seconds of silence"); [] when the topic does not exist."""
     from kafka import KafkaConsumer, TopicPartition
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     try:
@@ -215,13 +221,13 @@ def topic_values(topic: str, bootstrap: str = BOOTSTRAP, timeout_s: float = 60) 
             return []
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        end, values, deadline = consumer.end_offsets(partitions), [], time.monotonic() + timeout_s
+        end, records, deadline = consumer.end_offsets(partitions), {}, time.monotonic() + timeout_s
         while any(consumer.position(tp) < end[tp] for tp in partitions):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"timed out reading {topic} to its end offsets {end}")
             for batch in consumer.poll(timeout_ms=1000).values():
-                values.extend(r.value for r in batch)
-        return values
+                records.update({(r.partition, r.offset): r for r in batch})
+        return [records[k] for k in sorted(records)]
     finally:
         consumer.close()
 

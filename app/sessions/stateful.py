@@ -168,13 +168,17 @@ def _events(columns: dict) -> tuple[list[Event], dict]:
              "category_code", "device_type", "country", "ip_address")
     events = [Event(int(ms), event_id, event_type, user_id, *map(_none_if_nan, rest))
               for ms, event_id, event_type, user_id, *rest in zip(*(columns[name] for name in names))]
-    # In Kafka order (partition, offset): of a redelivered event's copies in one batch the earliest
-    # is kept, as it is when the copies come in different batches (a row's order in a group is not).
+    ids = columns["event_id"]
+    if len(set(ids)) == len(ids):
+        return events, dict(zip(ids, columns["doc"]))
+    # A redelivered event's copies in one batch: put in Kafka order (partition, offset), so the
+    # earliest copy is kept, as it is when the copies come in different batches (a row's order in
+    # a group is not Kafka's).
     positions = [_kafka_position(doc) for doc in columns["doc"]]
     order = sorted(range(len(events)), key=positions.__getitem__)
     docs: dict = {}
     for i in order:
-        docs.setdefault(columns["event_id"][i], columns["doc"][i])
+        docs.setdefault(ids[i], columns["doc"][i])
     return [events[i] for i in order], docs
 
 

@@ -168,8 +168,6 @@ class Session:
         """The last event time this session still takes: a later event starts another session."""
         return min(self.acc.end_ms + settings.gap_ms, self.acc.start_ms + settings.max_ms - 1)
 
-    timeout_ms = close_ms
-
     def copy(self) -> "Session":
         return _session_from_dict(json.loads(json.dumps(_session_to_dict(self))))
 
@@ -273,9 +271,10 @@ def process_events(state: UserState | None, events: Iterable[Event], watermark_m
             arrived.append(ev)
     state.pending.extend(Pending(ev, None, None) for ev in arrived)
     touched = _finalize(state, frontier, out, settings)
+    finalized = bool(touched)  # an event applied or a session closed: only that changes the profile
     touched.update(_key(ev) for ev in arrived)
     _show(state, touched, {ev.event_id for ev in arrived}, out, settings)
-    return _finish(state, out, frontier, settings)
+    return _finish(state, out, frontier, settings, finalized)
 
 
 def process_timeout(state: UserState, watermark_ms: int, settings: SessionSettings) -> Step:
@@ -349,7 +348,8 @@ def _apply(state: UserState, p: Pending, out: Outputs, settings: SessionSettings
         out.alerts.extend(raised)
     if settings.triggers is not None:
         changed = len(session.history) > history_before and history_before > 0
-        if _wants(settings.triggers, "session_updated") or (changed and _wants(settings.triggers, "segment_changed")):
+        if _wants(settings.triggers, "session_updated", session.segment) or (
+                changed and _wants(settings.triggers, "segment_changed", session.segment)):
             doc = _document(state, session, "active", settings)
             happenings.append(Happening("session_updated", ev.event_ms, session=doc))
             if changed:
@@ -362,8 +362,10 @@ def _apply(state: UserState, p: Pending, out: Outputs, settings: SessionSettings
     return session
 
 
-def _wants(triggers: TriggerRules, kind: str) -> bool:
-    return any(t.on == kind for t in triggers.triggers)
+def _wants(triggers: TriggerRules, kind: str, segment: str) -> bool:
+    """Whether a trigger of `kind` could fire for a session in `segment` (fire() decides): the
+    session's document is built for the triggers only then, not for every final event."""
+    return any(t.on == kind and (not t.segments or segment in t.segments) for t in triggers.triggers)
 
 
 def _fire(state: UserState, happenings: list, out: Outputs, settings: SessionSettings) -> None:
@@ -522,8 +524,8 @@ def _document(state: UserState, session: Session, status: str, settings: Session
     return doc
 
 
-def _finish(state: UserState, out: Outputs, frontier: int, settings: SessionSettings) -> Step:
-    if state.profile is not None:
+def _finish(state: UserState, out: Outputs, frontier: int, settings: SessionSettings, finalized: bool) -> Step:
+    if state.profile is not None and finalized:
         update = _profile_update(state, settings)
         digest = update_digest(update)
         if digest != state.profile.written:

@@ -5,11 +5,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from app.generator.cli import main as generator_main
-from faults.harness import snapshot as harness_snapshot
+from faults.harness import read_records, snapshot as harness_snapshot
 from tests.conftest import ROOT
 
 SAMPLE_CSV = ROOT.parent / "shared" / "data" / "rees46_2019oct_first1000.csv"
@@ -75,25 +74,11 @@ def snapshot(uri: str, database: str) -> dict[str, list[dict]]:
     return harness_snapshot(database, uri)
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 60) -> list:
-    """Every record of the topic, read up to its end offsets (never "until 5 s of silence"), in
-    (partition, offset) order."""
-    from kafka import KafkaConsumer, TopicPartition
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        assert partitions, f"topic {topic} does not exist"
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records, deadline = {}, time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            assert time.monotonic() < deadline, f"timed out reading {topic} back to its end offsets {end}"
-            for batch in consumer.poll(timeout_ms=1000).values():
-                records.update({(r.partition, r.offset): r for r in batch})
-        return [records[k] for k in sorted(records)]
-    finally:
-        consumer.close()
+def read_topic(bootstrap: str, topic: str) -> list:
+    """Every record of the topic, read up to its end offsets, in (partition, offset) order."""
+    records = read_records(topic, bootstrap)
+    assert records, f"topic {topic} does not exist or is empty"
+    return records
 
 
 def rees46_session_count(rows: list[dict], gap_s: float = 30 * 60) -> int:

@@ -2,7 +2,6 @@
 import json
 import os
 import socket
-import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
@@ -11,6 +10,7 @@ import pytest
 
 from app.generator.cli import main
 from app.generator.replay import parse_event_time
+from faults.harness import read_records
 
 # Same resolution as conftest's `stack` fixture, which is not used: this test must fail, not
 # start anything, when the stack is down.
@@ -27,23 +27,9 @@ def require_kafka():
         pytest.fail(f"Kafka is not reachable at {BOOTSTRAP} ({exc}); start it with: make up")
 
 
-def consume_all(topic, timeout_s=60):
+def consume_all(topic):
     """Every record of the topic, keyed by (partition, offset), read up to the end offsets."""
-    from kafka import KafkaConsumer, TopicPartition
-    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records, deadline = {}, time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            assert time.monotonic() < deadline, "timed out reading the topic back"
-            for batch in consumer.poll(timeout_ms=1000).values():
-                records.update({(r.partition, r.offset): r for r in batch})
-        return records
-    finally:
-        consumer.close()
+    return {(r.partition, r.offset): r for r in read_records(topic, BOOTSTRAP)}
 
 
 def delete_topic(topic):

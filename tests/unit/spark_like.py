@@ -14,7 +14,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
-from app.sessions.tracker import Event, SessionSettings, process_events, process_timeout
+from app.sessions.tracker import Event, Outputs, SessionSettings, Step, process_events, process_timeout
 
 
 @dataclass
@@ -119,3 +119,17 @@ def cut(events: list[Event], sizes: list[int]) -> list[list[Event]]:
     if start < len(events):
         batches.append(events[start:])
     return batches
+
+
+def arrive_then_final(state, events: list[Event], settings: SessionSettings) -> Step:
+    """One user's events arrive (nothing final yet), then the watermark passes the newest of them:
+    the state after both steps, with both steps' outputs (the later profile)."""
+    arrived = process_events(state, events, 0, settings)
+    upto = max(e.event_ms for e in events) + 1
+    final = process_timeout(arrived.state, upto, settings) if arrived.state is not None else arrived
+    merged = Outputs()
+    for name in ("events", "event_fixes", "duplicates", "sessions", "retracted", "alerts", "actions"):
+        setattr(merged, name, getattr(arrived.out, name) + getattr(final.out, name))
+    merged.first_writes = arrived.out.first_writes | final.out.first_writes
+    merged.profile = final.out.profile if final.out.profile is not None else arrived.out.profile
+    return Step(final.state, merged, final.timeout_ms)

@@ -9,7 +9,6 @@ examples below them are the defects of issue 18, each a case that failed on f51a
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, note, settings as hsettings, strategies as st
@@ -188,8 +187,6 @@ def test_2_out_of_order_arrival_raises_no_false_alert_and_fires_no_fraud_review(
     for driver in (one, two):
         driver.advance(T0 + 5 * HOUR)
     assert_same_outputs(one, two)
-    assert all(a.evidence.get("seconds", 0) >= 0 and a.evidence.get("minutes_apart", 0) >= 0
-               for a in two.store.alerts.values())
     assert not two.store.alerts and not [a for a in two.store.actions if a.startswith("fraud_review")]
 
 
@@ -295,13 +292,10 @@ def test_9_a_users_batch_costs_in_proportion_to_its_events_not_its_open_sessions
         driver = SparkLike(settings, DELAY)
         driver.batch([ev(i, f"b{i}", user_session=f"s{i}") for i in range(open_sessions)])
         driver.advance(T0 + open_sessions)
-        state = driver.states["u1"]
-        started = time.process_time()
-        step = process_events(state, [ev(open_sessions + 1, "last", user_session="s0")],
+        step = process_events(driver.states["u1"], [ev(open_sessions + 1, "last", user_session="s0")],
                               T0 + open_sessions, settings)
-        return len(step.state.encode()), time.process_time() - started
-    small, large = one_event_after(2_000), one_event_after(20_000)
-    assert large[0] <= small[0] * 1.5  # the state holds at most the cap of open sessions
+        return len(step.state.encode())  # what the batch decodes and writes for this user (timed: bench/user_cost.py)
+    assert one_event_after(20_000) <= one_event_after(2_000) * 1.5  # at most the cap of open sessions
 
 
 def test_10_session_ids_never_collide():

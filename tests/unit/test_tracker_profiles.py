@@ -10,7 +10,8 @@ import pytest
 from app.config import DEFAULT_RULES_FILE
 from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
 from app.segments.rules import load_rules
-from app.sessions.tracker import Event, Outputs, SessionSettings, Step, UserState, process_events, process_timeout
+from app.sessions.tracker import Event, SessionSettings, Step, UserState, process_events, process_timeout
+from tests.unit.spark_like import arrive_then_final
 
 MIN = 60_000
 T0 = 1_714_564_800_000
@@ -29,15 +30,7 @@ def ev(at_ms, event_id, event_type="view", session="s1", price=None, country="PL
 
 def settle(state, events, _watermark, settings) -> Step:
     """The events arrive, then the watermark passes them (they become final): both steps' outputs."""
-    a = process_events(state, events, 0, settings)
-    upto = max((e.event_ms for e in events), default=T0) + 1
-    b = process_timeout(a.state, upto, settings) if a.state is not None else a
-    merged = Outputs()
-    for name in ("events", "event_fixes", "duplicates", "sessions", "retracted", "alerts", "actions"):
-        setattr(merged, name, getattr(a.out, name) + getattr(b.out, name))
-    merged.first_writes = a.out.first_writes | b.out.first_writes
-    merged.profile = b.out.profile if b.out.profile is not None else a.out.profile
-    return Step(b.state, merged, b.timeout_ms)
+    return arrive_then_final(state, events, settings)
 
 
 def test_profile_counts_each_event_once_and_folds_in_the_open_session(settings):

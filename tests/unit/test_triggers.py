@@ -13,6 +13,7 @@ from app.config import DEFAULT_RULES_FILE, InvalidConfigError
 from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
 from app.segments.rules import load_rules
 from app.sessions.tracker import Event, SessionSettings, UserState, process_events, process_timeout
+from tests.unit.spark_like import arrive_then_final
 
 MIN = 60_000
 T0 = 1_714_564_800_000
@@ -155,27 +156,19 @@ def ev(at_ms, event_id, event_type="view", session="s1", price=None, user="u1"):
                  "PL", "10.0.0.1")
 
 
-def final(state, events, settings, upto=None):
-    """The events arrive, then the watermark passes them: the actions both steps fired."""
-    arrived = process_events(state, events, 0, settings)
-    upto = upto if upto is not None else max(e.event_ms for e in events) + 1
-    step = process_timeout(arrived.state, upto, settings)
-    return step._replace(out=dataclasses.replace(step.out, actions=arrived.out.actions + step.out.actions))
-
-
 def test_exit_intent_fires_for_an_active_bouncer_once_per_cooldown(settings):
     arrived = process_events(None, [ev(0, "e1")], 0, settings)
     assert arrived.out.actions == []  # decided by final events only
-    step = final(None, [ev(0, "e1")], settings)
+    step = arrive_then_final(None, [ev(0, "e1")], settings)
     assert [a["trigger"] for a in step.out.actions] == ["exit_intent_offer"]
     action = step.out.actions[0]
     assert action["facts"]["session"]["behavior_segment"] == "bouncer" and action["facts"]["profile"]["sessions"] == 1
-    again = final(UserState.decode(step.state.encode()), [ev(10 * 1000, "e2")], settings)
+    again = arrive_then_final(UserState.decode(step.state.encode()), [ev(10 * 1000, "e2")], settings)
     assert again.out.actions == []  # still a bouncer, within the hour
 
 
 def test_abandoned_cart_fires_when_a_browser_with_a_cart_closes(settings):
-    state = final(None, [ev(0, "e1"), ev(MIN, "e2", "cart"), ev(2 * MIN, "e3")], settings).state
+    state = arrive_then_final(None, [ev(0, "e1"), ev(MIN, "e2", "cart"), ev(2 * MIN, "e3")], settings).state
     step = process_timeout(UserState.decode(state.encode()), T0 + 40 * MIN, settings)
     assert [a["trigger"] for a in step.out.actions] == ["abandoned_cart_email"]
     assert step.out.actions[0]["execution_id"] == f"abandoned_cart_email:u1:{T0 + 2 * MIN}"
@@ -184,9 +177,9 @@ def test_abandoned_cart_fires_when_a_browser_with_a_cart_closes(settings):
 def test_segment_changed_is_a_happening(settings):
     changed = dataclasses.replace(settings, triggers=_rules(_trigger("moved", on="segment_changed",
                                                                      segments=["browser"])))
-    first = final(None, [ev(0, "e1")], changed)
+    first = arrive_then_final(None, [ev(0, "e1")], changed)
     assert first.out.actions == []  # a new session's first segment is not a change
-    second = final(UserState.decode(first.state.encode()), [ev(MIN, "e2", "cart")], changed)
+    second = arrive_then_final(UserState.decode(first.state.encode()), [ev(MIN, "e2", "cart")], changed)
     [action] = second.out.actions
     assert action["facts"]["session"]["previous_segment"] == "bouncer"
 
