@@ -37,7 +37,12 @@ Other rules the transitions keep:
 - A `user_session` that comes back after its session closed continues as `<id>#2`, `#3`, ...:
   the user's entry remembers the generation counters for `id_retention_ms` after the user's
   last event, for the user's latest GENERATIONS_KEPT ids. A literal `#` in a user_session is written `##` in the session id, so a literal
-  `S#2` never collides with the second generation of `S`.
+  `S#2` never collides with the second generation of `S`. A user_session that comes back after
+  the entry expired starts at generation 1 again: the sink keeps the old closed document under
+  `archived_id` (`S#archived-<its start ms>`) and writes the new session as `S`.
+- The entry's expiry is decided in event time: a final event later than the entry's retention,
+  with no session open, finds the entry as the expiry would have left it (`_expire`), whether
+  or not Spark's timeout ran before the event arrived.
 - Without a user_session, the user's events make derived sessions by the same gap and
   SESSION_MAX rules (one open derived session per user at a time).
 - At most `max_open_sessions` sessions of one user are open at once (a bot rotating session
@@ -122,6 +127,7 @@ class SeenIds:
 
     def __init__(self, hashes: Iterable[int] = ()):
         self.order = array("Q", hashes)
+        del self.order[:-self.CAPACITY]
         self.members = set(self.order)
 
     @staticmethod
@@ -294,8 +300,10 @@ def _finalize(state: UserState, frontier: int, out: Outputs, settings: SessionSe
     closes = [(s.close_ms(settings), s.session_id) for s in state.sessions.values()]
     heapq.heapify(closes)
     touched: set = set()
-    for p in due:
+    for i, p in enumerate(due):
         _close_before(state, closes, p.event.event_ms, out, settings, touched)
+        if not state.sessions and state.last_event_ms and p.event.event_ms > _retained_until(state, settings):
+            _expire(state, due[i:], settings)
         session = _apply(state, p, out, settings)
         heapq.heappush(closes, (session.close_ms(settings), session.session_id))
         touched.add(session.key)
@@ -451,6 +459,13 @@ def session_id_of(user_session: str, generation: int) -> str:
     return base if generation == 1 else f"{base}#{generation}"
 
 
+def archived_id(session_id: str, session_start_ms: int) -> str:
+    """Where the sink keeps a closed document whose id a later session took: a user_session
+    reused after the user's entry expired (SESSION_ID_RETENTION) starts again at generation 1.
+    A literal `#` is doubled in ids, so no user_session produces this id."""
+    return f"{session_id}#archived-{session_start_ms}"
+
+
 def _since(session: Session, ev: Event) -> float | None:
     return None if session.last_ms is None else (ev.event_ms - session.last_ms) / 1000.0
 
@@ -534,15 +549,34 @@ def _finish(state: UserState, out: Outputs, frontier: int, settings: SessionSett
     due = [s.close_ms(settings) for s in state.sessions.values()] + [p.event.event_ms for p in state.pending]
     if due:
         return Step(state, out, min(due))
+    retain_until = _retained_until(state, settings)
+    if retain_until >= frontier:
+        return Step(state, out, retain_until)
+    return Step(None, out, None)
+
+
+def _retained_until(state: UserState, settings: SessionSettings) -> int:
+    """Without open sessions, the entry leaves the store once the watermark passes this."""
     retain_until = state.last_event_ms + settings.id_retention_ms  # ids, generations, the profile's epoch
     if settings.triggers is not None:
         cooldowns = {t.name: t.cooldown_ms for t in settings.triggers.triggers}
         for name, fired_ms in state.triggers.last_fired.items():
-            until = fired_ms + cooldowns.get(name, 0)
-            retain_until = max(retain_until, until)
-    if retain_until >= frontier:
-        return Step(state, out, retain_until)
-    return Step(None, out, None)
+            retain_until = max(retain_until, fired_ms + cooldowns.get(name, 0))
+    return retain_until
+
+
+def _expire(state: UserState, rest: list, settings: SessionSettings) -> None:
+    """The entry's retention ended before the final event `rest[0]`: the user goes on as Spark's
+    timeout would have left it had it run first (the entry gone, the user re-entering with that
+    event), so whether the timeout ran before the event arrived changes nothing. Kept: what is not
+    final yet (pending, frontier, the provisional documents written); the event ids remembered are
+    those of the events not applied yet. The new profile epoch opens on what the store holds, which is the last update emitted."""
+    stored = _profile_update(state, settings) if state.profile is not None else None
+    fresh = UserState(state.user_id, pending=state.pending, frontier_ms=state.frontier_ms, live=state.live,
+                      seen=SeenIds(SeenIds.digest(p.event.event_id) for p in [*rest, *state.pending]))
+    state.__dict__.update(fresh.__dict__)
+    if stored is not None:
+        state.profile = new_epoch(rest[0].event.event_ms, rest[0].event.event_id, stored)
 
 
 def session_document(user_id: str, session: Session, segment: Segment, status: str, rules: RuleSet) -> dict:

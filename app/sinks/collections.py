@@ -6,13 +6,14 @@ app/sinks/exactly_once.py.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from pymongo import ASCENDING, DESCENDING, DeleteOne, UpdateOne
 
 from app import aggregates as A
 from app.profiles.rules import parse_profile_rules
 from app.sinks import profiles as P
+from app.sessions.tracker import archived_id
 from app.sinks.mongo import Store, insert_or_ignore, insert_returning_duplicates, replace_documents
 
 SEGMENTS = "user_behavior_segments"
@@ -190,8 +191,31 @@ def _write_session_rows(coll, rows: list, insert: bool) -> None:
     docs = [session_document(row, now) for row in rows]
     if insert:  # on a replayed batch the documents may be there already: replace those
         docs = insert_returning_duplicates(coll, docs)
+        archive_reused(coll, docs)
     for start in range(0, len(docs), SESSION_REPLACE_CHUNK):
         replace_documents(coll, docs[start:start + SESSION_REPLACE_CHUNK])
+
+
+def archive_reused(coll, docs: list[dict]) -> None:
+    """First writes that found a document with their id: a replayed batch's own document (replaced
+    next), or a closed session whose user_session came back after the user's entry expired
+    (SESSION_ID_RETENTION): that one ended before the new session started, and is copied to
+    `archived_id` before the new session replaces it. The copy is an upsert, so a crash between
+    the two writes repeats both with the same result."""
+    if not docs:
+        return
+    new_start = {d["_id"]: d["session_start"] for d in docs}
+    old = [d for d in coll.find({"_id": {"$in": list(new_start)}, "status": "closed"})
+           if _as_utc(d["session_end"]) < new_start[d["_id"]]]
+    replace_documents(coll, [{**d, "_id": archived_id(d["_id"], _millis(d["session_start"]))} for d in old])
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def _millis(value: datetime) -> int:
+    return (_as_utc(value) - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
 
 
 def record_progress(db, doc: dict) -> None:

@@ -18,7 +18,9 @@ twice leaves what writing them once leaves:
    writes replace. The last write of a batch carries the batch's final figures either way. A
    provisional session that the final events did not confirm is deleted by `_id` where its
    status is still `active` (`retract` rows): deleting twice is deleting once, and a closed
-   document is never deleted. A batch never both writes and retracts one id.
+   document is never deleted. A batch never both writes and retracts one id. A first write that
+   finds a closed document which ended before it started (its user_session reused after the
+   user's entry expired) first copies that one to its archived id (an upsert), then replaces it.
 3. conversion_funnel and segment_distribution: additive sums, so each batch's deltas must be
    added exactly once per document. Each document stores the `(run_id, batch_id)` of the last
    batch applied to it (`run_id` = the query id, which lives in the checkpoint); a batch whose

@@ -14,7 +14,7 @@ import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
-from app.sessions.tracker import Event, Outputs, SessionSettings, Step, process_events, process_timeout
+from app.sessions.tracker import Event, Outputs, SessionSettings, Step, archived_id, process_events, process_timeout
 
 
 @dataclass
@@ -94,7 +94,13 @@ class SparkLike:
             store.events[e.event_id] = (e.session_id, e.seconds_since_prev, store.events[e.event_id][2])
         store.duplicates.update(out.duplicates)
         for doc in out.sessions:
-            assert store.sessions.get(doc["_id"], {}).get("status") != "closed", f"{doc['_id']} rewritten after close"
+            before = store.sessions.get(doc["_id"])
+            if before is not None and before["status"] == "closed" and before["session_end"] < doc["session_start"]:
+                archived = archived_id(doc["_id"], before["session_start"])  # an id reused: as the sink does
+                store.sessions[archived] = {**before, "_id": archived}
+                store.closed_writes[doc["_id"]] = 0
+            else:
+                assert (before or {}).get("status") != "closed", f"{doc['_id']} rewritten after close"
             store.sessions[doc["_id"]] = doc
             store.closed_writes[doc["_id"]] += doc["status"] == "closed"
         for session_id in out.retracted:

@@ -19,7 +19,7 @@ from app.experiments.design import load_experiments
 from app.profiles.profile import profile_facts
 from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
 from app.segments.rules import load_rules, parse_rules
-from app.sessions.tracker import Event, SessionSettings, UserState, process_events, session_id_of
+from app.sessions.tracker import Event, SessionSettings, UserState, archived_id, process_events, session_id_of
 
 from tests.unit.spark_like import SparkLike, cut
 
@@ -305,6 +305,26 @@ def test_10_session_ids_never_collide():
     ids = sorted(d["_id"] for d in run.store.sessions.values() if d["user_id"] == "u1")
     assert ids == ["S", "S##2", "S#2"]
     assert {d["user_session"] for d in run.store.sessions.values() if d["user_id"] == "u1"} == {"S", "S#2"}
+
+
+def test_10_a_session_id_reused_after_its_entry_expired_keeps_both_sessions():
+    """S closes; 40 days later S comes back. Whether Spark's timeout removed the user's entry
+    before the new event arrived or the event arrived first (pending in the old entry) gives the
+    same outputs, and the old closed document is kept under an archived id, not overwritten."""
+    back = 40 * DAY
+    timeout_first = in_batches([[ev(0, "a", user_session="S", event_type="cart")],
+                                [ev(back + 5 * MIN, "clock", user_id="u2")], [],
+                                [ev(back, "b", user_session="S")], [ev(back + DAY, "end", user_id="u2")]])
+    event_first = in_batches([[ev(0, "a", user_session="S", event_type="cart")],
+                              [ev(back, "b", user_session="S"), ev(back + 5 * MIN, "clock", user_id="u2")],
+                              [], [ev(back + DAY, "end", user_id="u2")]])
+    assert_same_outputs(timeout_first, event_first)
+    sessions = {d["_id"]: d for d in event_first.store.sessions.values() if d["user_id"] == "u1"}
+    assert set(sessions) == {"S", archived_id("S", T0)}, sorted(sessions)
+    assert sessions[archived_id("S", T0)]["total_events"] == 1 and sessions["S"]["session_start"] == T0 + back
+    assert event_first.store.events["b"][0] == "S"
+    totals = event_first.store.profiles["u1"]["totals"]
+    assert totals["sessions"] == 2 and totals["first_seen"] == T0
 
 
 def test_11_at_risk_follows_the_fallback_segment_whatever_its_name():
