@@ -50,7 +50,7 @@ bench: up  ## the benchmark (~30 min): throughput, upper bound, baseline, latenc
 bench-profiles: up  ## profiles and alerts: the job with them on vs off (one run each), alert latency at 1,000/s -> bench/results/profiles.*
 	$(PY) -m bench.profiles
 
-bench-backlog: up  ## late events when a 1-hour backlog is caught up (MAX_OFFSETS_PER_TRIGGER 200 / 100000) vs a live run (~15 min) -> bench/results/backlog_late.*
+bench-backlog: up  ## late events when a 1-hour backlog is caught up (MAX_OFFSETS_PER_TRIGGER 200 / 100000) vs a live run (~6 min) -> bench/results/backlog_late.*
 	$(PY) -m bench.backlog_late
 
 bench-user-cost: setup  ## one user's batch with 1k / 10k / 100k sessions opened (a bot), pure engine (~3 min)
