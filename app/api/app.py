@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pymongo import MongoClient
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, NetworkTimeout, PyMongoError
 
 from app.api import queries as Q
@@ -252,8 +253,8 @@ def _error_handlers(app: FastAPI, config: ApiConfig) -> None:
     async def invalid_parameter(request: Request, exc: RequestValidationError):
         return _validation_response(request, exc)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's too, and the router's own 404 and 405
+    async def http_error(request: Request, exc: StarletteHTTPException):
         return error(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(ParameterError)
