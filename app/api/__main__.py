@@ -11,7 +11,8 @@ import sys
 import uvicorn
 from pymongo.errors import PyMongoError
 
-from app.api.app import create_app, mongo_client, store_hosts
+from app.api.app import create_app, mongo_client
+from app.api.edge import store_hosts
 from app.api.settings import api_config
 from app.config import InvalidConfigError
 

@@ -15,20 +15,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pymongo import MongoClient
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from pymongo.errors import ConnectionFailure, ExecutionTimeout, NetworkTimeout, PyMongoError
+from pymongo.errors import PyMongoError
 
 from app.api import queries as Q
 from app.api.analytics import METRICS
 from app.api.bounds import ParameterError, TimedDatabase, instant, time_range, window_range
-from app.api.edge import KEY_HEADER, KeyCheck, RequestLog, error
+from app.api.edge import KEY_HEADER, KeyCheck, RequestLog, install_error_handlers, store_hosts
 from app.api.settings import MAX_LIMIT, ApiConfig
 from app.segments.rules import parse_rules, read_rules_document
 
@@ -39,7 +37,6 @@ EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase", "other")
 SEVERITIES = ("low", "medium", "high")
 OPEN_PATHS = ("/healthz", "/readyz", "/", "/dashboard", "/docs", "/openapi.json")
 OPEN_PREFIXES = ("/docs/static/",)
-STORE_DOWN = "the data store is unavailable: try again later"
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most this many items (1-{MAX_LIMIT})")]
 Start = Annotated[datetime | None, Query(description="from this time (ISO-8601; naive = UTC), inclusive")]
@@ -47,19 +44,6 @@ End = Annotated[datetime | None, Query(description="up to this time (ISO-8601; n
 UserId = Annotated[str | None, Query(min_length=1, max_length=200, description="one user")]
 Country = Annotated[str | None, Query(min_length=1, max_length=100)]
 EventType = Annotated[Literal[EVENT_TYPES] | None, Query(description="canonical event type")]
-
-
-def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("?",), "msg": "invalid request"}
-    parameter = str(first["loc"][-1]) if first.get("loc") else "?"
-    return error(request, 422, f"invalid parameter '{parameter}': {first['msg']}", parameter=parameter, detail=[
-        {"parameter": str(e["loc"][-1]) if e.get("loc") else None, "message": e["msg"]} for e in errors])
-
-
-def store_hosts(uri: str) -> str:
-    """host:port of a MongoDB URI for the log: no user, password or options (which may hold secrets)."""
-    return uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
 
 
 def mongo_client(config: ApiConfig) -> MongoClient:
@@ -106,7 +90,7 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET"],
                            allow_headers=[KEY_HEADER], expose_headers=["X-Request-ID"])
     app.add_middleware(RequestLog)
-    _error_handlers(app, config)
+    install_error_handlers(app, config.query_timeout_ms, store_hosts(config.mongodb_uri))
 
     app.state.segment_names = segment_names
     # The key is checked by KeyCheck; this only tells OpenAPI (and Swagger UI's Authorize) about it.
@@ -243,36 +227,6 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
         return {"last_batch": Q.job_progress(db), "job": _job_status(config.job_status_url)}
 
     return app
-
-
-def _error_handlers(app: FastAPI, config: ApiConfig) -> None:
-    """A 422 names the parameter; anything else says only what a client can act on, with the
-    request id; the details go to the log under that id."""
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_parameter(request: Request, exc: RequestValidationError):
-        return _validation_response(request, exc)
-
-    @app.exception_handler(StarletteHTTPException)  # FastAPI's too, and the router's own 404 and 405
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        return error(request, exc.status_code, str(exc.detail))
-
-    @app.exception_handler(ParameterError)
-    async def bad_parameter(request: Request, exc: ParameterError):
-        return error(request, 422, f"invalid parameter '{exc.parameter}': {exc.message}", parameter=exc.parameter)
-
-    @app.exception_handler(PyMongoError)
-    async def store_error(request: Request, exc: PyMongoError):
-        rid = request.state.request_id
-        log.warning("request %s: %s: MongoDB at %s: %s: %s", rid, request.url.path, store_hosts(config.mongodb_uri),
-                    type(exc).__name__, exc)
-        if isinstance(exc, (ExecutionTimeout, NetworkTimeout)):  # not ServerSelectionTimeoutError: down
-            return error(request, 504, f"the query took longer than {config.query_timeout_ms} ms: narrow it "
-                                       "(start/end, user_id, segment)")
-        if isinstance(exc, ConnectionFailure):
-            return error(request, 503, STORE_DOWN)
-        return error(request, 502, "the data store could not answer this request")
-
 
 
 def _query_params(dependant):

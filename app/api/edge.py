@@ -1,4 +1,5 @@
-"""The API's edge (DESIGN.md §16, "Exposed surfaces fail closed"), as two ASGI middlewares:
+"""The API's edge (DESIGN.md §16, "Exposed surfaces fail closed"): the error answers, and two ASGI
+middlewares:
 
 - RequestLog (outermost): a request id on every answer (X-Request-ID, and `request_id` in error
   bodies), one access-log line per request without its query string (method, path, status,
@@ -15,9 +16,14 @@ import time
 import uuid
 from urllib.parse import parse_qsl
 
+from fastapi.exceptions import RequestValidationError
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, NetworkTimeout, PyMongoError
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from app.api.bounds import ParameterError
 
 log = logging.getLogger("behavior.api")
 access = logging.getLogger("behavior.api.access")
@@ -33,6 +39,47 @@ def request_id(request: Request) -> str:
 def error(request: Request, status: int, message: str, **extra) -> JSONResponse:
     """Every error body: a message for people, the request id to find the details in the log."""
     return JSONResponse(status_code=status, content={"error": message, **extra, "request_id": request_id(request)})
+
+
+def install_error_handlers(app, query_timeout_ms: int, store: str) -> None:
+    """A 422 names the parameter; anything else says only what a client can act on, with the
+    request id; the details go to the log under that id."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request: Request, exc: RequestValidationError):
+        return _validation_response(request, exc)
+
+    @app.exception_handler(HTTPException)  # FastAPI's too, and the router's own 404 and 405
+    async def http_error(request: Request, exc: HTTPException):
+        return error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ParameterError)
+    async def bad_parameter(request: Request, exc: ParameterError):
+        return error(request, 422, f"invalid parameter '{exc.parameter}': {exc.message}", parameter=exc.parameter)
+
+    @app.exception_handler(PyMongoError)
+    async def store_error(request: Request, exc: PyMongoError):
+        log.warning("request %s: %s: MongoDB at %s: %s: %s", request_id(request), request.url.path, store,
+                    type(exc).__name__, exc)
+        if isinstance(exc, (ExecutionTimeout, NetworkTimeout)):  # not ServerSelectionTimeoutError: down
+            return error(request, 504, f"the query took longer than {query_timeout_ms} ms: narrow it "
+                                       "(start/end, user_id, segment)")
+        if isinstance(exc, ConnectionFailure):
+            return error(request, 503, "the data store is unavailable: try again later")
+        return error(request, 502, "the data store could not answer this request")
+
+
+def _validation_response(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("?",), "msg": "invalid request"}
+    parameter = str(first["loc"][-1]) if first.get("loc") else "?"
+    return error(request, 422, f"invalid parameter '{parameter}': {first['msg']}", parameter=parameter, detail=[
+        {"parameter": str(e["loc"][-1]) if e.get("loc") else None, "message": e["msg"]} for e in errors])
+
+
+def store_hosts(uri: str) -> str:
+    """host:port of a MongoDB URI for the log: no user, password or options (which may hold secrets)."""
+    return uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
 
 
 class RequestLog:
