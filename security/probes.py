@@ -22,7 +22,8 @@ from typing import Callable
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-LEAKS = re.compile(r"mongodb(\+srv)?://|replicaSet|[Pp]assword|\b\d{1,3}(\.\d{1,3}){3}:\d+|Errno|\$clusterTime|Traceback")
+LEAKS = re.compile(r"mongodb(\+srv)?://|replicaSet|[Pp]assword|\b\d{1,3}(\.\d{1,3}){3}:\d+"  # URIs, host:port
+                   r"|Errno|\$clusterTime|Traceback")  # driver and server text
 EXTREME = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:30:00")
 
 

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
            f"NO API KEY required: {'API_ALLOW_NO_KEY=1' if config.allow_no_key else 'loopback only'}")
     print(f"api: http://{config.host}:{config.port}/ (dashboard), /docs (OpenAPI); database "
           f"{config.mongodb_database} at {store_hosts(config.mongodb_uri)}; {key}", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    # uvicorn's own access log would keep query strings: ours (app/api/edge.py) does not; no Server header.
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False, server_header=False)
     return 0
 
 

@@ -139,8 +139,6 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
             first = A.utc(latest["window_start"]) - (limit - 1) * WINDOW
             start = first if start is None else max(start, first)
             query.update(_range("window_start", start, end))
-            if segment is not None:
-                query["behavior_segment"] = segment
     windows = capped(db[C.DISTRIBUTION].find(query, _HIDDEN), "start")
     return {"start": start, "end": end, "limit": limit, **A.session_metrics(windows)}
 
@@ -196,7 +194,8 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
 
 def funnel(db, segment_order: tuple[str, ...]) -> dict:
     rank = {name: i for i, name in enumerate(segment_order)}
-    docs = sorted(capped(db[C.FUNNEL].find({}, _HIDDEN), "segment"), key=lambda d: (rank.get(d["_id"], len(rank)), d["_id"]))
+    docs = sorted(capped(db[C.FUNNEL].find({}, _HIDDEN), "segment"),
+                  key=lambda d: (rank.get(d["_id"], len(rank)), d["_id"]))
     return {"segments": [{k: round(v, 2) if k == "sum_duration_minutes" else v for k, v in d.items() if k != "_id"}
                          for d in docs]}
 

@@ -126,7 +126,8 @@ def test_without_a_key_the_api_refuses_to_start_off_loopback(env):
 
 
 @pytest.mark.parametrize("env", [{"API_HOST": "127.0.0.1"}, {"API_HOST": "::1"}, {"API_HOST": "localhost"},
-                                 {"API_HOST": "0.0.0.0", "API_ALLOW_NO_KEY": "1"}, {"API_HOST": "0.0.0.0", "API_KEY": KEY}])
+                                 {"API_HOST": "0.0.0.0", "API_ALLOW_NO_KEY": "1"},
+                                 {"API_HOST": "0.0.0.0", "API_KEY": KEY}])
 def test_loopback_an_explicit_allow_or_a_key_starts(env):
     config = api_config([], env)
     assert config.api_key in ("", KEY)
@@ -161,7 +162,8 @@ def test_a_dead_store_is_a_generic_503_with_the_request_id(dead, caplog):
     response = dead.get("/v1/funnel")
     assert response.status_code == 503
     body = response.json()
-    assert body == {"error": "the data store is unavailable: try again later", "request_id": response.headers["X-Request-ID"]}
+    assert body == {"error": "the data store is unavailable: try again later",
+                    "request_id": response.headers["X-Request-ID"]}
     assert any(body["request_id"] in r.getMessage() and "127.0.0.1:1" in r.getMessage() for r in caplog.records)
 
 
