@@ -346,3 +346,14 @@ def test_the_access_log_has_method_path_status_duration_and_id_but_no_query(dead
     rid, method, path, status, duration = lines[0].split()
     assert (rid, method, path, status) == (response.headers["X-Request-ID"], "GET", "/v1/patterns", "503")
     assert duration.endswith("ms") and float(duration[:-2]) >= 0
+
+
+def test_the_client_bounds_every_wait():
+    from app.api.app import mongo_client
+    client = mongo_client(ApiConfig(api_key=KEY, mongodb_uri="mongodb://127.0.0.1:1/", query_timeout_ms=3000))
+    try:
+        pool = client.options.pool_options
+        assert (pool.socket_timeout, pool.connect_timeout) == (5.0, 2.0)  # maxTimeMS + 2 s for the answer
+        assert client.options.server_selection_timeout == 2.0
+    finally:
+        client.close()
