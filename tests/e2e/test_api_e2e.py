@@ -449,9 +449,10 @@ def test_the_running_api_fails_closed(api_run):
     in_query = httpx.get(str(api.base_url) + "/v1/funnel", params={"key": KEY})
     assert in_query.status_code == 400 and in_query.headers["X-Request-ID"] == in_query.json()["request_id"]
     assert api.get("/readyz").json() == {"status": "ready"}
-    assert api.get("/v1/activity", params={"country": "ZZ-probe"}).status_code == 200
-    # the access line is written once the answer is out: wait for it
-    log = eventually(lambda: (text := api_run["log"].read_text()) if " GET /v1/activity 200 " in text else None,
+    probe = api.get("/v1/activity", params={"country": "ZZ-probe"})
+    assert probe.status_code == 200
+    line = f"{probe.headers['X-Request-ID']} GET /v1/activity 200 "  # written once the answer is out: wait
+    log = eventually(lambda: (text := api_run["log"].read_text()) if line in text else None,
                      timeout_s=10, what="the access log line of /v1/activity")
     assert "ZZ-probe" not in log and KEY not in log
     assert "refused a key in the query string of /v1/funnel" in log
