@@ -65,8 +65,10 @@ def probe_2_no_key_no_start(api: Api) -> tuple[bool, str]:
     except subprocess.TimeoutExpired:
         code, lines = None, ["still serving after 30 s"]
     ok = anonymous.status_code == 401 and code not in (0, None) and len(lines) == 1
-    return ok, (f"running API without a key: {anonymous.status_code}; `API_KEY= API_HOST=0.0.0.0 python -m app.api`:"
-                f" exit {code}, {len(lines)} line(s): {lines[-1][:90] if lines else ''}")
+    hint = " (serving data without a key: start it with API_KEY set)" if anonymous.status_code == 200 else ""
+    return ok, (f"running API without a key: {anonymous.status_code}{hint}; "
+                f"`API_KEY= API_HOST=0.0.0.0 python -m app.api`: exit {code}, {len(lines)} line(s): "
+                f"{lines[-1][:90] if lines else ''}")
 
 
 def probe_3_probes_status_only(api: Api) -> tuple[bool, str]:
