@@ -4,8 +4,11 @@ A request past a bound is a 422 naming the parameter that narrows it; a query pa
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Iterator
+
+from pymongo.errors import ExecutionTimeout
 
 from app.api.analytics import utc
 
@@ -78,14 +81,39 @@ def capped(documents: Iterable[dict], parameter: str, limit: int | None = None) 
         yield doc
 
 
+class TimedCursor:
+    """A find's cursor with maxTimeMS, and the same bound on the whole read: a server may apply
+    maxTimeMS to the first batch only (FerretDB does: getMore has none), so iterating past the
+    deadline raises pymongo's ExecutionTimeout too (a 504)."""
+
+    def __init__(self, cursor, max_time_ms: int):
+        self._cursor, self._ms = cursor.max_time_ms(max_time_ms), max_time_ms
+
+    def sort(self, *args, **kwargs) -> "TimedCursor":
+        self._cursor.sort(*args, **kwargs)
+        return self
+
+    def limit(self, n: int) -> "TimedCursor":
+        self._cursor.limit(n)
+        return self
+
+    def __iter__(self) -> Iterator[dict]:
+        deadline = time.monotonic() + self._ms / 1000
+        for doc in self._cursor:
+            if time.monotonic() > deadline:
+                self._cursor.close()
+                raise ExecutionTimeout(f"read past {self._ms} ms", code=50)
+            yield doc
+
+
 class TimedCollection:
     """A collection whose find and find_one carry maxTimeMS: the server stops a query past it."""
 
     def __init__(self, collection, max_time_ms: int):
         self._collection, self._ms = collection, max_time_ms
 
-    def find(self, *args, **kwargs):
-        return self._collection.find(*args, **kwargs).max_time_ms(self._ms)
+    def find(self, *args, **kwargs) -> TimedCursor:
+        return TimedCursor(self._collection.find(*args, **kwargs), self._ms)
 
     def find_one(self, *args, **kwargs):
         return self._collection.find_one(*args, max_time_ms=self._ms, **kwargs)

@@ -8,12 +8,14 @@ import logging
 import os
 import socket
 import subprocess
+import time
 import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
 from pymongo import MongoClient
+from pymongo.errors import ExecutionTimeout
 
 from app.api import bounds, queries as Q
 from app.api.app import STATIC, SWAGGER_UI, _job_status, create_app
@@ -357,3 +359,36 @@ def test_the_client_bounds_every_wait():
         assert client.options.server_selection_timeout == 2.0
     finally:
         client.close()
+
+
+class SlowCursor(FakeCursor):
+    def close(self):
+        self.query["closed"] = True
+
+    def __iter__(self):
+        for doc in self.docs:
+            time.sleep(0.03)
+            yield doc
+
+
+def test_a_read_past_its_time_stops_even_where_the_server_bounds_only_the_first_batch():
+    record = {}
+    cursor = bounds.TimedCursor(SlowCursor([{"n": i} for i in range(20)], record), max_time_ms=100)
+    read = []
+    with pytest.raises(ExecutionTimeout):
+        for doc in cursor:
+            read.append(doc)
+    assert record == {"max_time_ms": 100, "closed": True} and 2 <= len(read) < 6
+
+
+def test_a_query_past_its_time_is_a_504_that_says_how_to_narrow_it(monkeypatch):
+    store = FakeStore({})
+
+    def too_slow(*args, **kwargs):
+        raise ExecutionTimeout("operation exceeded time limit", code=50)
+    monkeypatch.setattr(FakeCollection, "find", too_slow)
+    with _client(store, query_timeout_ms=250) as client:
+        response = client.get("/v1/alerts")
+    assert response.status_code == 504
+    assert response.json() == {"error": "the query took longer than 250 ms: narrow it (start/end, user_id, segment)",
+                               "request_id": response.headers["X-Request-ID"]}
