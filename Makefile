@@ -67,6 +67,9 @@ api: up  ## the read-only query API + live dashboard on 127.0.0.1:8000 (API_PORT
 
 dashboard: api  ## the same as make api: the dashboard is its page /
 
+security: setup  ## issue 20's probes 1-8 against the running API (make api; API_URL, API_KEY): one PASS/FAIL line each, non-zero on a FAIL
+	$(PY) -m security.probes
+
 bench-api: up  ## the query API (~50 min): personalization p99 at 200 req/s with the job running and alone, analytics endpoints over 1M events -> bench/results/api.*
 	$(PY) -m bench.api
 
@@ -90,4 +93,4 @@ test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the r
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo api dashboard bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup up down status smoke demo api dashboard security bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

@@ -1,11 +1,12 @@
 """The read-only HTTP API and the dashboard (DESIGN.md §15): FastAPI over the job's collections.
 
-Routes validate their parameters (a bad one is a 422 naming it), check the API key, and call
-app/api/queries.py; the dashboard is a static page (app/api/static) that calls the same routes.
+Routes validate their parameters (a bad one is a 422 naming it) and call app/api/queries.py; the
+edge (app/api/edge.py) checks the key, ids and logs every request; the dashboard is a static page
+(app/api/static) that calls the same routes. Exposed surfaces fail closed (DESIGN.md §16): probes
+answer status only, errors are generic with a request id, every read is bounded (app/api/bounds.py).
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import urllib.request
@@ -14,23 +15,28 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from pymongo import MongoClient
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from app.api import queries as Q
-from app.api.analytics import METRICS, utc
+from app.api.analytics import METRICS
+from app.api.bounds import ParameterError, TimedDatabase, instant, time_range, window_range
+from app.api.edge import KEY_HEADER, KeyCheck, RequestLog, install_error_handlers, store_hosts
 from app.api.settings import MAX_LIMIT, ApiConfig
 from app.segments.rules import parse_rules, read_rules_document
-from app.sinks.mongo import redact
 
 log = logging.getLogger("behavior.api")
 STATIC = Path(__file__).resolve().parent / "static"
+SWAGGER_UI = STATIC / "swagger-ui"  # swagger-ui-dist, pinned and vendored: /docs works offline, no CDN
 EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase", "other")
 SEVERITIES = ("low", "medium", "high")
-OPEN_PATHS = ("/healthz", "/readyz", "/", "/dashboard", "/docs", "/openapi.json", "/docs/oauth2-redirect")
+OPEN_PATHS = ("/healthz", "/readyz", "/", "/dashboard", "/docs", "/openapi.json")
+OPEN_PREFIXES = ("/docs/static/",)
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"at most this many items (1-{MAX_LIMIT})")]
 Start = Annotated[datetime | None, Query(description="from this time (ISO-8601; naive = UTC), inclusive")]
@@ -40,28 +46,11 @@ Country = Annotated[str | None, Query(min_length=1, max_length=100)]
 EventType = Annotated[Literal[EVENT_TYPES] | None, Query(description="canonical event type")]
 
 
-class ParameterError(Exception):
-    """A parameter that passed its type check but not the endpoint's own (422, naming it)."""
-
-    def __init__(self, parameter: str, message: str):
-        super().__init__(message)
-        self.parameter, self.message = parameter, message
-
-
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": ("?",), "msg": "invalid request"}
-    parameter = str(first["loc"][-1]) if first.get("loc") else "?"
-    return JSONResponse(status_code=422, content={
-        "error": f"invalid parameter '{parameter}': {first['msg']}", "parameter": parameter,
-        "detail": [{"parameter": str(e["loc"][-1]) if e.get("loc") else None, "message": e["msg"]} for e in errors]})
-
-
-def _time_range(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
-    start, end = start and utc(start), end and utc(end)
-    if start is not None and end is not None and start >= end:
-        raise ParameterError("start", f"start ({start.isoformat()}) must be before end ({end.isoformat()})")
-    return start, end
+def mongo_client(config: ApiConfig) -> MongoClient:
+    """Every wait bounded: server selection, connecting, and a socket read (a query's maxTimeMS,
+    set on each read by bounds.TimedDatabase, plus 2 s for the answer to arrive)."""
+    return MongoClient(config.mongodb_uri, tz_aware=True, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000,
+                       socketTimeoutMS=config.query_timeout_ms + 2000, appname="behavior-api")
 
 
 def known_parameters(request: Request) -> None:
@@ -87,72 +76,53 @@ Segment = Annotated[str | None, Depends(segment_param)]
 
 
 def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
-    client = client or MongoClient(config.mongodb_uri, tz_aware=True, serverSelectionTimeoutMS=2000,
-                                   connectTimeoutMS=2000, appname="behavior-api")
-    db = client[config.mongodb_database]
+    client = client or mongo_client(config)
+    db = TimedDatabase(client[config.mongodb_database], config.query_timeout_ms)
     segment_names = tuple(s.name for s in parse_rules(read_rules_document(config.rules_file, "RULES_FILE"),
                                                       config.rules_file).segments)
-    app = FastAPI(title="Behavior segmentation API", version="1",
+    app = FastAPI(title="Behavior segmentation API", version="1", docs_url=None, redoc_url=None,
                   description="Read-only: live segments, profiles, alerts, actions, experiments and analytics "
-                              "that the streaming job keeps in MongoDB. Send the key as `X-API-Key`.")
+                              f"that the streaming job keeps in MongoDB. Send the key in the `{KEY_HEADER}` "
+                              "header (Authorize, above), never in the query string.")
+    # Added innermost first: RequestLog wraps CORS, which answers a preflight before KeyCheck.
+    app.add_middleware(KeyCheck, api_key=config.api_key, open_paths=OPEN_PATHS, open_prefixes=OPEN_PREFIXES)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET"],
-                           allow_headers=["X-API-Key"])
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_parameter(request: Request, exc: RequestValidationError):
-        return _validation_response(exc)
-
-    @app.exception_handler(HTTPException)
-    async def not_found(request: Request, exc: HTTPException):
-        return JSONResponse(status_code=exc.status_code, content={"error": exc.detail})
-
-    @app.exception_handler(ParameterError)
-    async def bad_parameter(request: Request, exc: ParameterError):
-        return JSONResponse(status_code=422, content={"error": f"invalid parameter '{exc.parameter}': {exc.message}",
-                                                      "parameter": exc.parameter})
-
-    @app.exception_handler(ConnectionFailure)
-    async def store_down(request: Request, exc: ConnectionFailure):
-        return JSONResponse(status_code=503, content={
-            "error": f"MongoDB at {redact(config.mongodb_uri)} is unreachable ({type(exc).__name__}); "
-                     "start it (locally: make up) or check MONGODB_URI"})
-
-    @app.exception_handler(PyMongoError)
-    async def store_error(request: Request, exc: PyMongoError):
-        log.warning("MongoDB error on %s: %s", request.url.path, exc)
-        return JSONResponse(status_code=502, content={"error": f"MongoDB error: {type(exc).__name__}: {exc}"})
-
-    @app.middleware("http")
-    async def api_key(request: Request, call_next):
-        if config.api_key and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode(), config.api_key.encode()):
-                return JSONResponse(status_code=401, content={
-                    "error": "missing or wrong API key: send it in the X-API-Key header"})
-        return await call_next(request)
+                           allow_headers=[KEY_HEADER], expose_headers=["X-Request-ID"])
+    app.add_middleware(RequestLog)
+    install_error_handlers(app, config.query_timeout_ms, store_hosts(config.mongodb_uri))
 
     app.state.segment_names = segment_names
-    v1 = dict(dependencies=[Depends(known_parameters)])
+    # The key is checked by KeyCheck; this only tells OpenAPI (and Swagger UI's Authorize) about it.
+    v1 = dict(dependencies=[Depends(known_parameters), Depends(APIKeyHeader(name=KEY_HEADER, auto_error=False))])
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    def readyz():
+    def readyz(request: Request):
         try:
             client.admin.command("ping")
-        except PyMongoError as exc:
-            return JSONResponse(status_code=503, content={"status": "not ready", "error": (
-                f"MongoDB at {redact(config.mongodb_uri)} is unreachable ({type(exc).__name__}); "
-                "start it (locally: make up) or check MONGODB_URI")})
+        except PyMongoError as exc:  # the cause stays in the log: a probe answers status only
+            log.warning("request %s: /readyz: MongoDB at %s unreachable: %s: %s", request.state.request_id,
+                        store_hosts(config.mongodb_uri), type(exc).__name__, exc)
+            return JSONResponse(status_code=503, content={"status": "not ready"})
         return {"status": "ready"}
 
     @app.get("/", include_in_schema=False)
     @app.get("/dashboard", include_in_schema=False)
     def dashboard():
         return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+    app.mount("/docs/static", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: docs",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon-32x32.png")
 
     @app.get("/v1/users/{user_id}/personalization", tags=["users"], **v1)
     def personalization(user_id: Annotated[str, PathParam(min_length=1, max_length=200)],
@@ -169,7 +139,7 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
     def activity(user_id: UserId = None, event_type: EventType = None, country: Country = None,
                  start: Start = None, end: End = None, limit: Limit = 100):
         """The latest events, newest first (one user's: the user_id + event_timestamp index)."""
-        return Q.activity(db, user_id, event_type, country, *_time_range(start, end), limit)
+        return Q.activity(db, user_id, event_type, country, *time_range(start, end), limit)
 
     @app.get("/v1/users/segments", tags=["users"], **v1)
     def user_segments(segment: Segment, min_engagement: Annotated[float, Query(ge=0, le=100)] = 0.0,
@@ -180,16 +150,18 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
 
     @app.get("/v1/sessions/metrics", tags=["analytics"], **v1)
     def session_metrics(segment: Segment, user_id: UserId = None, start: Start = None, end: End = None,
-                        limit: Limit = 100):
+                        limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT, description=(
+                            f"the newest this many 5-minute windows (1-{MAX_LIMIT}; default all in start..end); "
+                            "with user_id, sessions (default 100)"))] = None):
         """Closed sessions per segment (count, share, revenue, average duration) by session end;
         for one user, the user's own sessions too."""
-        return Q.session_metrics(db, user_id, segment, *_time_range(start, end), limit)
+        return Q.session_metrics(db, user_id, segment, *time_range(start, end), limit)
 
     @app.get("/v1/events/frequency", tags=["analytics"], **v1)
     def event_frequency(event_type: EventType = None, country: Country = None, start: Start = None,
                         end: End = None, interval: Literal["hour", "day"] = "hour"):
         """Counted events (no duplicates) per hour or day of event time and per type."""
-        return Q.event_frequency(db, event_type, country, *_time_range(start, end), interval)
+        return Q.event_frequency(db, event_type, country, *time_range(start, end), interval)
 
     @app.get("/v1/patterns", tags=["analytics"], **v1)
     def behavior_patterns(segment: Segment, min_sessions: Annotated[int, Query(ge=1)] = 1, limit: Limit = 20):
@@ -210,7 +182,7 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
                   baseline_days: Annotated[float, Query(gt=0, le=365)] = 7.0,
                   metric: Literal[METRICS] | None = None, end: End = None):
         """Hourly metrics of the recent days against the baseline days before them (z-scores)."""
-        return Q.anomalies(db, z_score_threshold, recent_days, baseline_days, end and utc(end), metric)
+        return Q.anomalies(db, z_score_threshold, recent_days, baseline_days, instant("end", end), metric)
 
     @app.get("/v1/funnel", tags=["analytics"], **v1)
     def funnel():
@@ -218,23 +190,24 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
         return Q.funnel(db, segment_names)
 
     @app.get("/v1/segments/distribution", tags=["analytics"], **v1)
-    def segment_distribution(segment: Segment, hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0,
+    def segment_distribution(segment: Segment, hours: Annotated[float | None, Query(gt=0, le=168, description=(
+                                 "the last this many hours (default 24), or this many from start"))] = None,
                              start: Start = None, end: End = None):
-        """5-minute windows of closed sessions by segment: the last `hours` hours of event time, or
-        [start, end)."""
-        return Q.segment_distribution(db, hours, *_time_range(start, end), segment)
+        """5-minute windows of closed sessions by segment: the last `hours` hours of event time (up
+        to `end`, or the latest window), `hours` from `start`, or [start, end); 7 days at most."""
+        return Q.segment_distribution(db, *window_range(hours, start, end), segment)
 
     @app.get("/v1/alerts", tags=["live"], **v1)
     def alerts(user_id: UserId = None, alert_type: Annotated[str | None, Query(pattern=r"^[A-Z_]+$")] = None,
                severity: Literal[SEVERITIES] | None = None, start: Start = None, end: End = None, limit: Limit = 100):
         """Risk alerts, newest first."""
-        return Q.alerts(db, user_id, alert_type, severity, *_time_range(start, end), limit)
+        return Q.alerts(db, user_id, alert_type, severity, *time_range(start, end), limit)
 
     @app.get("/v1/trigger-executions", tags=["live"], **v1)
     def trigger_executions(user_id: UserId = None, trigger: Annotated[str | None, Query(min_length=1)] = None,
                            start: Start = None, end: End = None, limit: Limit = 100):
         """Actions fired (one per trigger x user x cooldown window), newest first."""
-        return Q.trigger_executions(db, user_id, trigger, *_time_range(start, end), limit)
+        return Q.trigger_executions(db, user_id, trigger, *time_range(start, end), limit)
 
     @app.get("/v1/experiments", tags=["analytics"], **v1)
     def experiments(experiment: Annotated[str | None, Query(min_length=1)] = None):
@@ -262,11 +235,20 @@ def _query_params(dependant):
         yield from _query_params(sub)
 
 
+_JOB_QUERY_FIELDS = ("name", "state", "batches", "kafka_lag", "seconds_since_batch", "seconds_since_tick")
+
+
 def _job_status(url: str) -> dict | None:
+    """The job's live health, status only: verdict, the reason without its cause (an error text
+    may name hosts), and per query its state and progress."""
     if not url:
         return None
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
-            return json.loads(response.read())
-    except (OSError, ValueError) as exc:
-        return {"error": f"job health at {url} unreachable: {exc}"}
+            status = json.loads(response.read())
+        return {"live": bool(status["live"]), "ready": bool(status["ready"]),
+                "reason": str(status.get("reason", "")).split(":", 1)[0],
+                "queries": [{k: q.get(k) for k in _JOB_QUERY_FIELDS} for q in status.get("queries", [])]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("job health at %s did not answer: %s: %s", url, type(exc).__name__, exc)
+        return {"error": "the job's health endpoint did not answer"}

@@ -1,6 +1,7 @@
 """What each endpoint reads (DESIGN.md §15). Every read is a document by _id, an indexed range with a
 limit, or a rollup the job keeps (app/rollups.py, conversion_funnel, segment_distribution,
-experiment_results): none scans a collection that grows with events."""
+experiment_results). `db` is a bounds.TimedDatabase: every query carries maxTimeMS; a rollup read
+stops at bounds.MAX_DOCUMENTS with a 422 naming the parameter that narrows it (DESIGN.md §16)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -9,6 +10,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 
 from app.api import analytics as A
+from app.api.bounds import WINDOW, capped
 from app.sinks import collections as C
 from app.sinks.profiles import ALERTS, PROFILES
 
@@ -114,10 +116,12 @@ def user_segments(db, min_engagement: float, segment: str | None, limit: int) ->
     return {"min_engagement": min_engagement, "segment": segment, "count": len(users), "users": users}
 
 
-def session_metrics(db, user_id: str | None, segment: str | None, start, end, limit: int) -> dict:
-    """Closed sessions by segment: from segment_distribution's windows (by session end), or for one
-    user from the user's own sessions (user_id index)."""
+def session_metrics(db, user_id: str | None, segment: str | None, start, end, limit: int | None) -> dict:
+    """Closed sessions by segment: from segment_distribution's windows (by session end), the newest
+    `limit` 5-minute windows when given; or for one user from the user's own sessions, the newest
+    `limit` (100) of them (user_id index)."""
     if user_id is not None:
+        limit = 100 if limit is None else limit
         query = {"user_id": user_id, **_range("session_end", start, end)}
         if segment is not None:
             query["behavior_segment"] = segment
@@ -129,7 +133,14 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
     query = _range("window_start", start, end)
     if segment is not None:
         query["behavior_segment"] = segment
-    return {"start": start, "end": end, **A.session_metrics(db[C.DISTRIBUTION].find(query, _HIDDEN))}
+    if limit is not None:  # the newest `limit` windows: from the latest one back
+        latest = db[C.DISTRIBUTION].find_one(query, {"window_start": 1}, sort=[("window_start", DESCENDING)])
+        if latest is not None:
+            first = A.utc(latest["window_start"]) - (limit - 1) * WINDOW
+            start = first if start is None else max(start, first)
+            query.update(_range("window_start", start, end))
+    windows = capped(db[C.DISTRIBUTION].find(query, _HIDDEN), "start")
+    return {"start": start, "end": end, "limit": limit, **A.session_metrics(windows)}
 
 
 def event_frequency(db, event_type: str | None, country: str | None, start, end, interval: str) -> dict:
@@ -139,17 +150,17 @@ def event_frequency(db, event_type: str | None, country: str | None, start, end,
     if country is not None:
         query["country"] = country
     return {"start": start, "end": end, "event_type": event_type, "country": country,
-            **A.frequency(db[C.EVENT_COUNTS].find(query, _HIDDEN), interval)}
+            **A.frequency(capped(db[C.EVENT_COUNTS].find(query, _HIDDEN), "start"), interval)}
 
 
 def behavior_patterns(db, segment: str | None, min_sessions: int, limit: int) -> dict:
     query = {} if segment is None else {"behavior_segment": segment}
-    return {"segment": segment, **A.patterns(db[C.PATHS].find(query, _HIDDEN), min_sessions, limit)}
+    return {"segment": segment, **A.patterns(capped(db[C.PATHS].find(query, _HIDDEN), "segment"), min_sessions, limit)}
 
 
 def retention(db, max_weeks: int, cohort: str | None) -> dict:
     query = {} if cohort is None else {"cohort_week": cohort}
-    return A.retention(db[C.RETENTION].find(query, _HIDDEN), max_weeks)
+    return A.retention(capped(db[C.RETENTION].find(query, _HIDDEN), "cohort"), max_weeks)
 
 
 def latest_hour(db) -> datetime | None:
@@ -174,8 +185,8 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
     first = db[C.EVENT_COUNTS].find_one({}, {"hour": 1}, sort=[("hour", ASCENDING)])
     baseline_start = max(recent_start - timedelta(days=baseline_days), A.floor_hour(first["hour"]))
     baseline_start = min(baseline_start, recent_start)
-    events = db[C.EVENT_COUNTS].find(_range("hour", baseline_start, end), _HIDDEN)
-    windows = db[C.DISTRIBUTION].find(_range("window_start", baseline_start, end), _HIDDEN)
+    events = capped(db[C.EVENT_COUNTS].find(_range("hour", baseline_start, end), _HIDDEN), "baseline_days")
+    windows = capped(db[C.DISTRIBUTION].find(_range("window_start", baseline_start, end), _HIDDEN), "baseline_days")
     hours = A.hourly_metrics(events, windows)
     return A.anomalies(hours, recent_start, end, baseline_start, threshold,
                        A.METRICS if metric is None else (metric,))
@@ -183,14 +194,16 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
 
 def funnel(db, segment_order: tuple[str, ...]) -> dict:
     rank = {name: i for i, name in enumerate(segment_order)}
-    docs = sorted(db[C.FUNNEL].find({}, _HIDDEN), key=lambda d: (rank.get(d["_id"], len(rank)), d["_id"]))
+    docs = sorted(capped(db[C.FUNNEL].find({}, _HIDDEN), "segment"),
+                  key=lambda d: (rank.get(d["_id"], len(rank)), d["_id"]))
     return {"segments": [{k: round(v, 2) if k == "sum_duration_minutes" else v for k, v in d.items() if k != "_id"}
                          for d in docs]}
 
 
 def segment_distribution(db, hours: float, start, end, segment: str | None) -> dict:
-    """5-minute windows of closed sessions; without start, the last `hours` hours of event time
-    up to the latest window."""
+    """5-minute windows of closed sessions over [start, end) (bounds.window_range: at most
+    MAX_WINDOW_SPAN); without start, the last `hours` hours of event time up to end or the
+    latest window."""
     if start is None:
         latest = db[C.DISTRIBUTION].find_one({}, {"window_end": 1}, sort=[("window_start", DESCENDING)])
         if latest is None:
@@ -202,7 +215,7 @@ def segment_distribution(db, hours: float, start, end, segment: str | None) -> d
         query["behavior_segment"] = segment
     windows: dict = {}
     totals: dict = {}
-    for d in db[C.DISTRIBUTION].find(query, _HIDDEN).sort("window_start", ASCENDING):
+    for d in capped(db[C.DISTRIBUTION].find(query, _HIDDEN).sort("window_start", ASCENDING), "hours"):
         w = windows.setdefault(d["window_start"], {"window_start": d["window_start"], "window_end": d["window_end"],
                                                    "segments": {}})
         w["segments"][d["behavior_segment"]] = _pick(d, ("session_count", "share_pct", "unique_users",
@@ -232,7 +245,7 @@ def trigger_executions(db, user_id, trigger, start, end, limit: int) -> dict:
 def experiment_results(db, experiment: str | None) -> dict:
     query = {} if experiment is None else {"experiment": experiment}
     by_name: dict = {}
-    for d in db[C.EXPERIMENT_RESULTS].find(query, _HIDDEN).sort("_id", ASCENDING):
+    for d in capped(db[C.EXPERIMENT_RESULTS].find(query, _HIDDEN).sort("_id", ASCENDING), "experiment"):
         by_name.setdefault(d["experiment"], []).append({k: v for k, v in d.items() if k != "_id"})
     return {"experiments": [{"experiment": name, "variants": variants} for name, variants in by_name.items()]}
 

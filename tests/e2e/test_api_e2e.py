@@ -186,7 +186,8 @@ def api_run(stack, mongo, tmp_path_factory):
     try:
         eventually(lambda: _ready(client), timeout_s=60, what="the API's /readyz")
         sessions, _ = read_intent(tmp / "intent.jsonl")
-        yield {"api": client, "db": mongo[database], "input": Input(records), "intent": sessions}
+        yield {"api": client, "db": mongo[database], "input": Input(records), "intent": sessions,
+               "log": tmp / "api.log"}
     finally:
         client.close()
         api.terminate()
@@ -428,3 +429,30 @@ def test_the_running_api_answers_a_bad_parameter_with_a_422_naming_it(api_run, p
 def test_the_running_api_refuses_a_request_without_the_key(api_run):
     response = httpx.get(str(api_run["api"].base_url) + "/v1/funnel")
     assert response.status_code == 401
+
+
+def test_the_running_api_fails_closed(api_run):
+    """Issue 20 on the real store: bounded windows counted from the input, the key never in a query
+    string, status-only probes, request ids, and an access log without query strings."""
+    data, api = api_run["input"], api_run["api"]
+    window = {sid: s.end - s.end % WINDOW_MS for sid, s in data.closed.items()}
+    latest = max(window.values())
+    newest = _get(api_run, "/v1/sessions/metrics", limit=1)  # the newest 5-minute window only
+    assert newest["total_sessions"] == sum(1 for w in window.values() if w == latest)
+    start = latest - 2 * HOUR_MS
+    hour = _get(api_run, "/v1/segments/distribution", start=_iso(start), hours=1)  # an hour from start
+    assert hour["totals"] == dict(Counter(data.closed[sid].segment for sid, w in window.items()
+                                          if start <= w < start + HOUR_MS))
+    wide = api.get("/v1/segments/distribution", params={"start": _iso(start - 30 * 24 * HOUR_MS), "end": _iso(start)})
+    assert wide.status_code == 422 and wide.json()["parameter"] == "start"
+    assert api.get("/v1/activity", params={"end": "9999-12-31T23:30:00"}).status_code == 422
+    in_query = httpx.get(str(api.base_url) + "/v1/funnel", params={"key": KEY})
+    assert in_query.status_code == 400 and in_query.headers["X-Request-ID"] == in_query.json()["request_id"]
+    assert api.get("/readyz").json() == {"status": "ready"}
+    probe = api.get("/v1/activity", params={"country": "ZZ-probe"})
+    assert probe.status_code == 200
+    line = f"{probe.headers['X-Request-ID']} GET /v1/activity 200 "  # written once the answer is out: wait
+    log = eventually(lambda: line in api_run["log"].read_text() and api_run["log"].read_text(),
+                     timeout_s=10, what="the access log line of /v1/activity")
+    assert "ZZ-probe" not in log and KEY not in log
+    assert "refused a key in the query string of /v1/funnel" in log
