@@ -46,8 +46,37 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+seg.imageRef (list $ IMAGE-VALUES "values.path"): repository:tag, with @digest when image.digest is set.
+With requireImageDigests (values-production.yaml) an image without a sha256 digest fails the render:
+a tag can be moved to other content, a digest cannot.
+*/}}
+{{- define "seg.imageRef" -}}
+{{- $root := index . 0 -}}
+{{- $img := index . 1 -}}
+{{- $digest := $img.digest | default "" -}}
+{{- if and $root.Values.requireImageDigests (not (regexMatch "^sha256:[0-9a-f]{64}$" $digest)) -}}
+{{- fail (printf "%s.digest must be the image's sha256 digest (requireImageDigests; got %q): `crane digest %s:%s` or `docker buildx imagetools inspect %s:%s` prints it; docs/DEPLOY.md (Pinned images)" (index . 2) $digest $img.repository $img.tag $img.repository $img.tag) -}}
+{{- end -}}
+{{- if $digest -}}
+{{- printf "%s:%s@%s" $img.repository $img.tag $digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository $img.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The app image (Spark master, workers, driver, generator, API). */}}
 {{- define "seg.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $img := merge (dict "tag" (default .Chart.AppVersion .Values.image.tag)) (omit .Values.image "tag") -}}
+{{- include "seg.imageRef" (list . $img "image") -}}
+{{- end -}}
+
+{{- define "seg.kafkaImage" -}}
+{{- include "seg.imageRef" (list . .Values.kafka.image "kafka.image") -}}
+{{- end -}}
+
+{{- define "seg.mongodbImage" -}}
+{{- include "seg.imageRef" (list . .Values.mongodb.image "mongodb.image") -}}
 {{- end -}}
 
 {{/* spark:// URL the driver submits to. */}}
@@ -207,6 +236,34 @@ upgrades; `helm template` (no cluster) always generates.
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret with spark.authenticate's shared secret (key auth-secret). */}}
+{{- define "seg.sparkAuthSecretName" -}}
+{{- default (include "seg.component" (list . "spark-auth")) .Values.spark.authenticate.existingSecret -}}
+{{- end -}}
+
+{{/*
+-D options of the Spark master and worker daemons: the kill links of the UI off, and with
+spark.authenticate every RPC peer (driver, worker, executor) proves the shared secret, which the
+daemons read from _SPARK_AUTH_SECRET (seg.sparkDaemonAuthEnv); executors get it from their worker.
+*/}}
+{{- define "seg.sparkDaemonOpts" -}}
+{{- $opts := list "-Dspark.ui.killEnabled=false" -}}
+{{- if .Values.spark.authenticate.enabled -}}
+{{- $opts = append $opts "-Dspark.authenticate=true" -}}
+{{- end -}}
+{{- join " " $opts -}}
+{{- end -}}
+
+{{- define "seg.sparkDaemonAuthEnv" -}}
+{{- if .Values.spark.authenticate.enabled -}}
+- name: _SPARK_AUTH_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "seg.sparkAuthSecretName" . }}
+      key: auth-secret
+{{- end -}}
+{{- end -}}
+
 {{- define "seg.rulesContent" -}}
 {{- if .Values.rules.content -}}
 {{- .Values.rules.content -}}
@@ -236,7 +293,7 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
 */}}
 {{- define "seg.waitForKafka" -}}
 - name: kafka-topic
-  image: "{{ .Values.kafka.image.repository }}:{{ .Values.kafka.image.tag }}"
+  image: {{ include "seg.kafkaImage" . | quote }}
   imagePullPolicy: {{ .Values.kafka.image.pullPolicy }}
   command: ["/bin/bash", "-c"]
   args:
@@ -298,6 +355,11 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
 {{/* The Secret the API reads API_KEY (key api-key) from. */}}
 {{- define "seg.apiKeySecretName" -}}
 {{- default (include "seg.component" (list . "api-key")) .Values.api.existingSecret -}}
+{{- end -}}
+
+{{/* sh -c script of the API container: refuse an empty API_KEY, else exec the API ("$0" "$@"). */}}
+{{- define "seg.apiKeyGuard" -}}
+[ -n "$API_KEY" ] || { echo "API_KEY is empty: the Secret's key api-key must hold the API key" >&2; exit 64; }; exec "$0" "$@"
 {{- end -}}
 
 {{/* JOB_STATUS_URL of the API: api.jobStatusUrl, else the driver's health Service; empty without a job. */}}

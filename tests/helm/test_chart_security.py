@@ -189,10 +189,10 @@ def test_generated_secret_carries_uris_with_the_app_and_api_credentials(rendered
 def test_mongodb_credentials_from_an_existing_secret(rendered):
     docs, values = rendered["ci-mongodb-auth-existing-secret"], values_of("ci-mongodb-auth-existing-secret")
     existing = values["mongodb"]["auth"]["existingSecret"]
-    # The only Secret rendered is the API's key (api.existingSecret is unset in this set).
-    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == ["seg-api-key"]
+    # The only Secrets rendered are the API's key and Spark's (their existingSecrets are unset here).
+    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Secret") == ["seg-api-key", "seg-spark-auth"]
     refs = {secret_ref(e["valueFrom"]) for w in workloads(docs) for c in all_containers(w) for e in c.get("env", [])
-            if "secretKeyRef" in e.get("valueFrom", {})} - {("seg-api-key", "api-key")}
+            if "secretKeyRef" in e.get("valueFrom", {})} - {("seg-api-key", "api-key"), ("seg-spark-auth", "auth-secret")}
     assert {name for name, _ in refs} == {existing}
     # Every key the pods read is documented at mongodb.auth.existingSecret in values.yaml.
     auth = (CHART / "values.yaml").read_text().split("\n  auth:\n", 1)[1]
@@ -209,7 +209,7 @@ def test_external_mongodb_gets_no_server_credentials(rendered, value_set):
     assert not [w for w in workloads(docs) if w["metadata"]["labels"][COMPONENT] in ("mongodb", "mongodb-init")]
     assert set(env_of(driver_of(docs))) >= {"MONGODB_URI"}
     keys = {k for data in secret_data(docs).values() for k in data}
-    assert keys <= {"MONGODB_URI", "MONGODB_API_URI", "api-key"}
+    assert keys <= {"MONGODB_URI", "MONGODB_API_URI", "api-key", "auth-secret"}
 
 
 # --- Kafka SASL ----------------------------------------------------------------------------------
@@ -301,12 +301,14 @@ def test_network_policies_admit_only_the_intended_pods(rendered, value_set):
     pods = _pods(docs)
     generator = {"generator"} & set(pods)
     expected = {  # component -> {named port: admitted components}
-        "kafka": {"kafka": {"streaming", "spark-worker", "api", "kafka"} | generator, "controller": {"kafka"}},
+        # Not the API: it reads no Kafka, and it is the pod the internet reaches.
+        "kafka": {"kafka": {"streaming", "spark-worker", "kafka"} | generator, "controller": {"kafka"}},
         "mongodb": {"mongodb": {"streaming", "spark-worker", "api", "mongodb", "mongodb-init"}},
         "spark-master": {"spark": {"streaming", "spark-worker"}},
         "spark-worker": {None: {"spark-master", "streaming", "spark-worker"}},
+        # The health port for the API's JOB_STATUS_URL only; no rule at all for the Spark UI.
         "streaming": {"driver": {"spark-master", "spark-worker"}, "blockmanager": {"spark-master", "spark-worker"},
-                      "ui": {ANY}, "health": {ANY}},
+                      "ui": set(), "health": {"api"}},
         "api": {"http": {ANY}},
     }
     for component, ports in expected.items():
@@ -327,7 +329,8 @@ def test_network_policies_with_an_external_spark_leave_the_executor_ports_open(r
     docs = rendered["ci-existing-secret"]  # spark.enabled=false, networkPolicy.externalExecutors empty
     pods = _pods(docs)
     driver = _policy_for(docs, pods["streaming"])
-    assert _admitted(driver, "driver", pods) == {ANY} and _admitted(driver, "health", pods) == {ANY}
+    assert _admitted(driver, "driver", pods) == {ANY} and _admitted(driver, "health", pods) == {"api"}
+    assert _admitted(driver, "ui", pods) == set()
     kafka = _policy_for(docs, pods["kafka"])
     assert _admitted(kafka, "kafka", pods) == {ANY} and _admitted(kafka, "controller", pods) == {"kafka"}
 
@@ -343,7 +346,7 @@ def test_api_is_open_on_its_port_and_reaches_mongodb_and_the_drivers_health(rend
     assert _admitted(policy, "http", pods) == {ANY}  # the public face: the API key guards it
     assert _admitted(policy, "other", pods) == set()  # nothing else on the API's pods
     driver = _policy_for(docs, pods["streaming"])
-    assert _admitted(driver, "health", pods) == {ANY}  # JOB_STATUS_URL
+    assert _admitted(driver, "health", pods) == {"api"}  # JOB_STATUS_URL, and nobody else
     if values_of(value_set)["mongodb"]["enabled"]:
         assert "api" in _admitted(_policy_for(docs, pods["mongodb"]), "mongodb", pods)
     # The API reads MongoDB only: no Kafka settings, so no Kafka rule is needed for it.
