@@ -205,19 +205,58 @@ upgrades; `helm template` (no cluster) always generates.
 {{- default (include "seg.component" (list . "kafka-sasl")) .Values.kafka.sasl.existingSecret -}}
 {{- end -}}
 
-{{/* Kafka client login of the driver, the generator and the topic init container (kafka.sasl). */}}
+{{/*
+seg.kafkaUser (list $ WHO): the SASL user and the Secret key of its password, as "user key", for
+WHO = job (the driver, its executors, its topic init container), generator, admin (the kafka-init
+Job), broker.
+*/}}
+{{- define "seg.kafkaUser" -}}
+{{- $s := (index . 0).Values.kafka.sasl -}}
+{{- $who := index . 1 -}}
+{{- $users := dict "job" (list $s.username "client-password") "generator" (list $s.generatorUsername "generator-password")
+      "admin" (list $s.adminUsername "admin-password") "broker" (list $s.interBrokerUsername "inter-broker-password") -}}
+{{- join " " (get $users $who) -}}
+{{- end -}}
+
+{{/* seg.kafkaSaslEnv (list $ WHO): the Kafka client login of WHO (kafka.sasl; seg.kafkaUser). */}}
 {{- define "seg.kafkaSaslEnv" -}}
+{{- $root := index . 0 -}}
+{{- $user := splitList " " (include "seg.kafkaUser" .) -}}
 - name: KAFKA_SECURITY_PROTOCOL
   value: SASL_PLAINTEXT
 - name: KAFKA_SASL_MECHANISM
-  value: {{ .Values.kafka.sasl.mechanism | quote }}
+  value: {{ $root.Values.kafka.sasl.mechanism | quote }}
 - name: KAFKA_SASL_USERNAME
-  value: {{ .Values.kafka.sasl.username | quote }}
+  value: {{ index $user 0 | quote }}
 - name: KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "seg.kafkaSaslSecretName" . }}
-      key: client-password
+      name: {{ include "seg.kafkaSaslSecretName" $root }}
+      key: {{ index $user 1 }}
+{{- end -}}
+
+{{/*
+The chart's Kafka with kafka.sasl: SCRAM only (PLAIN would send every password on the wire), and
+one user per principal, so each one's ACLs are its own.
+*/}}
+{{- define "seg.kafkaSaslValidate" -}}
+{{- $s := .Values.kafka.sasl -}}
+{{- if not (has $s.mechanism (list "SCRAM-SHA-256" "SCRAM-SHA-512")) -}}
+{{- fail (printf "kafka.sasl.mechanism=%s: the chart's Kafka offers SCRAM-SHA-512 or SCRAM-SHA-256 (PLAIN sends the password; it is for an external Kafka)" $s.mechanism) -}}
+{{- end -}}
+{{- $names := list $s.username $s.generatorUsername $s.adminUsername $s.interBrokerUsername -}}
+{{- range $s.consumers -}}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" (.name | default "")) -}}
+{{- fail (printf "kafka.sasl.consumers: name %q must be letters, digits, '.', '_' or '-'" (.name | default "")) -}}
+{{- end -}}
+{{- if or (not .topics) (without .topics "alerts" "actions") -}}
+{{- fail (printf "kafka.sasl.consumers %s: topics must name alerts and/or actions (the job's output topics), got %v" .name .topics) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- if ne (len $names) (len (uniq $names)) -}}
+{{- fail (printf "kafka.sasl: the users %v must all differ (one user per principal, each with its own ACLs)" $names) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* seg.podPeer (list $ "component"): a NetworkPolicyPeer for the release's pods of one component. */}}
@@ -286,15 +325,20 @@ Env vars every container of the app image gets: */}}
 {{- end -}}
 
 {{/*
-seg.waitForKafka: init container that waits for Kafka and creates the topics (input, alerts, actions; idempotent),
-run from the Kafka image so its own tools do the work. Bounded: fails after ~10 minutes.
-With kafka.sasl it logs in through a client properties file written at run time from its env
-into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
+seg.waitForKafka (list $ WHO TOPICS...): init container, run from the Kafka image so its own tools do
+the work, that waits until each topic exists, creating it when missing and WHO may (without SASL,
+or an external Kafka's ACLs allow it; with the chart's SASL the kafka-init Job creates them as
+admin). Bounded: fails after ~10 minutes. With kafka.sasl it logs in as WHO (seg.kafkaSaslEnv)
+through a client properties file written at run time from its env into the /tmp emptyDir, so the
+password is in no ConfigMap and no pod spec.
 */}}
 {{- define "seg.waitForKafka" -}}
+{{- $root := index . 0 -}}
+{{- $who := index . 1 -}}
+{{- $topics := slice . 2 -}}
 - name: kafka-topic
-  image: {{ include "seg.kafkaImage" . | quote }}
-  imagePullPolicy: {{ .Values.kafka.image.pullPolicy }}
+  image: {{ include "seg.kafkaImage" $root | quote }}
+  imagePullPolicy: {{ $root.Values.kafka.image.pullPolicy }}
   command: ["/bin/bash", "-c"]
   args:
     - |
@@ -309,37 +353,36 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
           > /tmp/kafka-client.properties)
         login=(--command-config /tmp/kafka-client.properties)
       fi
-      create() {
-        /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" "${login[@]}" --create --if-not-exists \
-          --topic "$1" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR"
+      topics() { /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" "${login[@]}" "$@"; }
+      ensure() {
+        topics --describe --topic "$1" >/dev/null 2>&1 ||
+          topics --create --if-not-exists --topic "$1" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR"
       }
       for i in {1..120}; do
-        create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC" && create "$ACTIONS_TOPIC" && exit 0
-        echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS ($i/120)"; sleep 5
+        ok=1
+        for topic in $TOPICS; do ensure "$topic" || { ok=0; break; }; done
+        (( ok )) && exit 0
+        echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS and the topics $TOPICS ($i/120)"; sleep 5
       done
-      echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS did not answer in 10 minutes" >&2; exit 1
+      echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS did not show the topics $TOPICS in 10 minutes" >&2; exit 1
   env:
     - name: KAFKA_BOOTSTRAP_SERVERS
-      value: {{ include "seg.kafkaBootstrap" . | quote }}
-    - name: KAFKA_TOPIC
-      value: {{ .Values.kafka.topic | quote }}
-    - name: ALERTS_TOPIC
-      value: {{ .Values.kafka.alertsTopic | quote }}
-    - name: ACTIONS_TOPIC
-      value: {{ .Values.kafka.actionsTopic | quote }}
+      value: {{ include "seg.kafkaBootstrap" $root | quote }}
+    - name: TOPICS
+      value: {{ join " " $topics | quote }}
     - name: PARTITIONS
-      value: {{ .Values.kafka.partitions | quote }}
+      value: {{ $root.Values.kafka.partitions | quote }}
     - name: REPLICATION_FACTOR
-      value: {{ include "seg.kafkaReplicationFactor" . | quote }}
+      value: {{ include "seg.kafkaReplicationFactor" $root | quote }}
     - name: KAFKA_HEAP_OPTS
       value: "-Xmx256m"
     - name: LOG_DIR
       value: /tmp
-    {{- if .Values.kafka.sasl.enabled }}
-    {{- include "seg.kafkaSaslEnv" . | nindent 4 }}
+    {{- if $root.Values.kafka.sasl.enabled }}
+    {{- include "seg.kafkaSaslEnv" (list $root $who) | nindent 4 }}
     {{- end }}
   securityContext:
-    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+    {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
   resources:
     requests: {cpu: 50m, memory: 256Mi}
     limits: {memory: 512Mi}

@@ -154,6 +154,84 @@ def check_spark_authenticate(rendered: Rendered) -> str:
     return f"driver, master, workers share one Secret, {len(VALUE_SETS)} values sets"
 
 
+# --- Kafka ---------------------------------------------------------------------------------------
+
+def _chart_kafka_sets(rendered: Rendered) -> list[str]:
+    return [name for name in VALUE_SETS if any(w["kind"] == "StatefulSet" and pod_labels(w)[COMPONENT] == "kafka"
+                                                 for w in workloads(rendered[name]))]
+
+
+def check_kafka_topic_autocreation_off(rendered: Rendered) -> str:
+    sets = _chart_kafka_sets(rendered)
+    for name in sets:
+        env = env_of(container(one(rendered[name], "StatefulSet", "kafka"), "kafka"))
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", f"{name}: topic auto-creation is on"
+    return f"{len(sets)} values sets"
+
+
+def kafka_grants(docs: list[dict]) -> tuple[set[str], set[tuple[str, str, str, str]]]:
+    """(users the kafka-init Job writes, {(user, operation, resource, pattern)}) from its script."""
+    init = container(one(docs, "Job", "kafka-init"), "kafka-init")
+    script, env = init["args"][0], env_of(init)
+    users = set()
+    for user, variable in re.findall(r'^\s*user "([^"]+)" (\w+)$', script, re.M):
+        assert _secret_ref(env.get(variable))[1].endswith("-password"), f"{user}: password not from the Secret"
+        users.add(user)
+    grants = set()
+    for user, ops, rest in re.findall(r'^\s*allow "([^"]+)" "([^"]+)" (.+)$', script, re.M):
+        kind, resource = re.match(r'--(topic|group) "?([^" ]+)"?', rest).groups()
+        pattern = "prefixed" if "--resource-pattern-type prefixed" in rest else "literal"
+        grants |= {(user, op, f"{kind}:{resource}", pattern) for op in ops.split()}
+    return users, grants
+
+
+def expected_kafka_grants(values: dict) -> set[tuple[str, str, str, str]]:
+    """The least each principal needs (DESIGN.md §16): the job reads the input topic and writes the
+    output topics, the generator writes the input topic, each consumer reads the topics it names."""
+    k, s = values["kafka"], values["kafka"]["sasl"]
+    topic = {"alerts": k["alertsTopic"], "actions": k["actionsTopic"]}
+    grants = {(s["username"], op, f"topic:{k['topic']}", "literal") for op in ("Read", "Describe")}
+    grants |= {(s["username"], op, f"topic:{t}", "literal") for op in ("Write", "Describe")
+               for t in (k["alertsTopic"], k["actionsTopic"])}
+    grants.add((s["username"], "Read", "group:spark-kafka-source-", "prefixed"))
+    if values["generator"]["enabled"]:
+        grants |= {(s["generatorUsername"], op, f"topic:{k['topic']}", "literal") for op in ("Write", "Describe")}
+    for c in s["consumers"]:
+        grants |= {(c["name"], op, f"topic:{topic[t]}", "literal") for op in ("Read", "Describe") for t in c["topics"]}
+        grants.add((c["name"], "Read", f"group:{c.get('groupPrefix') or c['name']}", "prefixed"))
+    return grants
+
+
+def check_kafka_scram_with_acls(rendered: Rendered) -> str:
+    """values-production.yaml: SCRAM on both listeners' clients, deny by default, one user per
+    principal with exactly the ACLs it needs, only the brokers and the admin as super users."""
+    sets = [n for n in _chart_kafka_sets(rendered) if values_of(n)["kafka"]["sasl"]["enabled"]]
+    assert "production" in sets, "values-production.yaml runs the chart's Kafka without SASL"
+    for name in sets:
+        docs, values = rendered[name], values_of(name)
+        s = values["kafka"]["sasl"]
+        env = env_of(container(one(docs, "StatefulSet", "kafka"), "kafka"))
+        protocols = set(p.split(":")[1] for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        assert protocols == {"SASL_PLAINTEXT"}, f"{name}: listeners {protocols}"
+        assert env["KAFKA_SASL_ENABLED_MECHANISMS"] in ("SCRAM-SHA-256", "SCRAM-SHA-512"), name
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith(".StandardAuthorizer"), f"{name}: no authorizer"
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false", name
+        assert env["KAFKA_SUPER_USERS"].split(";") == [f"User:{s['interBrokerUsername']}", f"User:{s['adminUsername']}"]
+        users, grants = kafka_grants(docs)
+        expected = expected_kafka_grants(values)
+        assert grants == expected, f"{name}: ACLs beyond the least needed {sorted(grants - expected)}, missing {sorted(expected - grants)}"
+        assert users == {g[0] for g in expected}, f"{name}: users {sorted(users)}"
+        clients = {}
+        for w in workloads(docs):
+            for c in all_containers(w):
+                user = env_of(c).get("KAFKA_SASL_USERNAME")
+                if user:
+                    clients.setdefault(pod_labels(w)[COMPONENT], set()).add(user)
+        assert all(len(u) == 1 for u in clients.values()) and len({next(iter(u)) for u in clients.values()}) == len(clients), \
+            f"{name}: principals share a user: {clients}"
+    return f"{len(sets)} values sets incl. production, {len(grants)} ACLs in the last"
+
+
 # --- the API's key and Ingress -------------------------------------------------------------------
 
 def _refused(flags: list[str], message: str) -> None:
@@ -207,6 +285,8 @@ CHECKS: dict[str, Callable[[Rendered], str]] = {
     "kafka admits no api pod": check_kafka_admits_no_api,
     "driver health port only from the api": check_driver_health_only_from_the_api,
     "no spark ui open": check_no_spark_ui_open,
+    "kafka topic auto-creation off": check_kafka_topic_autocreation_off,
+    "kafka scram with per-principal acls": check_kafka_scram_with_acls,
     "spark ui kill disabled": check_spark_ui_kill_disabled,
     "spark.authenticate with a secret": check_spark_authenticate,
     "ingress without tls refused": check_ingress_without_tls_is_refused,

@@ -60,7 +60,34 @@ def _tag_only_image(docs):
     c["image"] = c["image"].split("@")[0]
 
 
+def _broker_env(docs) -> list[dict]:
+    return container(one(docs, "StatefulSet", "kafka"), "kafka")["env"]
+
+
+def _auto_create_topics(docs):
+    next(e for e in _broker_env(docs) if e["name"] == "KAFKA_AUTO_CREATE_TOPICS_ENABLE")["value"] = "true"
+
+
+def _job_may_do_anything(docs):
+    init = container(one(docs, "Job", "kafka-init"), "kafka-init")
+    init["args"][0] += '\nallow "segmentation" "All" --topic "*"\n'
+
+
+def _job_is_a_super_user(docs):
+    next(e for e in _broker_env(docs) if e["name"] == "KAFKA_SUPER_USERS")["value"] += ";User:segmentation"
+
+
+def _no_authorizer(docs):
+    container(one(docs, "StatefulSet", "kafka"), "kafka")["env"] = [
+        e for e in _broker_env(docs) if e["name"] != "KAFKA_AUTHORIZER_CLASS_NAME"] + [
+        {"name": "KAFKA_AUTHORIZER_CLASS_NAME", "value": ""}]
+
+
 MUTATIONS = [  # (check, value set, what opens it)
+    ("kafka topic auto-creation off", "default", _auto_create_topics),
+    ("kafka scram with per-principal acls", "production", _job_may_do_anything),
+    ("kafka scram with per-principal acls", "production", _job_is_a_super_user),
+    ("kafka scram with per-principal acls", "production", _no_authorizer),
     ("kafka admits no api pod", "default", _admit_api_on_kafka),
     ("driver health port only from the api", "default", _open_driver_health),
     ("no spark ui open", "default", _open_driver_ui),
@@ -71,7 +98,7 @@ MUTATIONS = [  # (check, value set, what opens it)
 ]
 
 
-@pytest.mark.parametrize("name,value_set,mutate", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+@pytest.mark.parametrize("name,value_set,mutate", MUTATIONS, ids=[m[2].__name__.lstrip("_") for m in MUTATIONS])
 def test_check_fails_on_a_chart_that_opens_it(rendered, name, value_set, mutate):
     opened = copy.deepcopy(rendered)
     mutate(opened[value_set])
