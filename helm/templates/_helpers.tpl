@@ -55,7 +55,7 @@ a tag can be moved to other content, a digest cannot.
 {{- $root := index . 0 -}}
 {{- $img := index . 1 -}}
 {{- $digest := $img.digest | default "" -}}
-{{- if and $root.Values.requireImageDigests (not (regexMatch "^sha256:[0-9a-f]{64}$" $digest)) -}}
+{{- if and (or $digest $root.Values.requireImageDigests) (not (regexMatch "^sha256:[0-9a-f]{64}$" $digest)) -}}
 {{- fail (printf "%s.digest must be the image's sha256 digest (requireImageDigests; got %q): `crane digest %s:%s` or `docker buildx imagetools inspect %s:%s` prints it; docs/DEPLOY.md (Pinned images)" (index . 2) $digest $img.repository $img.tag $img.repository $img.tag) -}}
 {{- end -}}
 {{- if $digest -}}

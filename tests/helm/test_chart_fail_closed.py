@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from chart_checks import CHECKS, run_checks
-from chart_manifests import COMPONENT, container, env_of, one, rendered
+from chart_manifests import COMPONENT, container, env_of, helm_template, one, rendered, rendered_with
 
 __all__ = ["rendered"]  # the fixture, imported for pytest
 
@@ -114,3 +114,10 @@ def test_run_checks_reports_one_line_per_check_and_the_failure(rendered):
     assert results["kafka admits no api pod"] == (False, "default: Kafka port kafka admits ['api']")
     assert all(passed for name, (passed, _) in results.items() if name != "kafka admits no api pod")
     assert env_of(container(one(rendered["default"], "Deployment", "api"), "api"))["API_KEY"]  # untouched
+
+
+def test_a_malformed_digest_is_refused_even_without_require_image_digests():
+    result = helm_template("--set", "image.digest=sha256:abc")
+    assert result.returncode != 0 and "image.digest must be the image's sha256 digest" in result.stderr
+    pinned = rendered_with("--set", "mongodb.image.digest=sha256:" + "a" * 64)
+    assert container(one(pinned, "StatefulSet", "mongodb"), "mongodb")["image"] == "mongo:7.0@sha256:" + "a" * 64
