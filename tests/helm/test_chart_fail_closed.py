@@ -4,11 +4,12 @@ stopped looking would be caught here)."""
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 
 from chart_checks import CHECKS, run_checks
-from chart_manifests import COMPONENT, container, env_of, helm_template, one, rendered, rendered_with
+from chart_manifests import CHART, COMPONENT, container, env_of, helm_template, one, rendered, rendered_with
 
 __all__ = ["rendered"]  # the fixture, imported for pytest
 
@@ -121,3 +122,25 @@ def test_a_malformed_digest_is_refused_even_without_require_image_digests():
     assert result.returncode != 0 and "image.digest must be the image's sha256 digest" in result.stderr
     pinned = rendered_with("--set", "mongodb.image.digest=sha256:" + "a" * 64)
     assert container(one(pinned, "StatefulSet", "mongodb"), "mongodb")["image"] == "mongo:7.0@sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize("found,refused", [
+    ('(dict "data" (dict "api-key" ""))', True),            # the key is empty
+    ('(dict "data" (dict "other" "eA=="))', True),          # no api-key at all
+    ('(dict "metadata" (dict "name" "k"))', True),          # a Secret without data
+    ('(dict "data" (dict "api-key" "azNZLWszeS1rM3kta2V5"))', False),
+    ("(dict)", False),                                       # not there yet (or helm template): the pod's own guard
+])
+def test_an_existing_api_key_secret_that_is_empty_fails_the_install(tmp_path, found, refused):
+    """`lookup` answers only against a cluster, so a copy of the chart answers it with a Secret."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    api = chart / "templates" / "api.yaml"
+    text = api.read_text()
+    call = 'lookup "v1" "Secret" .Release.Namespace $a.existingSecret'
+    assert call in text
+    api.write_text(text.replace(call, f"{found} | default dict"))
+    result = helm_template("--set", "api.existingSecret=k", chart=chart)
+    assert (result.returncode != 0) == refused, result.stderr[-400:]
+    if refused:
+        assert "api.existingSecret k has no key api-key, or an empty one" in result.stderr
