@@ -6,7 +6,8 @@
 #             $HELM_RENDER_DIR/<set>.yaml; fails on the first chart error
 #   validate  every rendered manifest against the Kubernetes $KUBE_VERSION schemas (strict)
 # Usage: helm_check.sh [tools|render|validate|all]...   (default: all)
-# Values sets: default (values.yaml), production (values-production.yaml) and
+# Values sets: default (values.yaml), production (values-production.yaml with the placeholder image
+# digests of helm/ci/production-placeholder-digests.yaml) and
 # ci-<name> for each helm/ci/<name>-values.yaml (the same files chart-testing uses).
 # HELM_CHART_DIR and HELM_RENDER_DIR point the check at another copy of the chart.
 set -euo pipefail
@@ -57,7 +58,9 @@ install_validator() {
 # value_sets -> lines "name<TAB>helm values flags"
 value_sets() {
   printf 'default\t\n'
-  printf 'production\t-f %s\n' "$HELM_CHART_DIR/values-production.yaml"
+  # values-production.yaml renders only with image digests: the set adds obvious placeholders.
+  printf 'production\t-f %s -f %s\n' "$HELM_CHART_DIR/values-production.yaml" \
+    "$HELM_CHART_DIR/ci/production-placeholder-digests.yaml"
   local f name
   for f in "$HELM_CHART_DIR"/ci/*-values.yaml; do
     [[ -e "$f" ]] || continue

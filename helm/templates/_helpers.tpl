@@ -46,8 +46,37 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+seg.imageRef (list $ IMAGE-VALUES "values.path"): repository:tag, with @digest when image.digest is set.
+With requireImageDigests (values-production.yaml) an image without a sha256 digest fails the render:
+a tag can be moved to other content, a digest cannot.
+*/}}
+{{- define "seg.imageRef" -}}
+{{- $root := index . 0 -}}
+{{- $img := index . 1 -}}
+{{- $digest := $img.digest | default "" -}}
+{{- if and (or $digest $root.Values.requireImageDigests) (not (regexMatch "^sha256:[0-9a-f]{64}$" $digest)) -}}
+{{- fail (printf "%s.digest must be the image's sha256 digest (requireImageDigests; got %q): `crane digest %s:%s` or `docker buildx imagetools inspect %s:%s` prints it; docs/DEPLOY.md (Pinned images)" (index . 2) $digest $img.repository $img.tag $img.repository $img.tag) -}}
+{{- end -}}
+{{- if $digest -}}
+{{- printf "%s:%s@%s" $img.repository $img.tag $digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository $img.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The app image (Spark master, workers, driver, generator, API). */}}
 {{- define "seg.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $img := merge (dict "tag" (default .Chart.AppVersion .Values.image.tag)) (omit .Values.image "tag") -}}
+{{- include "seg.imageRef" (list . $img "image") -}}
+{{- end -}}
+
+{{- define "seg.kafkaImage" -}}
+{{- include "seg.imageRef" (list . .Values.kafka.image "kafka.image") -}}
+{{- end -}}
+
+{{- define "seg.mongodbImage" -}}
+{{- include "seg.imageRef" (list . .Values.mongodb.image "mongodb.image") -}}
 {{- end -}}
 
 {{/* spark:// URL the driver submits to. */}}
@@ -176,19 +205,58 @@ upgrades; `helm template` (no cluster) always generates.
 {{- default (include "seg.component" (list . "kafka-sasl")) .Values.kafka.sasl.existingSecret -}}
 {{- end -}}
 
-{{/* Kafka client login of the driver, the generator and the topic init container (kafka.sasl). */}}
+{{/*
+seg.kafkaUser (list $ WHO): the SASL user and the Secret key of its password, as "user key", for
+WHO = job (the driver, its executors, its topic init container), generator, admin (the kafka-init
+Job), broker.
+*/}}
+{{- define "seg.kafkaUser" -}}
+{{- $s := (index . 0).Values.kafka.sasl -}}
+{{- $who := index . 1 -}}
+{{- $users := dict "job" (list $s.username "client-password") "generator" (list $s.generatorUsername "generator-password")
+      "admin" (list $s.adminUsername "admin-password") "broker" (list $s.interBrokerUsername "inter-broker-password") -}}
+{{- join " " (get $users $who) -}}
+{{- end -}}
+
+{{/* seg.kafkaSaslEnv (list $ WHO): the Kafka client login of WHO (kafka.sasl; seg.kafkaUser). */}}
 {{- define "seg.kafkaSaslEnv" -}}
+{{- $root := index . 0 -}}
+{{- $user := splitList " " (include "seg.kafkaUser" .) -}}
 - name: KAFKA_SECURITY_PROTOCOL
   value: SASL_PLAINTEXT
 - name: KAFKA_SASL_MECHANISM
-  value: {{ .Values.kafka.sasl.mechanism | quote }}
+  value: {{ $root.Values.kafka.sasl.mechanism | quote }}
 - name: KAFKA_SASL_USERNAME
-  value: {{ .Values.kafka.sasl.username | quote }}
+  value: {{ index $user 0 | quote }}
 - name: KAFKA_SASL_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ include "seg.kafkaSaslSecretName" . }}
-      key: client-password
+      name: {{ include "seg.kafkaSaslSecretName" $root }}
+      key: {{ index $user 1 }}
+{{- end -}}
+
+{{/*
+The chart's Kafka with kafka.sasl: SCRAM only (PLAIN would send every password on the wire), and
+one user per principal, so each one's ACLs are its own.
+*/}}
+{{- define "seg.kafkaSaslValidate" -}}
+{{- $s := .Values.kafka.sasl -}}
+{{- if not (has $s.mechanism (list "SCRAM-SHA-256" "SCRAM-SHA-512")) -}}
+{{- fail (printf "kafka.sasl.mechanism=%s: the chart's Kafka offers SCRAM-SHA-512 or SCRAM-SHA-256 (PLAIN sends the password; it is for an external Kafka)" $s.mechanism) -}}
+{{- end -}}
+{{- $names := list $s.username $s.generatorUsername $s.adminUsername $s.interBrokerUsername -}}
+{{- range $s.consumers -}}
+{{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" (.name | default "")) -}}
+{{- fail (printf "kafka.sasl.consumers: name %q must be letters, digits, '.', '_' or '-'" (.name | default "")) -}}
+{{- end -}}
+{{- if or (not .topics) (without .topics "alerts" "actions") -}}
+{{- fail (printf "kafka.sasl.consumers %s: topics must name alerts and/or actions (the job's output topics), got %v" .name .topics) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- if ne (len $names) (len (uniq $names)) -}}
+{{- fail (printf "kafka.sasl: the users %v must all differ (one user per principal, each with its own ACLs)" $names) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* seg.podPeer (list $ "component"): a NetworkPolicyPeer for the release's pods of one component. */}}
@@ -204,6 +272,34 @@ upgrades; `helm template` (no cluster) always generates.
 {{ include "seg.podPeer" (list . "spark-worker") }}
 {{- else if .Values.networkPolicy.externalExecutors -}}
 {{ toYaml .Values.networkPolicy.externalExecutors }}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with spark.authenticate's shared secret (key auth-secret). */}}
+{{- define "seg.sparkAuthSecretName" -}}
+{{- default (include "seg.component" (list . "spark-auth")) .Values.spark.authenticate.existingSecret -}}
+{{- end -}}
+
+{{/*
+-D options of the Spark master and worker daemons: the kill links of the UI off, and with
+spark.authenticate every RPC peer (driver, worker, executor) proves the shared secret, which the
+daemons read from _SPARK_AUTH_SECRET (seg.sparkDaemonAuthEnv); executors get it from their worker.
+*/}}
+{{- define "seg.sparkDaemonOpts" -}}
+{{- $opts := list "-Dspark.ui.killEnabled=false" -}}
+{{- if .Values.spark.authenticate.enabled -}}
+{{- $opts = append $opts "-Dspark.authenticate=true" -}}
+{{- end -}}
+{{- join " " $opts -}}
+{{- end -}}
+
+{{- define "seg.sparkDaemonAuthEnv" -}}
+{{- if .Values.spark.authenticate.enabled -}}
+- name: _SPARK_AUTH_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "seg.sparkAuthSecretName" . }}
+      key: auth-secret
 {{- end -}}
 {{- end -}}
 
@@ -229,15 +325,20 @@ Env vars every container of the app image gets: */}}
 {{- end -}}
 
 {{/*
-seg.waitForKafka: init container that waits for Kafka and creates the topics (input, alerts, actions; idempotent),
-run from the Kafka image so its own tools do the work. Bounded: fails after ~10 minutes.
-With kafka.sasl it logs in through a client properties file written at run time from its env
-into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
+seg.waitForKafka (list $ WHO TOPICS...): init container, run from the Kafka image so its own tools do
+the work, that waits until each topic exists, creating it when missing and WHO may (without SASL,
+or an external Kafka's ACLs allow it; with the chart's SASL the kafka-init Job creates them as
+admin). Bounded: fails after ~10 minutes. With kafka.sasl it logs in as WHO (seg.kafkaSaslEnv)
+through a client properties file written at run time from its env into the /tmp emptyDir, so the
+password is in no ConfigMap and no pod spec.
 */}}
 {{- define "seg.waitForKafka" -}}
+{{- $root := index . 0 -}}
+{{- $who := index . 1 -}}
+{{- $topics := slice . 2 -}}
 - name: kafka-topic
-  image: "{{ .Values.kafka.image.repository }}:{{ .Values.kafka.image.tag }}"
-  imagePullPolicy: {{ .Values.kafka.image.pullPolicy }}
+  image: {{ include "seg.kafkaImage" $root | quote }}
+  imagePullPolicy: {{ $root.Values.kafka.image.pullPolicy }}
   command: ["/bin/bash", "-c"]
   args:
     - |
@@ -252,37 +353,37 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
           > /tmp/kafka-client.properties)
         login=(--command-config /tmp/kafka-client.properties)
       fi
-      create() {
-        /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" "${login[@]}" --create --if-not-exists \
-          --topic "$1" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR"
+      topics() { /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$KAFKA_BOOTSTRAP_SERVERS" "${login[@]}" "$@"; }
+      # --list needs only DESCRIBE on the topic (--describe also reads its configs).
+      ensure() {
+        topics --list --topic "$1" 2>/dev/null | grep -qxF "$1" ||
+          topics --create --if-not-exists --topic "$1" --partitions "$PARTITIONS" --replication-factor "$REPLICATION_FACTOR"
       }
       for i in {1..120}; do
-        create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC" && create "$ACTIONS_TOPIC" && exit 0
-        echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS ($i/120)"; sleep 5
+        ok=1
+        for topic in $TOPICS; do ensure "$topic" || { ok=0; break; }; done
+        (( ok )) && exit 0
+        echo "waiting for Kafka at $KAFKA_BOOTSTRAP_SERVERS and the topics $TOPICS ($i/120)"; sleep 5
       done
-      echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS did not answer in 10 minutes" >&2; exit 1
+      echo "Kafka at $KAFKA_BOOTSTRAP_SERVERS did not show the topics $TOPICS in 10 minutes" >&2; exit 1
   env:
     - name: KAFKA_BOOTSTRAP_SERVERS
-      value: {{ include "seg.kafkaBootstrap" . | quote }}
-    - name: KAFKA_TOPIC
-      value: {{ .Values.kafka.topic | quote }}
-    - name: ALERTS_TOPIC
-      value: {{ .Values.kafka.alertsTopic | quote }}
-    - name: ACTIONS_TOPIC
-      value: {{ .Values.kafka.actionsTopic | quote }}
+      value: {{ include "seg.kafkaBootstrap" $root | quote }}
+    - name: TOPICS
+      value: {{ join " " $topics | quote }}
     - name: PARTITIONS
-      value: {{ .Values.kafka.partitions | quote }}
+      value: {{ $root.Values.kafka.partitions | quote }}
     - name: REPLICATION_FACTOR
-      value: {{ include "seg.kafkaReplicationFactor" . | quote }}
+      value: {{ include "seg.kafkaReplicationFactor" $root | quote }}
     - name: KAFKA_HEAP_OPTS
       value: "-Xmx256m"
     - name: LOG_DIR
       value: /tmp
-    {{- if .Values.kafka.sasl.enabled }}
-    {{- include "seg.kafkaSaslEnv" . | nindent 4 }}
+    {{- if $root.Values.kafka.sasl.enabled }}
+    {{- include "seg.kafkaSaslEnv" (list $root $who) | nindent 4 }}
     {{- end }}
   securityContext:
-    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+    {{- toYaml $root.Values.containerSecurityContext | nindent 4 }}
   resources:
     requests: {cpu: 50m, memory: 256Mi}
     limits: {memory: 512Mi}
@@ -298,6 +399,11 @@ into the /tmp emptyDir, so the password is in no ConfigMap and no pod spec.
 {{/* The Secret the API reads API_KEY (key api-key) from. */}}
 {{- define "seg.apiKeySecretName" -}}
 {{- default (include "seg.component" (list . "api-key")) .Values.api.existingSecret -}}
+{{- end -}}
+
+{{/* sh -c script of the API container: refuse an empty API_KEY, else exec the API ("$0" "$@"). */}}
+{{- define "seg.apiKeyGuard" -}}
+[ -n "$API_KEY" ] || { echo "API_KEY is empty: the Secret's key api-key must hold the API key" >&2; exit 64; }; exec "$0" "$@"
 {{- end -}}
 
 {{/* JOB_STATUS_URL of the API: api.jobStatusUrl, else the driver's health Service; empty without a job. */}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -253,18 +254,42 @@ def test_check_fails_on_a_manifest_kubernetes_rejects(tmp_path):
     assert "do not match the Kubernetes" in result.stderr
 
 
-@pytest.mark.parametrize("value_set", ["default", "production"])
-def test_the_alerts_topic_is_created_with_the_input_topic_and_given_to_the_job(rendered, value_set):
-    docs = rendered[value_set]
-    job = one(docs, "Deployment", "streaming")
-    topics = env_of(container(job, "driver"))["ALERTS_TOPIC"]
-    init = next(c for c in pod_spec(job)["initContainers"] if c["name"] == "kafka-topic")
-    assert env_of(init)["ALERTS_TOPIC"] == topics == "behavior_alerts"
-    assert 'create "$KAFKA_TOPIC" && create "$ALERTS_TOPIC" && create "$ACTIONS_TOPIC"' in init["args"][0]
+def _topic_init(workload: dict) -> dict:
+    return next(c for c in pod_spec(workload)["initContainers"] if c["name"] == "kafka-topic")
 
 
 @pytest.mark.parametrize("value_set", ["default", "production"])
-def test_the_actions_topic_is_created_with_the_input_topic_and_given_to_the_job(rendered, value_set):
+def test_the_output_topics_wait_with_the_input_topic_and_are_given_to_the_job(rendered, value_set):
     job = one(rendered[value_set], "Deployment", "streaming")
-    init = next(c for c in pod_spec(job)["initContainers"] if c["name"] == "kafka-topic")
-    assert env_of(init)["ACTIONS_TOPIC"] == env_of(container(job, "driver"))["ACTIONS_TOPIC"] == "behavior_actions"
+    env, init = env_of(container(job, "driver")), _topic_init(job)
+    assert (env["KAFKA_TOPIC"], env["ALERTS_TOPIC"], env["ACTIONS_TOPIC"]) == (
+        "ecommerce_events", "behavior_alerts", "behavior_actions")
+    assert env_of(init)["TOPICS"].split() == [env["KAFKA_TOPIC"], env["ALERTS_TOPIC"], env["ACTIONS_TOPIC"]]
+    assert 'for topic in $TOPICS; do ensure "$topic"' in init["args"][0]
+
+
+def test_the_generator_waits_for_the_input_topic_only(rendered):
+    docs = rendered["ci-generator"]
+    assert env_of(_topic_init(one(docs, "Job", "generator")))["TOPICS"] == "ecommerce_events"
+
+
+def test_topic_init_waits_for_existing_topics_and_creates_only_missing_ones(rendered, tmp_path):
+    """Run the init container's script with a stand-in kafka-topics.sh: a topic that exists is only
+    listed (a client without CREATE passes), a missing one is created with the partitions and
+    replication factor."""
+    init = _topic_init(one(rendered["default"], "Deployment", "streaming"))
+    tool = tmp_path / "kafka-topics.sh"
+    # Topics that "exist" are listed in $EXISTING; every call is logged.
+    tool.write_text(f'#!/bin/bash\necho "$*" >> {tmp_path}/calls\n'
+                    'if [[ " $* " == *" --list "* ]]; then printf "%s\\n" $EXISTING; exit; fi\n'
+                    'exit 0\n')
+    tool.chmod(0o755)
+    script = init["args"][0].replace("/opt/kafka/bin/kafka-topics.sh", str(tool)).replace("sleep 5", "exit 9")
+    env = {k: v for k, v in env_of(init).items() if isinstance(v, str)}
+    run = subprocess.run(["bash", "-c", script], env={**env, "PATH": "/usr/bin:/bin", "EXISTING": "ecommerce_events"},
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    created = [c for c in calls if "--create" in c]
+    assert len(created) == 2 and all("--partitions 3 --replication-factor 1" in c for c in created)
+    assert not [c for c in created if "ecommerce_events" in c]

@@ -177,7 +177,8 @@ def test_ingress_with_tls_routes_the_host_to_the_api_service(rendered):
 
 
 def test_ingress_without_host_or_tls():
-    ingress = one(rendered_with("--set", "api.ingress.enabled=true"), "Ingress", "api")
+    ingress = one(rendered_with("--set", "api.ingress.enabled=true", "--set", "api.ingress.allowInsecure=true"),
+                  "Ingress", "api")
     assert "tls" not in ingress["spec"] and "ingressClassName" not in ingress["spec"]
     rule, = ingress["spec"]["rules"]
     assert "host" not in rule and rule["http"]["paths"][0]["backend"]["service"]["name"] == "seg-api"

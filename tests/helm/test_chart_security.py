@@ -3,8 +3,9 @@
 The driver's probes ask its health endpoint; the data-safety settings reach it; credentials
 exist only in Secrets and every consumer reads them from there; MongoDB runs with
 authentication (a keyFile for a replica set) and its users are created for the job and the
-API; Kafka SASL appears exactly when enabled, with the client and broker agreeing on one
-password; the NetworkPolicies admit exactly the intended pods, computed from the pods' labels.
+API; Kafka SASL/SCRAM appears exactly when enabled, each principal with its own user, the brokers'
+users written when the volume is formatted; the NetworkPolicies admit exactly the intended pods,
+computed from the pods' labels. The fail-closed checks (ACLs, Spark auth, digests): chart_checks.py.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import yaml
 
-from chart_manifests import (CHART, COMPONENT, VALUE_SETS, all_containers, container, env_of, flag, one, pod_labels,
-                             pod_spec, rendered, secret_data, selects, service_port_reaches, values_of,
+from chart_manifests import (CHART, COMPONENT, VALUE_SETS, all_containers, container, env_of, flag, helm_template, one,
+                             pod_labels, pod_spec, rendered, secret_data, selects, service_port_reaches, values_of,
                              volume_of_mount, workloads)
 
 __all__ = ["rendered"]  # the fixture, imported for pytest
@@ -189,10 +190,10 @@ def test_generated_secret_carries_uris_with_the_app_and_api_credentials(rendered
 def test_mongodb_credentials_from_an_existing_secret(rendered):
     docs, values = rendered["ci-mongodb-auth-existing-secret"], values_of("ci-mongodb-auth-existing-secret")
     existing = values["mongodb"]["auth"]["existingSecret"]
-    # The only Secret rendered is the API's key (api.existingSecret is unset in this set).
-    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == ["seg-api-key"]
+    # The only Secrets rendered are the API's key and Spark's (their existingSecrets are unset here).
+    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Secret") == ["seg-api-key", "seg-spark-auth"]
     refs = {secret_ref(e["valueFrom"]) for w in workloads(docs) for c in all_containers(w) for e in c.get("env", [])
-            if "secretKeyRef" in e.get("valueFrom", {})} - {("seg-api-key", "api-key")}
+            if "secretKeyRef" in e.get("valueFrom", {})} - {("seg-api-key", "api-key"), ("seg-spark-auth", "auth-secret")}
     assert {name for name, _ in refs} == {existing}
     # Every key the pods read is documented at mongodb.auth.existingSecret in values.yaml.
     auth = (CHART / "values.yaml").read_text().split("\n  auth:\n", 1)[1]
@@ -209,28 +210,38 @@ def test_external_mongodb_gets_no_server_credentials(rendered, value_set):
     assert not [w for w in workloads(docs) if w["metadata"]["labels"][COMPONENT] in ("mongodb", "mongodb-init")]
     assert set(env_of(driver_of(docs))) >= {"MONGODB_URI"}
     keys = {k for data in secret_data(docs).values() for k in data}
-    assert keys <= {"MONGODB_URI", "MONGODB_API_URI", "api-key"}
+    assert keys <= {"MONGODB_URI", "MONGODB_API_URI", "api-key", "auth-secret"}
 
 
 # --- Kafka SASL ----------------------------------------------------------------------------------
 
+def _kafka_clients(docs: list[dict], sasl: dict) -> list[tuple[str, dict, str]]:
+    """(where, container, the SASL user it must log in as) of every Kafka client container."""
+    users = {"streaming": sasl["username"], "generator": sasl["generatorUsername"], "kafka-init": sasl["adminUsername"]}
+    return [(f"{w['metadata']['name']}/{c['name']}", c, users[pod_labels(w)[COMPONENT]])
+            for w in workloads(docs) for c in all_containers(w)
+            if c["name"] in ("driver", "generator", "kafka-topic", "kafka-init")]
+
+
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_kafka_sasl_env_exactly_when_enabled(rendered, value_set):
     docs, sasl = rendered[value_set], values_of(value_set)["kafka"]["sasl"]
-    clients = [c for w in workloads(docs) for c in all_containers(w)
-               if c["name"] in ("driver", "generator", "kafka-topic")]
-    others = [c for w in workloads(docs) for c in all_containers(w) if c not in clients]
+    clients = _kafka_clients(docs, sasl)
+    others = [c for w in workloads(docs) for c in all_containers(w) if c not in [c for _, c, _ in clients]]
     assert not [c["name"] for c in others if SASL_ENV & set(env_of(c))]  # workers, stores: no login
     if not sasl["enabled"]:
-        assert not [c["name"] for c in clients if SASL_ENV & set(env_of(c))]
+        assert not [where for where, c, _ in clients if SASL_ENV & set(env_of(c))]
         return
     secrets = secret_data(docs)
-    for c in clients:
+    keys = {sasl["username"]: "client-password", sasl["generatorUsername"]: "generator-password",
+            sasl["adminUsername"]: "admin-password"}
+    for where, c, user in clients:  # each principal logs in as its own user, with its own password
         env = env_of(c)
-        assert (env["KAFKA_SECURITY_PROTOCOL"], env["KAFKA_SASL_MECHANISM"]) == ("SASL_PLAINTEXT", "PLAIN")
-        assert env["KAFKA_SASL_USERNAME"] == sasl["username"]
+        assert (env["KAFKA_SECURITY_PROTOCOL"], env["KAFKA_SASL_MECHANISM"]) == ("SASL_PLAINTEXT", sasl["mechanism"])
+        assert env["KAFKA_SASL_USERNAME"] == user, where
         name, key = secret_ref(env["KAFKA_SASL_PASSWORD"])
-        assert key == "client-password" and key in secrets[name]
+        assert key == keys[user] and key in secrets[name], where
+    assert len({secrets["seg-kafka-sasl"][k] for k in keys.values()}) == 3
     # The topic init container logs in through a file it writes at run time on an emptyDir.
     job = one(docs, "Deployment", "streaming")
     init = next(c for c in pod_spec(job)["initContainers"] if c["name"] == "kafka-topic")
@@ -239,24 +250,70 @@ def test_kafka_sasl_env_exactly_when_enabled(rendered, value_set):
     assert "emptyDir" in volume
 
 
-def test_kafka_broker_accepts_the_client_login_and_keeps_the_controller_listener(rendered):
-    docs, sasl = rendered["ci-kafka-sasl"], values_of("ci-kafka-sasl")["kafka"]["sasl"]
+def _broker(docs: list[dict]) -> tuple[dict, dict[str, object]]:
     broker = container(one(docs, "StatefulSet", "kafka"), "kafka")
-    env = env_of(broker)
+    return broker, env_of(broker)
+
+
+def test_kafka_broker_takes_scram_logins_and_its_brokers_plain_on_the_controller_listener(rendered):
+    docs, sasl = rendered["ci-kafka-sasl"], values_of("ci-kafka-sasl")["kafka"]["sasl"]
+    broker, env = _broker(docs)
     protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     listeners = {port: name for name, port in
                  (re.match(r"(\w+)://:(\d+)", item).groups() for item in env["KAFKA_LISTENERS"].split(","))}
-    assert protocols[listeners["9092"]] == "SASL_PLAINTEXT" and protocols[listeners["9093"]] == "PLAINTEXT"
+    assert protocols[listeners["9092"]] == protocols[listeners["9093"]] == "SASL_PLAINTEXT"
     assert listeners["9093"] == env["KAFKA_CONTROLLER_LISTENER_NAMES"] == "CONTROLLER"
     assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == listeners["9092"]
     assert f'KAFKA_ADVERTISED_LISTENERS="{listeners["9092"]}://' in broker["args"][0]
-    jaas = env[f"KAFKA_LISTENER_NAME_{listeners['9092']}_PLAIN_SASL_JAAS_CONFIG"]
-    users = dict(re.findall(r'user_([\w.-]+)="\$\((\w+)\)"', jaas))
-    # The password the broker accepts for the client user is the one the clients send.
-    client = env_of(driver_of(docs))["KAFKA_SASL_PASSWORD"]
-    assert secret_ref(env[users[sasl["username"]]]) == secret_ref(client)
-    own = re.search(r'username="([^"]+)" password="\$\((\w+)\)"', jaas).groups()
-    assert own[0] == sasl["interBrokerUsername"] and users[own[0]] == own[1]
+    mech = sasl["mechanism"]
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == mech
+    assert env["KAFKA_LISTENER_NAME_CONTROLLER_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    assert env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == "PLAIN"
+    scram = env[f"KAFKA_LISTENER_NAME_{listeners['9092']}_{mech.replace('-', '___')}_SASL_JAAS_CONFIG"]
+    assert scram.startswith("org.apache.kafka.common.security.scram.ScramLoginModule required ")
+    own = re.search(r'username="([^"]+)" password="\$\((\w+)\)"', scram).groups()
+    assert own[0] == sasl["interBrokerUsername"]
+    assert secret_ref(env[own[1]]) == ("seg-kafka-sasl", "inter-broker-password")
+    plain = env["KAFKA_LISTENER_NAME_CONTROLLER_PLAIN_SASL_JAAS_CONFIG"]
+    assert dict(re.findall(r'user_([\w.-]+)="\$\((\w+)\)"', plain)) == {own[0]: own[1]}  # brokers only
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == f"User:{sasl['interBrokerUsername']};User:{sasl['adminUsername']}"
+
+
+def test_kafka_start_script_formats_the_volume_with_the_brokers_and_admins_scram_users(rendered, tmp_path):
+    """Run the broker's start script with stand-ins for kafka-storage.sh and the image's run script:
+    the format step gets the config the image derives from KAFKA_* and the two SCRAM users."""
+    docs, sasl = rendered["ci-kafka-sasl"], values_of("ci-kafka-sasl")["kafka"]["sasl"]
+    broker, env = _broker(docs)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kafka-storage.sh").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" > {tmp_path}/args\n'
+                                              f'cp "${{@: -5:1}}" {tmp_path}/props 2>/dev/null || true\n')
+    (bin_dir / "run").write_text(f"#!/bin/bash\necho ran > {tmp_path}/ran\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    script = (broker["args"][0].replace("/opt/kafka/bin/kafka-storage.sh", str(bin_dir / "kafka-storage.sh"))
+              .replace("/etc/kafka/docker/run", str(bin_dir / "run")).replace("/tmp/format.properties",
+                                                                               str(tmp_path / "format.properties")))
+    values = {"SASL_INTER_BROKER_PASSWORD": "brokerpw", "SASL_ADMIN_PASSWORD": "adminpw"}
+    run_env = {"PATH": os.environ["PATH"], "HOSTNAME": "seg-kafka-1", **values}
+    for name, value in env.items():
+        if isinstance(value, str):
+            run_env[name] = re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], value)
+    run = subprocess.run(["bash", "-c", script], env=run_env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    args = (tmp_path / "args").read_text().splitlines()
+    mech = sasl["mechanism"]
+    assert args[:4] == ["format", "--ignore-formatted", "--cluster-id", env["CLUSTER_ID"]]
+    assert f"{mech}=[name={sasl['interBrokerUsername']},password=brokerpw]" in args
+    assert f"{mech}=[name={sasl['adminUsername']},password=adminpw]" in args
+    assert (tmp_path / "ran").is_file() and not (tmp_path / "format.properties").exists()  # removed
+    props = dict(line.split("=", 1) for line in (tmp_path / "props").read_text().splitlines())
+    assert props["node.id"] == "1" and props["process.roles"] == "broker,controller"
+    assert props["sasl.mechanism.controller.protocol"] == "PLAIN"
+    assert props[f"listener.name.client.{mech.lower()}.sasl.jaas.config"].endswith('password="brokerpw";')
+    assert props["log.dirs"] == env["KAFKA_LOG_DIRS"] and "heap.opts" not in props
 
 
 def test_kafka_options_pass_through_job_extra_env(rendered):
@@ -301,12 +358,15 @@ def test_network_policies_admit_only_the_intended_pods(rendered, value_set):
     pods = _pods(docs)
     generator = {"generator"} & set(pods)
     expected = {  # component -> {named port: admitted components}
-        "kafka": {"kafka": {"streaming", "spark-worker", "api", "kafka"} | generator, "controller": {"kafka"}},
+        # Not the API: it reads no Kafka, and it is the pod the internet reaches.
+        "kafka": {"kafka": {"streaming", "spark-worker", "kafka"} | generator | ({"kafka-init"} & set(pods)),
+                  "controller": {"kafka"}},
         "mongodb": {"mongodb": {"streaming", "spark-worker", "api", "mongodb", "mongodb-init"}},
         "spark-master": {"spark": {"streaming", "spark-worker"}},
         "spark-worker": {None: {"spark-master", "streaming", "spark-worker"}},
+        # The health port for the API's JOB_STATUS_URL only; no rule at all for the Spark UI.
         "streaming": {"driver": {"spark-master", "spark-worker"}, "blockmanager": {"spark-master", "spark-worker"},
-                      "ui": {ANY}, "health": {ANY}},
+                      "ui": set(), "health": {"api"}},
         "api": {"http": {ANY}},
     }
     for component, ports in expected.items():
@@ -327,7 +387,8 @@ def test_network_policies_with_an_external_spark_leave_the_executor_ports_open(r
     docs = rendered["ci-existing-secret"]  # spark.enabled=false, networkPolicy.externalExecutors empty
     pods = _pods(docs)
     driver = _policy_for(docs, pods["streaming"])
-    assert _admitted(driver, "driver", pods) == {ANY} and _admitted(driver, "health", pods) == {ANY}
+    assert _admitted(driver, "driver", pods) == {ANY} and _admitted(driver, "health", pods) == {"api"}
+    assert _admitted(driver, "ui", pods) == set()
     kafka = _policy_for(docs, pods["kafka"])
     assert _admitted(kafka, "kafka", pods) == {ANY} and _admitted(kafka, "controller", pods) == {"kafka"}
 
@@ -343,7 +404,7 @@ def test_api_is_open_on_its_port_and_reaches_mongodb_and_the_drivers_health(rend
     assert _admitted(policy, "http", pods) == {ANY}  # the public face: the API key guards it
     assert _admitted(policy, "other", pods) == set()  # nothing else on the API's pods
     driver = _policy_for(docs, pods["streaming"])
-    assert _admitted(driver, "health", pods) == {ANY}  # JOB_STATUS_URL
+    assert _admitted(driver, "health", pods) == {"api"}  # JOB_STATUS_URL, and nobody else
     if values_of(value_set)["mongodb"]["enabled"]:
         assert "api" in _admitted(_policy_for(docs, pods["mongodb"]), "mongodb", pods)
     # The API reads MongoDB only: no Kafka settings, so no Kafka rule is needed for it.
@@ -360,3 +421,16 @@ def test_every_secret_key_a_pod_reads_is_in_the_rendered_secret(rendered, value_
     assert refs
     missing = [(w, name, key) for w, (name, key) in refs if name in secrets and key not in secrets[name]]
     assert not missing
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--set", "kafka.sasl.mechanism=PLAIN"], "the chart's Kafka offers SCRAM-SHA-512 or SCRAM-SHA-256"),
+    (["--set", "kafka.sasl.generatorUsername=segmentation"], "must all differ"),
+    (["--set", "kafka.sasl.consumers[0].name=crm", "--set", "kafka.sasl.consumers[0].topics[0]=input"],
+     "topics must name alerts and/or actions"),
+    (["--set", "kafka.sasl.consumers[0].name=c rm", "--set", "kafka.sasl.consumers[0].topics[0]=alerts"],
+     "must be letters, digits"),
+])
+def test_chart_kafka_sasl_refuses_plain_shared_users_and_other_topics(flags, message):
+    result = helm_template("--set", "kafka.sasl.enabled=true", *flags)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-500:]
