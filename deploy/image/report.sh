@@ -70,6 +70,13 @@ dpkg_list=$(container_run 0:0 dpkg-query -W -f '${Package} ${Version} ${Architec
 pip_list=$(container_run "$uid:$gid" /opt/venv/bin/python -m pip freeze --all)
 spark_jars=$(container_run 0:0 sh -c 'ls /opt/spark/jars/')
 connector_jars=$(container_run 0:0 sh -c 'ls /opt/stack/spark-jars/')
+# The lock reached the image: every package of the venv at its constraints.txt version
+# (the app itself aside, and setuptools, which `python3 -m venv` seeds and nothing requires).
+norm() { sed -E 's/^[^=]+/\L&/; :a; s/^([^=]*)[_.]/\1-/; ta'; }  # names as PEP 503 compares them
+locked=$(grep '==' "$ROOT/constraints.txt" | sed 's/ .*//' | norm | sort)
+off_lock=$(grep '==' <<<"$pip_list" | norm | sort | comm -23 - <(echo "$locked") | grep -v -e '^setuptools==' -e '^behavior-segmentation==' || true)
+check "Python packages at the lock's versions" "$([[ -z "$off_lock" ]] && echo 0 || echo 1)" \
+  "$(grep -c '==' <<<"$pip_list") pinned packages in /opt/venv, plus the app${off_lock:+; not as locked: $(tr '\n' ' ' <<<"$off_lock")}"
 python_version=$(container_run "$uid:$gid" python --version 2>&1)
 java_version=$(container_run "$uid:$gid" sh -c 'java -version 2>&1 | head -1')
 image_size=$(image_size "$IMAGE")
