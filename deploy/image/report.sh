@@ -76,7 +76,7 @@ norm() { sed -E 's/^[^=]+/\L&/; :a; s/^([^=]*)[_.]/\1-/; ta'; }  # names as PEP 
 locked=$(grep '==' "$ROOT/constraints.txt" | sed 's/ .*//' | norm | sort)
 off_lock=$(grep '==' <<<"$pip_list" | norm | sort | comm -23 - <(echo "$locked") | grep -v -e '^setuptools==' -e '^behavior-segmentation==' || true)
 check "Python packages at the lock's versions" "$([[ -z "$off_lock" ]] && echo 0 || echo 1)" \
-  "$(grep -c '==' <<<"$pip_list") pinned packages in /opt/venv, plus the app${off_lock:+; not as locked: $(tr '\n' ' ' <<<"$off_lock")}"
+  "$(grep -c '==' <<<"$pip_list") versioned packages in /opt/venv (setuptools, seeded by venv, is the one not in the lock), plus the app${off_lock:+; not as locked: $(tr '\n' ' ' <<<"$off_lock")}"
 python_version=$(container_run "$uid:$gid" python --version 2>&1)
 java_version=$(container_run "$uid:$gid" sh -c 'java -version 2>&1 | head -1')
 image_size=$(image_size "$IMAGE")
