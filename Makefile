@@ -7,8 +7,14 @@ STACK := ./deploy/local/stack.sh
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup:  ## fetch everything from the registries into .venv and .local (cached)
+setup:  ## fetch everything from the registries into .venv and .local (cached); Python deps at constraints.txt
 	./deploy/local/setup.sh
+
+lock:  ## re-resolve the Python deps (pip-compile) into constraints.txt, the lock setup and the image use (LOCK_KEEP=1: keep pins)
+	./deploy/local/lock.sh
+
+image:  ## build the Dockerfile (docker, else buildah; the base from Debian's packages where no registry answers), check it, SBOM -> .local/image
+	./deploy/image/build.sh
 
 up: setup  ## start Kafka + FerretDB on loopback (idempotent)
 	$(STACK) up
@@ -93,4 +99,4 @@ test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the r
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup up down status smoke demo api dashboard security bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches everything the project needs from the package registries, once; later runs are offline no-ops.
-#   .venv            python deps (pyproject.toml, editable install; PYTHON_INSTALL=runtime: plain, no dev extras)
+#   .venv            python deps (pyproject.toml at the versions of constraints.txt, the lock `make lock`
+#                    writes; editable install; PYTHON_INSTALL=runtime: plain, no dev extras)
 #   .local/kafka     Apache Kafka jars (Maven Central)
 #   .local/spark-jars  Spark Kafka connector jars (Maven Central)
 #   .local/bin/ferretdb  FerretDB built from the Go module proxy
@@ -21,12 +22,15 @@ setup_python() {
     runtime) spec=("$ROOT"); tag="runtime-" ;;
     *) die "setup: PYTHON_INSTALL must be 'editable' or 'runtime' (got '$mode')" ;;
   esac
-  local stamp="$VENV/.installed-$tag$(sha1sum "$ROOT/pyproject.toml" | cut -c1-12)"
+  # The lock: every dependency at the version of a fresh resolve (deploy/local/lock.sh).
+  local lock="$ROOT/constraints.txt"
+  [[ -f "$lock" ]] || die "setup: $lock is missing: run 'make lock' to write it"
+  local stamp="$VENV/.installed-$tag$(cat "$ROOT/pyproject.toml" "$lock" | sha1sum | cut -c1-12)"
   if [[ -f "$stamp" ]]; then step "python deps up to date ($VENV)"; return; fi
-  step "python deps -> $VENV (pyspark $SPARK_VERSION is ~430 MB, takes a minute)"
+  step "python deps -> $VENV, pinned by constraints.txt (pyspark $SPARK_VERSION is ~430 MB, takes a minute)"
   [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --progress-bar off -q --upgrade pip
-  "$VENV/bin/pip" install --progress-bar off "${spec[@]}"
+  "$VENV/bin/pip" install --progress-bar off -q --upgrade pip -c "$lock"
+  "$VENV/bin/pip" install --progress-bar off "${spec[@]}" -c "$lock"
   rm -f "$VENV"/.installed-* && touch "$stamp"
 }
 
