@@ -73,8 +73,9 @@ api: up  ## the read-only query API + live dashboard on 127.0.0.1:8000 (API_PORT
 
 dashboard: api  ## the same as make api: the dashboard is its page /
 
-security: setup  ## issue 20's probes 1-8 against the running API (make api; API_URL, API_KEY): one PASS/FAIL line each, non-zero on a FAIL
-	$(PY) -m security.probes
+security: setup  ## issue 20's probes: the rendered chart's checks (probe 9), then 1-8 against the running API (make api; API_URL, API_KEY); one PASS/FAIL line each, non-zero on a FAIL
+	./deploy/local/helm_check.sh tools
+	$(PY) tests/helm/chart_checks.py; chart=$$?; $(PY) -m security.probes; api=$$?; exit $$(( chart || api ))
 
 bench-api: up  ## the query API (~50 min): personalization p99 at 200 req/s with the job running and alone, analytics endpoints over 1M events -> bench/results/api.*
 	$(PY) -m bench.api

@@ -137,8 +137,8 @@ def probe_8_extreme_dates(api: Api) -> tuple[bool, str]:
 CHECKS: list[Callable[[Api], tuple[bool, str]]] = [
     probe_1_bounded_reads, probe_2_no_key_no_start, probe_3_probes_status_only, probe_4_errors_generic_with_id,
     probe_5_scans_bounded, probe_6_cors_preflight, probe_7_key_does_not_leak, probe_8_extreme_dates]
-# Probe 9 (the chart): functions taking the Api (unused) and returning (passed, what they saw),
-# e.g. a check of `helm template` output; appended here, they run and print like the others.
+# Probe 9 (the chart) runs before these in `make security`: tests/helm/chart_checks.py renders the
+# chart and prints its own PASS/FAIL lines. Functions of this shape appended here run like the others.
 CHART_CHECKS: list[Callable[[Api], tuple[bool, str]]] = []
 
 
