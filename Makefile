@@ -93,11 +93,15 @@ reset:  ## drop the demo database and checkpoint (the topic keeps its events)
 mongosh: setup  ## open mongosh on the local MongoDB-compatible server
 	source deploy/local/env.sh && "$$MONGOSH_BIN" "$$MONGODB_URI$${MONGODB_DATABASE:-bigdata}"
 
-test: up  ## the whole test suite (unit, stream, helm chart, end-to-end on the real stack)
+test: up  ## the quick tier (~6 min): unit, stream, helm chart, and one shared job run on the real stack feeding the API, dashboard, job and profile tests
+	./deploy/local/helm_check.sh tools
+	$(PY) -m pytest -m "not full" tests
+
+test-full: up  ## every test (~30 min; what CI runs): the quick tier plus the tests marked full (their own job runs, faults, the cluster)
 	./deploy/local/helm_check.sh tools
 	$(PY) -m pytest tests
 
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-unit
+.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit

@@ -137,8 +137,15 @@ def load_rule_documents(config: AppConfig) -> RuleDocuments:
 
 
 def topic_sinks(config: AppConfig) -> dict[str, dict]:
-    """Output row kind -> the Kafka options of the topic its messages go to (alerts, actions)."""
-    options = {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, **config.kafka_client_options()}
+    """Output row kind -> the Kafka options of the topic its messages go to (alerts, actions).
+
+    At least once, with ids (a replayed batch sends its messages again; consumers deduplicate by
+    alert_id / execution_id): acks=all, and the client's idempotence off. Its per-partition
+    sequence state is what the topic does not need, and it can wedge: in the e2e suite Spark's
+    cached producer once resent sequence 0 to a partition at 25, the broker refused it with
+    OutOfOrderSequenceException until the 120 s delivery timeout failed the batch."""
+    options = {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, "kafka.acks": "all",
+               "kafka.enable.idempotence": "false", **config.kafka_client_options()}
     sinks = {}
     if config.profiles:
         sinks["alert"] = {**options, "topic": config.alerts_topic}

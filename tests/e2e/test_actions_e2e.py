@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 from app.generator.replay import parse_event_time
 from tests.e2e.jobrun import generate, job_env, read_intent, read_topic, run_job
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 
 def expected_executions(records: list, sessions: list[dict], delay_ms: int, gap_ms: int) -> set[str]:

@@ -1,7 +1,8 @@
-"""The query API end to end (DESIGN.md §15): the real job writes MongoDB from real Kafka (the REES46
-sample, generated sessions with bots, fraud, returning users and 5% redelivered events, and a user
-who comes back a week later), the API runs as its own process, and every endpoint's numbers are
-checked against a computation made here from the records read back from the topic."""
+"""The query API end to end (DESIGN.md §15): the real job has written MongoDB from real Kafka (the
+quick tier's shared run, tests/e2e/shared_run.py: the REES46 sample, generated sessions with bots,
+fraud, returning users and 5% redelivered events, a user who comes back a week later), the API runs
+as its own process, and every endpoint's numbers are checked against a computation made here from
+the records read back from the topic."""
 from __future__ import annotations
 
 import json
@@ -9,25 +10,23 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaProducer
+from pymongo import MongoClient
 
-from app.experiments.design import EXAMPLE_EXPERIMENTS
 from app.sessions.tracker import session_id_of
 from tests.conftest import ROOT, eventually
-from tests.e2e.jobrun import SAMPLE_CSV, advance_watermark, generate, job_env, read_intent, read_topic, run_job
+from tests.e2e.shared_run import SESSION_GAP, WATERMARK_DELAY
 
 pytestmark = pytest.mark.e2e
 
 KEY = "e2e-api-key-" + "x" * 16
 GAP_MS, DELAY_MS, WINDOW_MS, HOUR_MS = 5 * 60_000, 10 * 60_000, 5 * 60_000, 3_600_000
+assert (SESSION_GAP, WATERMARK_DELAY) == ("5m", "10m"), "GAP_MS and DELAY_MS are the shared run's settings"
 MAX_MS = 24 * HOUR_MS
 PRIORITY = {"power_user": 1, "browser": 2, "engaged_shopper": 3, "bouncer": 4}
 
@@ -131,69 +130,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _json(value: dict) -> bytes:
-    return json.dumps(value).encode()
-
-
-def _week_later_user(bootstrap: str, topic: str) -> None:
-    """One user with a session 8 days ago and one an hour ago: week 1 of the user's cohort."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for session, start in (("ret-a", now - timedelta(days=8)), ("ret-b", now - timedelta(hours=1))):
-        for i, event_type in enumerate(("view", "view", "cart")):
-            producer.send(topic, _json({"event_id": f"{session}-{i}", "user_id": "returner-1", "user_session": session,
-                                  "event_type": event_type, "event_time": (start + timedelta(seconds=40 * i)).isoformat(),
-                                  "country": "NL", "product_id": 7, "price": 10.0}))
-    producer.flush()
-    producer.close()
-
-
-def _live_user(bootstrap: str, topic: str) -> None:
-    """A user whose session is still open at the end of the run: events 3 and 2 minutes ago."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for i, minutes in enumerate((3, 2)):
-        producer.send(topic, key=b"live-session", value=_json({
-            "event_id": f"live-{i}", "user_id": "live-1", "user_session": "live-session", "event_type": "view",
-            "event_time": (now - timedelta(minutes=minutes)).isoformat(), "country": "NL", "product_id": 8,
-            "price": 12.0}))
-    producer.flush()
-    producer.close()
-
-
 @pytest.fixture(scope="module")
-def api_run(stack, mongo, tmp_path_factory):
+def api_run(stack, shared_run, tmp_path_factory):
+    """The API as its own process over the quick tier's shared job run (tests/e2e/shared_run.py)."""
     tmp = tmp_path_factory.mktemp("api")
-    topic = database = "e2e_api_" + uuid.uuid4().hex[:10]
-    generate(stack["bootstrap"], topic, "--replay", str(SAMPLE_CSV))
-    # generated sessions end by ~50 min ago; then a user still browsing, and a clock "now" on every
-    # partition: the generated traffic is final (alerts, profiles), the live user's session open
-    generate(stack["bootstrap"], topic, "--sessions", "150", "--bots", "0.04", "--fraud", "0.04", "--returning", "0.3",
-             "--duplicate-ratio", "0.05", "--seed", "23", "--start-minutes-ago", "300",
-             "--intent-file", str(tmp / "intent.jsonl"))
-    _week_later_user(stack["bootstrap"], topic)
-    _live_user(stack["bootstrap"], topic)
-    advance_watermark(stack["bootstrap"], topic)
-    run_job(job_env(stack, topic, database, tmp / "ckpt", SESSION_GAP="5m", WATERMARK_DELAY="10m",
-                    EXPERIMENTS_FILE=str(EXAMPLE_EXPERIMENTS)))
-    records = read_topic(stack["bootstrap"], topic)
     port = _free_port()
-    env = {**os.environ, "MONGODB_URI": stack["mongodb_uri"], "MONGODB_DATABASE": database, "API_KEY": KEY}
+    env = {**os.environ, "MONGODB_URI": stack["mongodb_uri"], "MONGODB_DATABASE": shared_run.database, "API_KEY": KEY}
     log = open(tmp / "api.log", "w")
     api = subprocess.Popen([sys.executable, "-m", "app.api", "--port", str(port)], cwd=ROOT, env=env, stdout=log,
                            stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": KEY}, timeout=30)
+    mongo = MongoClient(stack["mongodb_uri"])
     try:
         eventually(lambda: _ready(client), timeout_s=60, what="the API's /readyz")
-        sessions, _ = read_intent(tmp / "intent.jsonl")
-        yield {"api": client, "db": mongo[database], "input": Input(records), "intent": sessions,
-               "log": tmp / "api.log"}
+        yield {"api": client, "db": mongo[shared_run.database], "input": Input(shared_run.records),
+               "intent": shared_run.intent, "log": tmp / "api.log"}
     finally:
         client.close()
         api.terminate()
         api.wait(timeout=30)
         log.close()
-        mongo.drop_database(database)
+        mongo.close()
 
 
 def _ready(client) -> bool:

@@ -12,7 +12,7 @@ from pymongo import MongoClient
 from tests.conftest import ROOT
 from tests.e2e.jobrun import generate, job_env, run_job, snapshot
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 MASTER = "spark://127.0.0.1:7077"
 
 

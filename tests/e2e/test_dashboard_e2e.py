@@ -1,6 +1,7 @@
-"""The dashboard in a real headless browser (DESIGN.md §15): the job writes FerretDB from generated
-traffic, the API runs as its own process, chromium opens the page, and every figure the page shows
-(its data-* attributes, the raw numbers) is checked against what MongoDB holds."""
+"""The dashboard in a real headless browser (DESIGN.md §15): the job has written FerretDB from
+generated traffic (the quick tier's shared run), the API runs as its own process, chromium opens
+the page, and every figure the page shows (its data-* attributes, the raw numbers) is checked
+against what MongoDB holds."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -22,9 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
 
 from app.api.analytics import METRICS
-from app.experiments.design import EXAMPLE_EXPERIMENTS
 from tests.conftest import ROOT, eventually
-from tests.e2e.jobrun import generate, job_env, run_job
 
 pytestmark = pytest.mark.e2e
 
@@ -83,16 +81,10 @@ def api_server(mongodb_uri: str, database: str, ready_path: str, log_path):
 
 
 @pytest.fixture(scope="module")
-def database(stack, mongo, tmp_path_factory):
-    """A fresh database written by the real job from generated traffic (bots, fraud, an experiment)."""
-    name = "e2e_dashboard_" + uuid.uuid4().hex[:10]
-    tmp = tmp_path_factory.mktemp("dashboard")
-    try:
-        generate(stack["bootstrap"], name, "--sessions", "80", "--bots", "0.05", "--fraud", "0.05", "--seed", "5")
-        run_job(job_env(stack, name, name, tmp / "ckpt", EXPERIMENTS_FILE=str(EXAMPLE_EXPERIMENTS)))
-        yield mongo[name]
-    finally:
-        mongo.drop_database(name)
+def database(shared_run, mongo):
+    """The quick tier's shared job run (tests/e2e/shared_run.py): generated traffic with bots, fraud
+    and an experiment, written by the real job."""
+    return mongo[shared_run.database]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from app.experiments.design import EXAMPLE_EXPERIMENTS
 from faults.harness import differences
 from tests.e2e.jobrun import job_env, read_topic, run_job, snapshot
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 

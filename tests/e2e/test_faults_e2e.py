@@ -17,7 +17,7 @@ from faults.harness import SupervisedJob, Workload, drop, free_port, service
 from tests.conftest import ROOT, eventually
 from tests.e2e.jobrun import generate, job_env, run_job
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 
 @pytest.fixture(scope="module")

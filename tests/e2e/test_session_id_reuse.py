@@ -11,7 +11,7 @@ import pytest
 from app.sessions.tracker import archived_id
 from app.sinks.collections import _write_session_rows
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 T0, DAY = 1_714_564_800_000, 86_400_000
 

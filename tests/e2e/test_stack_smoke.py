@@ -10,7 +10,7 @@ from pymongo import MongoClient
 from app.jobs.smoke_produce import produce, smoke_events
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 
 def run_smoke(env_overrides: dict, collection: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -275,3 +275,13 @@ def test_operations_settings_fail_naming_the_setting(env, setting):
 def test_kafka_option_flag_must_be_key_value():
     with pytest.raises(InvalidConfigError, match="--kafka-option"):
         load_config(["--kafka-option", "novalue"], {})
+
+
+def test_output_topics_are_written_at_least_once_with_acks_all_and_no_idempotent_sequence_state():
+    from app.pipeline import topic_sinks
+    sinks = topic_sinks(load_config([], {}))
+    assert set(sinks) == {"alert", "action"}
+    assert all(s["kafka.acks"] == "all" and s["kafka.enable.idempotence"] == "false" for s in sinks.values())
+    # a user's own --kafka-option wins
+    mine = topic_sinks(load_config(["--kafka-option", "enable.idempotence=true"], {}))
+    assert mine["alert"]["kafka.enable.idempotence"] == "true"
