@@ -8,6 +8,7 @@
 #  - the build host's extra CA certificates (a TLS-inspecting proxy's) reach the build as the
 #    secret build_ca, trusted in the build stage only (Dockerfile); BUILD_CA_FILE overrides.
 #   IMAGE  the tag (default behavior-segmentation:<pyproject version>)
+# The image is labelled behavior-segmentation.context=<digest of the build context> (common.sh).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/pyproject.toml")
@@ -42,7 +43,9 @@ else
 fi
 log "image: $(grep -c 'BEGIN CERTIFICATE' "$ca" || true) extra CA certificate(s) of this host trusted during the build only"
 
-flags=(--secret "id=build_ca,src=$ca" --build-arg "PYTHON_IMAGE=$base" -t "$IMAGE")
+# The label names the build context, so ensure.sh can tell an image of this checkout from an older one.
+flags=(--secret "id=build_ca,src=$ca" --build-arg "PYTHON_IMAGE=$base" -t "$IMAGE"
+  --label "$CONTEXT_LABEL=$(context_digest)")
 # buildah: no --layers by default (one layer per stage); IMAGE_LAYERS=1 caches each step.
 [[ $BUILDER == buildah && "${IMAGE_LAYERS:-0}" == 1 ]] && flags+=(--layers)
 log "image: build (apt, Maven Central, PyPI; ~5 min the first time), log: $IMAGE_DIR/build.log"

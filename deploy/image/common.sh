@@ -49,6 +49,21 @@ build_image() {
   else buildah bud --isolation chroot -f "$file" "$@" "$context"; fi
 }
 
+# context_digest: sha256 of what the image is built from, the files the .dockerignore lets into
+# the build context (app/, deploy/local/, pyproject.toml, constraints.txt, no bytecode) and the
+# Dockerfile, paths and contents. build.sh labels the image with it (CONTEXT_LABEL); ensure.sh
+# rebuilds an image whose label differs from the checkout's.
+CONTEXT_LABEL=behavior-segmentation.context
+context_digest() {
+  (cd "$ROOT" && find app deploy/local pyproject.toml constraints.txt Dockerfile \( -type f -o -type l \) \
+      -not -path '*/__pycache__/*' -not -name '*.pyc' -not -path '*.egg-info*' -print0 \
+    | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+}
+image_label() {  # image_label IMAGE LABEL -> its value, empty when the image or the label is missing
+  if [[ $BUILDER == docker ]]; then docker image inspect -f "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null
+  else buildah inspect --type image --format "{{index .OCIv1.Config.Labels \"$2\"}}" "$1" 2>/dev/null; fi | sed 's/^<no value>$//'
+}
+
 image_size() {  # the size the builder reports, e.g. "1.3 GB" (buildah rounds; docker: bytes -> MB)
   if [[ $BUILDER == docker ]]; then echo "$(( $(docker image inspect -f '{{.Size}}' "$1") / 1000000 )) MB"
   else buildah images --format '{{.Size}}' --noheading "$1" | sed -n 1p; fi

@@ -91,6 +91,8 @@ count() { grep -c . <<<"$1" || true; }
   echo; echo "## Kafka connector jars, /opt/stack/spark-jars ($(count "$connector_jars"), Maven Central)"; echo "$connector_jars"
 } > "$sbom"
 
+# The section "## End to end" (tests/e2e/test_image_e2e.py's figures, written by hand) is kept.
+e2e=$(sed -n '/^## End to end/,$p' "$figures" 2>/dev/null || true)
 {
   echo "# The image (make image)"
   echo
@@ -110,6 +112,7 @@ count() { grep -c . <<<"$1" || true; }
   echo
   echo "Checks (run in the image as the chart's uid $uid:$gid, not through a stack):"
   printf '%s\n' "${CHECKS[@]}"
+  [[ -z "$e2e" ]] || printf '\n%s\n' "$e2e"
 } > "$figures"
 log "image: figures -> ${figures#$ROOT/}"
 cat "$figures" >&2
