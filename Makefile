@@ -97,7 +97,7 @@ test: up  ## the quick tier (~6 min): unit, stream, helm chart, and one shared j
 	./deploy/local/helm_check.sh tools
 	$(PY) -m pytest -m "not full" tests
 
-test-full: up  ## every test (~30 min; what CI runs): the quick tier plus the tests marked full (their own job runs, faults, the cluster)
+test-full: up  ## every test (~35 min; what CI runs): the quick tier plus the tests marked full (their own job runs, faults, the cluster, the image)
 	./deploy/local/helm_check.sh tools
 	$(PY) -m pytest tests
 
