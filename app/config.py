@@ -50,6 +50,8 @@ class AppConfig:
     starting_offsets: str = "earliest"
     available_now: bool = False
     shuffle_partitions: int = 4
+    # The act lane (DESIGN.md §16): one message per session write, before the store is written
+    segments_topic: str = "behavior_segments"
     # Profiles, scores and risk alerts (DESIGN.md §11, §12)
     profiles: bool = True
     profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
@@ -115,6 +117,10 @@ class AppConfig:
                                                                                              self.alerts_topic):
             raise InvalidConfigError(f"ACTIONS_TOPIC={self.actions_topic!r} must be a valid topic name, "
                                      "not KAFKA_TOPIC or ALERTS_TOPIC")
+        if not re.match(r"^[A-Za-z0-9._-]+$", self.segments_topic) or self.segments_topic in (
+                self.kafka_topic, self.alerts_topic, self.actions_topic):
+            raise InvalidConfigError(f"SEGMENTS_TOPIC={self.segments_topic!r} must be a valid topic name, "
+                                     "not KAFKA_TOPIC, ALERTS_TOPIC or ACTIONS_TOPIC")
         if self.experiments_file and not Path(self.experiments_file).is_file():
             raise InvalidConfigError(f"EXPERIMENTS_FILE={self.experiments_file!r} does not exist")
         self._check_operations()
@@ -235,6 +241,7 @@ _SETTINGS = {
     "MAX_OPEN_SESSIONS": ("max_open_sessions", int),
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
+    "SEGMENTS_TOPIC": ("segments_topic", str),
     "PROFILES": ("profiles", _bool),
     "PROFILE_RULES_FILE": ("profile_rules_file", str),
     "ALERTS_TOPIC": ("alerts_topic", str),

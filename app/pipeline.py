@@ -136,22 +136,26 @@ def load_rule_documents(config: AppConfig) -> RuleDocuments:
     return documents
 
 
-def topic_sinks(config: AppConfig) -> dict[str, dict]:
-    """Output row kind -> the Kafka options of the topic its messages go to (alerts, actions).
-
-    At least once, with ids (a replayed batch sends its messages again; consumers deduplicate by
-    alert_id / execution_id): acks=all, and the client's idempotence off. Its per-partition
-    sequence state is what the topic does not need, and it can wedge: in the e2e suite Spark's
-    cached producer once resent sequence 0 to a partition at 25, the broker refused it with
-    OutOfOrderSequenceException until the 120 s delivery timeout failed the batch."""
-    options = {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, "kafka.acks": "all",
-               "kafka.enable.idempotence": "false", **config.kafka_client_options()}
-    sinks = {}
+def act_topics(config: AppConfig) -> dict[str, str]:
+    """Output row kind -> the topic of the act lane its messages go to (DESIGN.md §16): every session
+    write and retraction on SEGMENTS_TOPIC, alerts (with profiles on) and actions (with triggers on)."""
+    topics = {"session": config.segments_topic, "retract": config.segments_topic}
     if config.profiles:
-        sinks["alert"] = {**options, "topic": config.alerts_topic}
+        topics["alert"] = config.alerts_topic
     if config.triggers:
-        sinks["action"] = {**options, "topic": config.actions_topic}
-    return sinks
+        topics["action"] = config.actions_topic
+    return topics
+
+
+def act_producer_options(config: AppConfig) -> dict[str, str]:
+    """The act lane's Kafka producer: at least once, with ids (a replayed batch sends its messages
+    again; consumers deduplicate by alert_id / execution_id, and keep a session's latest message):
+    acks=all, and the client's idempotence off. Its per-partition sequence state is what the topics
+    do not need, and it can wedge: in the e2e suite Spark's cached producer once resent sequence 0
+    to a partition at 25, the broker refused it with OutOfOrderSequenceException until the 120 s
+    delivery timeout failed the batch. A user's own --kafka-option / KAFKA_OPT_* wins."""
+    return {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, "kafka.acks": "all",
+            "kafka.enable.idempotence": "false", **config.kafka_client_options()}
 
 
 def store_for(config: AppConfig) -> Store:
@@ -197,11 +201,13 @@ def counted_events(rows: DataFrame) -> DataFrame:
 class SessionBatchWriter:
     """foreachBatch sink of the sessions query: events, sessions, then the closed-session aggregates."""
 
-    def __init__(self, store: Store, checkpoint: str, rules: RuleDocuments, topics: dict[str, dict] | None = None):
+    def __init__(self, store: Store, checkpoint: str, rules: RuleDocuments, topics: dict[str, str] | None = None,
+                 producer: dict[str, str] | None = None):
         self.store = store
         self.checkpoint = checkpoint
         self.rules = rules
-        self.topics = topics or {}  # row kind -> Kafka options of its topic (with `topic`): see topic_sinks
+        self.topics = topics or {}  # row kind -> its act-lane topic: see act_topics
+        self.producer = producer or {}  # the Kafka writer's options: see act_producer_options
         self.experiments = None if rules.experiments is None else parse_experiments(rules.experiments)
         self._run_id: str | None = None
 
@@ -219,14 +225,13 @@ class SessionBatchWriter:
             timer.step("read+parse+state")
             if rows == 0:
                 return
+            self.publish(batch)  # acting does not wait for storing (DESIGN.md §16)
+            timer.step("act lane")
             batch.foreachPartition(out.write_outputs(self.store, self.rules.profiles))
             timer.step("writes")
-            wanted = ((F.col("kind") == "session") & (F.col("status") == "closed")) | F.col("kind").isin("alert",
-                                                                                                      "action")
-            small = batch.filter(wanted).select("kind", "doc").collect()
+            small = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
             # Sorted, so the float sums come out bit-identical however the rows were partitioned.
-            closed = sorted((closed_session_figures(json.loads(r.doc)) for r in small if r.kind == "session"),
-                            key=lambda s: s["session_id"])
+            closed = sorted((closed_session_figures(json.loads(r.doc)) for r in small), key=lambda s: s["session_id"])
             counts = [(r.hour_ms, r.event_type, r.country, r["count"]) for r in counted_events(batch).collect()]
             # The whole step is idempotent per batch id (a crash replay takes the same path).
             self.store.retrying("aggregates", lambda: apply_closed_sessions(self.store.db(), self.run_id(),
@@ -234,20 +239,24 @@ class SessionBatchWriter:
             self.store.retrying("event counts", lambda: apply_event_counts(self.store.db(), self.run_id(),
                                                                            batch_id, counts))
             timer.step("aggregates")
-            for kind, sink in self.topics.items():
-                self.publish(batch.sparkSession, sink, sorted(r.doc for r in small if r.kind == kind))
             log.info("[%s] batch %d steps: %s (%d output rows)", QUERY_NAME, batch_id, timer, rows)
         finally:
             batch.unpersist()
 
-    @staticmethod
-    def publish(spark: SparkSession, sink: dict, messages: list[str]) -> None:
-        """The batch's alerts or actions as JSON messages keyed by user_id. A replayed batch sends
-        them again, with the same alert_id / execution_id: consumers deduplicate by it (README)."""
-        if not messages:
+    def publish(self, batch: DataFrame) -> None:
+        """The batch's act-lane messages (session writes and retractions, alerts, actions), keyed by
+        user_id, in one Kafka write from the executors, before any MongoDB write of the batch. A
+        replayed batch sends them again, the same: alerts and actions carry their alert_id /
+        execution_id, a session's latest message is its state (README "The act lane")."""
+        if not self.topics:
             return
-        rows = [(json.loads(doc)["user_id"], doc) for doc in messages]
-        spark.createDataFrame(rows, "key string, value string").write.format("kafka").options(**sink).save()
+        kind = F.col("kind")
+        topic = F.lit(None).cast("string")
+        for name, target in self.topics.items():
+            topic = F.when(kind == name, F.lit(target)).otherwise(topic)
+        (batch.filter(kind.isin(*self.topics))
+         .select(topic.alias("topic"), F.get_json_object("doc", "$.user_id").alias("key"), F.col("doc").alias("value"))
+         .write.format("kafka").options(**self.producer).save())
 
 
 class _StepTimer:
@@ -336,7 +345,8 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))
     writer = (rows.writeStream.queryName(QUERY_NAME).outputMode("update")
-              .foreachBatch(SessionBatchWriter(store, checkpoint, rules, topic_sinks(config))))
+              .foreachBatch(SessionBatchWriter(store, checkpoint, rules, act_topics(config),
+                                               act_producer_options(config))))
     return [_start(writer, checkpoint, config)]
 
 

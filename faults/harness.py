@@ -184,14 +184,17 @@ class SupervisedJob:
 
 
 def job_topics(database: str) -> dict:
-    """The settings that send a run's alerts and actions to topics of its own, with an experiment on."""
+    """The settings that send a run's alerts, actions and session messages to topics of its own,
+    with an experiment on."""
     return {"ALERTS_TOPIC": f"{database}_alerts", "ACTIONS_TOPIC": f"{database}_actions",
+            "SEGMENTS_TOPIC": f"{database}_segments",
             "EXPERIMENTS_FILE": str(EXAMPLE_EXPERIMENTS)}
 
 
 def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) -> dict[str, list]:
-    """Every output collection, sorted by _id, without the fields that record wall-clock time; and
-    the distinct ids that reached the run's alerts and actions topics (see job_topics)."""
+    """Every output collection, sorted by _id, without the fields that record wall-clock time; the
+    distinct ids that reached the run's alerts and actions topics (see job_topics); and each
+    session's latest message on its segments topic (its state; a retracted one left out)."""
     client = MongoClient(uri)
     try:
         db = client[database]
@@ -202,7 +205,18 @@ def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) 
     for kind, id_field in TOPIC_IDS.items():
         out[f"topic:{kind}"] = sorted({json.loads(value)[id_field] for value in topic_values(f"{database}_{kind}",
                                                                                              bootstrap)})
+    out["topic:segments"] = latest_session_messages(topic_values(f"{database}_segments", bootstrap))
     return out
+
+
+def latest_session_messages(values: list[bytes]) -> list[dict]:
+    """The act lane's session messages (values in (partition, offset) order: a user's are in one
+    partition, in write order) -> each session's latest, sorted by _id; retracted sessions left out."""
+    latest = {}
+    for value in values:
+        message = json.loads(value)
+        latest[message["_id"]] = message
+    return [latest[k] for k in sorted(latest) if latest[k]["status"] != "retracted"]
 
 
 def topic_values(topic: str, bootstrap: str = BOOTSTRAP) -> list[bytes]:

@@ -48,7 +48,7 @@ class OutputRow(NamedTuple):
                                       # | alert | action
     id: str                           # event_id | event_id | event_id | session _id | session _id | quarantine _id
                                       # | user_id | alert id | execution id
-    doc: str | None                   # the event, session or quarantine document as JSON
+    doc: str | None                   # the event, session or quarantine document as JSON; retract: its message
     session_id: str | None = None     # event, event_fix: its session (None when late and unsessionized)
     seconds_since_prev: float | None = None   # event, event_fix
     is_late: bool | None = None       # event
@@ -126,7 +126,7 @@ def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention
             events, docs = _events(columns)
             step = process_events(previous, events, watermark_ms, settings())
         _save(state, step)
-        return _rows(step, docs)
+        return _rows(step, docs, key[1])
 
     def new_users(keys: list | None) -> None:
         """The lean path names each Arrow batch's users without a state entry: their stored
@@ -195,14 +195,20 @@ def _none_if_nan(value):
     return None if value is None or value != value else value
 
 
-def _rows(step: Step, docs: dict) -> list[OutputRow]:
+def _retracted(session_id: str, user_id: str) -> str:
+    """A retracted session's message on the segments topic (the store only deletes it by id)."""
+    return json.dumps({"_id": session_id, "user_id": user_id, "status": "retracted"}, separators=(",", ":"))
+
+
+def _rows(step: Step, docs: dict, user_id: str) -> list[OutputRow]:
     out = step.out
     rows = [OutputRow("event", e.event_id, docs.get(e.event_id), e.session_id, e.seconds_since_prev, e.is_late)
             for e in out.events]
     rows += [OutputRow("event_fix", e.event_id, None, e.session_id, e.seconds_since_prev, e.is_late)
              for e in out.event_fixes]
     rows += [OutputRow("duplicate", event_id, None) for event_id in out.duplicates]
-    rows += [OutputRow("retract", session_id, None, session_id) for session_id in out.retracted]
+    rows += [OutputRow("retract", session_id, _retracted(session_id, user_id), session_id)
+             for session_id in out.retracted]
     rows += [OutputRow("session", doc["_id"], json.dumps(doc, separators=(",", ":")), doc["_id"],
                        status=doc["status"], first_write=doc["_id"] in out.first_writes)
              for doc in out.sessions]

@@ -60,6 +60,12 @@ twice leaves what writing them once leaves:
 10. event_counts_hourly, session_paths and retention_cohorts (app/rollups.py; what the query API
    reads instead of scanning): additive sums per document, added once per batch as in 3; the
    distinct users of retention_cohorts come from the member collection `retention_users` as in 4.
+11. The act lane's session topic (`behavior_segments`, app/pipeline.py `SessionBatchWriter.publish`):
+   each session write of 2 (and each retraction) is a message keyed by user_id, sent before the
+   batch's MongoDB writes. A replayed batch sends the same messages again, so a session's latest
+   message is its document, and a retracted session's latest says so; the fault suite and the
+   kill -9 test compare each session's latest message with an uninterrupted run's (faults/harness.py
+   `latest_session_messages`).
 
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).

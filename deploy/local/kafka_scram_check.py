@@ -155,6 +155,8 @@ def client_checks(users: dict[str, str], topics: dict[str, str], mechanism: str,
         ("job cannot write the input topic", False, lambda: produce(job, topics["input"])),
         ("job writes the alerts topic", True, lambda: produce(job, topics["alerts"])),
         ("job writes the actions topic", True, lambda: produce(job, topics["actions"])),
+        ("job writes the segments topic", True, lambda: produce(job, topics["segments"])),
+        ("generator cannot write the segments topic", False, lambda: produce(gen, topics["segments"])),
         ("job reads the input topic", True, lambda: read(job, topics["input"])),
         ("crm-actions reads actions in its group", True, lambda: read("crm-actions", topics["actions"], "crm-actions-1")),
         ("crm-actions cannot read alerts", False, lambda: read("crm-actions", topics["alerts"])),
@@ -214,7 +216,8 @@ def main() -> int:
                      "crm-actions": sasl["consumer-crm-actions-password"], "risk-desk": sasl["consumer-risk-desk-password"]}
             env = containers(find(docs, "Deployment", "streaming"))["driver"]["env"]
             topics = {k: next(e["value"] for e in env if e["name"] == v)
-                      for k, v in (("input", "KAFKA_TOPIC"), ("alerts", "ALERTS_TOPIC"), ("actions", "ACTIONS_TOPIC"))}
+                      for k, v in (("input", "KAFKA_TOPIC"), ("alerts", "ALERTS_TOPIC"), ("actions", "ACTIONS_TOPIC"),
+                                   ("segments", "SEGMENTS_TOPIC"))}
             results += client_checks(users, topics, next(e["value"] for e in env if e["name"] == "KAFKA_SASL_MECHANISM"),
                                      partitions=3)
     finally:

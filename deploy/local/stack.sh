@@ -58,7 +58,7 @@ kafka_up() {
   log "kafka: ready, topic $KAFKA_TOPIC has $KAFKA_PARTITIONS partitions"
 }
 
-kafka_topic_ready() {  # the input topic, and the topics of the job's risk alerts and actions
+kafka_topic_ready() {  # the input topic, and the job's act-lane topics: risk alerts, actions, session messages
   pid_alive kafka && port_open "$KAFKA_PORT" &&
     kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
       --create --if-not-exists --topic "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" --replication-factor 1 &&
@@ -67,6 +67,9 @@ kafka_topic_ready() {  # the input topic, and the topics of the job's risk alert
       --replication-factor 1 &&
     kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
       --create --if-not-exists --topic "${ACTIONS_TOPIC:-behavior_actions}" --partitions "$KAFKA_PARTITIONS" \
+      --replication-factor 1 &&
+    kafka_java org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" \
+      --create --if-not-exists --topic "${SEGMENTS_TOPIC:-behavior_segments}" --partitions "$KAFKA_PARTITIONS" \
       --replication-factor 1
 }
 

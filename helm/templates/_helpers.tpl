@@ -249,8 +249,8 @@ one user per principal, so each one's ACLs are its own.
 {{- if not (regexMatch "^[A-Za-z0-9][A-Za-z0-9._-]*$" (.name | default "")) -}}
 {{- fail (printf "kafka.sasl.consumers: name %q must be letters, digits, '.', '_' or '-'" (.name | default "")) -}}
 {{- end -}}
-{{- if or (not .topics) (without .topics "alerts" "actions") -}}
-{{- fail (printf "kafka.sasl.consumers %s: topics must name alerts and/or actions (the job's output topics), got %v" .name .topics) -}}
+{{- if or (not .topics) (without .topics "alerts" "actions" "segments") -}}
+{{- fail (printf "kafka.sasl.consumers %s: topics must name alerts, actions and/or segments (the job's output topics), got %v" .name .topics) -}}
 {{- end -}}
 {{- $names = append $names .name -}}
 {{- end -}}

@@ -29,6 +29,7 @@ class SharedRun:
     database: str        # also the topic
     alerts_topic: str
     actions_topic: str
+    segments_topic: str
     intent: list[dict]   # the generator's intent: one line per generated session
     records: list        # the topic's records, in (partition, offset) order
     job_log: str
@@ -84,5 +85,5 @@ def make_shared_run(stack: dict, tmp: Path) -> SharedRun:
                              WATERMARK_DELAY=WATERMARK_DELAY, **topics))
     ended = datetime.now(timezone.utc)
     intent, _ = read_intent(tmp / "intent.jsonl")
-    return SharedRun(database, topics["ALERTS_TOPIC"], topics["ACTIONS_TOPIC"], intent,
+    return SharedRun(database, topics["ALERTS_TOPIC"], topics["ACTIONS_TOPIC"], topics["SEGMENTS_TOPIC"], intent,
                      read_topic(stack["bootstrap"], topic), result.stdout + result.stderr, started, ended)

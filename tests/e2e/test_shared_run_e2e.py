@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.conftest import ROOT
+from faults.harness import latest_session_messages
 from tests.e2e.jobrun import SAMPLE_CSV, read_topic, rees46_session_count
 
 pytestmark = pytest.mark.e2e
@@ -82,6 +83,25 @@ def test_bots_and_fraud_raise_exactly_the_intended_alerts_in_mongodb_and_on_kafk
     profile = db.user_profiles.find_one({"_id": session["user_id"]})
     assert 0 <= session["user_scores"]["intent_score"] <= 100
     assert session["user_scores"]["behavior_pattern"] == profile["behavior_pattern"]
+
+
+def test_every_session_write_reaches_the_segments_topic_and_its_latest_message_is_the_stored_session(
+        shared_run, db, stack):
+    """The act lane (DESIGN.md §16): one message per session write, keyed by user_id, sent before the
+    batch's MongoDB writes; a session's latest message is its stored document."""
+    records = read_topic(stack["bootstrap"], shared_run.segments_topic)
+    messages = [json.loads(r.value) for r in records]
+    assert all(r.key.decode() == m["user_id"] for r, m in zip(records, messages))
+    stored = {d["_id"]: d for d in db.user_behavior_segments.find()}
+    latest = {m["_id"]: m for m in latest_session_messages([r.value for r in records])}
+    assert set(latest) == set(stored)
+    fields = ("user_id", "behavior_segment", "status", "total_events", "cart_count", "purchase_count",
+              "recommendations", "action_priority", "event_path")
+    for session_id, doc in stored.items():
+        assert {f: latest[session_id][f] for f in fields} == {f: doc[f] for f in fields}, session_id
+        assert latest[session_id]["session_end"] == int(utc(doc["session_end"]).timestamp() * 1000)
+    # more messages than sessions: an active session is sent again each batch it changes
+    assert len(messages) >= len(stored) and {m["status"] for m in messages} <= {"active", "closed", "retracted"}
 
 
 def test_profiles_of_the_rees46_sample_equal_a_direct_computation(shared_run, db):

@@ -189,10 +189,10 @@ def expected_kafka_grants(values: dict) -> set[tuple[str, str, str, str]]:
     """The least each principal needs (DESIGN.md §16): the job reads the input topic and writes the
     output topics, the generator writes the input topic, each consumer reads the topics it names."""
     k, s = values["kafka"], values["kafka"]["sasl"]
-    topic = {"alerts": k["alertsTopic"], "actions": k["actionsTopic"]}
+    topic = {"alerts": k["alertsTopic"], "actions": k["actionsTopic"], "segments": k["segmentsTopic"]}
     grants = {(s["username"], op, f"topic:{k['topic']}", "literal") for op in ("Read", "Describe")}
     grants |= {(s["username"], op, f"topic:{t}", "literal") for op in ("Write", "Describe")
-               for t in (k["alertsTopic"], k["actionsTopic"])}
+               for t in (k["alertsTopic"], k["actionsTopic"], k["segmentsTopic"])}
     grants.add((s["username"], "Read", "group:spark-kafka-source-", "prefixed"))
     if values["generator"]["enabled"]:
         grants |= {(s["generatorUsername"], op, f"topic:{k['topic']}", "literal") for op in ("Write", "Describe")}

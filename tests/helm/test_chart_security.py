@@ -427,7 +427,7 @@ def test_every_secret_key_a_pod_reads_is_in_the_rendered_secret(rendered, value_
     (["--set", "kafka.sasl.mechanism=PLAIN"], "the chart's Kafka offers SCRAM-SHA-512 or SCRAM-SHA-256"),
     (["--set", "kafka.sasl.generatorUsername=segmentation"], "must all differ"),
     (["--set", "kafka.sasl.consumers[0].name=crm", "--set", "kafka.sasl.consumers[0].topics[0]=input"],
-     "topics must name alerts and/or actions"),
+     "topics must name alerts, actions and/or segments"),
     (["--set", "kafka.sasl.consumers[0].name=c rm", "--set", "kafka.sasl.consumers[0].topics[0]=alerts"],
      "must be letters, digits"),
 ])

@@ -64,6 +64,7 @@ def test_env_vars(tmp_path):
         "TRIGGERS": "false",
         "TRIGGER_RULES_FILE": str(rules),
         "ACTIONS_TOPIC": "crm.actions",
+        "SEGMENTS_TOPIC": "crm.segments",
         "EXPERIMENTS_FILE": str(rules),
     }
     config = load_config([], env)
@@ -101,6 +102,7 @@ def test_env_vars(tmp_path):
         "triggers": False,
         "trigger_rules_file": str(rules),
         "actions_topic": "crm.actions",
+        "segments_topic": "crm.segments",
         "experiments_file": str(rules),
     }
 
@@ -264,6 +266,8 @@ def test_write_concern_is_majority_on_a_replica_set_unless_set():
     ({"ALERTS_TOPIC": "ecommerce_events"}, "ALERTS_TOPIC"),
     ({"ACTIONS_TOPIC": "behavior_alerts"}, "ACTIONS_TOPIC"),
     ({"ACTIONS_TOPIC": "bad topic"}, "ACTIONS_TOPIC"),
+    ({"SEGMENTS_TOPIC": "behavior_alerts"}, "SEGMENTS_TOPIC"),
+    ({"SEGMENTS_TOPIC": "a/b"}, "SEGMENTS_TOPIC"),
     ({"TRIGGER_RULES_FILE": "/nonexistent.yaml"}, "TRIGGER_RULES_FILE"),
     ({"EXPERIMENTS_FILE": "/nonexistent.yaml"}, "EXPERIMENTS_FILE"),
 ])
@@ -277,11 +281,15 @@ def test_kafka_option_flag_must_be_key_value():
         load_config(["--kafka-option", "novalue"], {})
 
 
-def test_output_topics_are_written_at_least_once_with_acks_all_and_no_idempotent_sequence_state():
-    from app.pipeline import topic_sinks
-    sinks = topic_sinks(load_config([], {}))
-    assert set(sinks) == {"alert", "action"}
-    assert all(s["kafka.acks"] == "all" and s["kafka.enable.idempotence"] == "false" for s in sinks.values())
+def test_the_act_lane_writes_every_session_alert_and_action_at_least_once_with_acks_all():
+    from app.pipeline import act_producer_options, act_topics
+    config = load_config([], {})
+    assert act_topics(config) == {"session": "behavior_segments", "retract": "behavior_segments",
+                                  "alert": "behavior_alerts", "action": "behavior_actions"}
+    assert act_topics(load_config([], {"PROFILES": "false", "TRIGGERS": "false", "SEGMENTS_TOPIC": "s"})) == {
+        "session": "s", "retract": "s"}
+    options = act_producer_options(config)
+    assert options["kafka.acks"] == "all" and options["kafka.enable.idempotence"] == "false"
     # a user's own --kafka-option wins
-    mine = topic_sinks(load_config(["--kafka-option", "enable.idempotence=true"], {}))
-    assert mine["alert"]["kafka.enable.idempotence"] == "true"
+    mine = act_producer_options(load_config(["--kafka-option", "enable.idempotence=true"], {}))
+    assert mine["kafka.enable.idempotence"] == "true"
