@@ -50,6 +50,9 @@ class AppConfig:
     starting_offsets: str = "earliest"
     available_now: bool = False
     shuffle_partitions: int = 4
+    # The lean Arrow path of applyInPandasWithState (app/sessions/lean_arrow.py): private pyspark
+    # worker functions replaced, so opt-in and only on the pyspark it was written against.
+    lean_arrow: bool = False
     # Profiles, scores and risk alerts (DESIGN.md §11, §12)
     profiles: bool = True
     profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
@@ -235,6 +238,7 @@ _SETTINGS = {
     "MAX_OPEN_SESSIONS": ("max_open_sessions", int),
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
+    "LEAN_ARROW": ("lean_arrow", _bool),
     "PROFILES": ("profiles", _bool),
     "PROFILE_RULES_FILE": ("profile_rules_file", str),
     "ALERTS_TOPIC": ("alerts_topic", str),

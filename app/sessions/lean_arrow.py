@@ -13,21 +13,51 @@ Written against 4.0.0, ported to 4.2.0: the operator's wire format is unchanged;
 useLargeVarTypes from RunnerConf.use_large_var_types (no more worker.use_large_var_types), and its
 own wrapper hands its serializer the Spark return type, not the Arrow one (ours pair up as before).
 
-How it is switched on: the state function carries a `LeanUdf`. Unpickling it in the worker
-(before Spark wraps the function) installs three replacements, once per worker process, on the
-one PySpark version they were written against (SUPPORTED_PYSPARK), and marks the UDF being set
-up as lean. The replacements fall back to Spark's own code for any other UDF; on any other PySpark
-version nothing is installed and Spark's pandas path runs the same state function.
+It replaces private functions of pyspark, so it is opt-in (LEAN_ARROW=true, default false) and
+only on the one PySpark version it was written against (SUPPORTED_PYSPARK): `arrow_path` decides
+at start-up, and asking for it on any other version is a configuration error (a silent fallback
+would hide a several-fold drop in per-user throughput from whoever asked for the fast path).
+
+How it is switched on: the state function then carries a `LeanUdf`. Unpickling it in the worker
+(before Spark wraps the function) installs three replacements, once per worker process, and marks
+the UDF being set up as lean. The replacements fall back to Spark's own code for any other UDF; a
+worker whose PySpark is not SUPPORTED_PYSPARK (a driver/worker mismatch) installs nothing and runs
+Spark's pandas path with the same state function.
 """
 from __future__ import annotations
 
 import json
 from itertools import groupby
+from typing import NamedTuple
+
+from app.config import InvalidConfigError
 
 SUPPORTED_PYSPARK = "4.2.0"
 _pending: list = []       # the LeanUdf unpickled for the UDF Spark is about to wrap
 _lean_serializer: list = [None]  # the LeanUdf this worker's current UDF runs, or None
 _originals: dict = {}
+
+
+class ArrowPath(NamedTuple):
+    """Which per-group path applyInPandasWithState's Python worker runs, and why (for the log)."""
+    lean: bool
+    reason: str
+
+
+def arrow_path(requested: bool, pyspark_version: str | None = None) -> ArrowPath:
+    """LEAN_ARROW and the installed pyspark -> the path; InvalidConfigError when the lean path is
+    asked for on a pyspark it was not written against."""
+    if pyspark_version is None:
+        import pyspark
+        pyspark_version = pyspark.__version__
+    if not requested:
+        return ArrowPath(False, f"stock pandas path of pyspark {pyspark_version} (LEAN_ARROW=false, the default)")
+    if pyspark_version != SUPPORTED_PYSPARK:
+        raise InvalidConfigError(f"LEAN_ARROW=true needs pyspark {SUPPORTED_PYSPARK} (it replaces private worker "
+                                 f"functions of that version) but this is pyspark {pyspark_version}: "
+                                 "set LEAN_ARROW=false")
+    return ArrowPath(True, f"lean Arrow path (LEAN_ARROW=true, pyspark {pyspark_version} is the version it "
+                           "was written against)")
 
 
 class LeanUdf:
