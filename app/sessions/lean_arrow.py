@@ -56,8 +56,8 @@ def arrow_path(requested: bool, pyspark_version: str | None = None) -> ArrowPath
         raise InvalidConfigError(f"LEAN_ARROW=true needs pyspark {SUPPORTED_PYSPARK} (it replaces private worker "
                                  f"functions of that version) but this is pyspark {pyspark_version}: "
                                  "set LEAN_ARROW=false")
-    return ArrowPath(True, f"lean Arrow path (LEAN_ARROW=true, pyspark {pyspark_version} is the version it "
-                           "was written against)")
+    return ArrowPath(True, f"lean Arrow path (LEAN_ARROW=true, on pyspark {pyspark_version}, the one it is "
+                           "written for)")
 
 
 class LeanUdf:
