@@ -5,8 +5,8 @@
 # RUN --mount needs BuildKit (Docker >= 23 has it built in) or buildah. No `# syntax=` line:
 # it would make BuildKit pull its frontend from Docker Hub, which some networks cannot reach.
 #
-# Base: python slim + a headless JRE 17, not spark:4.0.0-scala2.13-java17-python3-ubuntu.
-# The pinned pyspark wheel (pyproject.toml) already is the complete Spark 4.0.0 distribution
+# Base: python slim + a headless JRE 17, not spark:4.2.0-scala2.13-java17-python3-ubuntu.
+# The pinned pyspark wheel (pyproject.toml) already is the complete Spark 4.2.0 distribution
 # (spark-submit, spark-class, every jar), the same one local runs and CI use. The official
 # image would add a second Spark (~400 MB) next to it, bring Ubuntu 22.04's Python 3.10 while
 # development and CI run 3.11, and repeat the Spark version in its tag; here the version

@@ -52,6 +52,9 @@ class AppConfig:
     shuffle_partitions: int = 4
     # The act lane (DESIGN.md §16): one message per session write, before the store is written
     segments_topic: str = "behavior_segments"
+    # The lean Arrow path of applyInPandasWithState (app/sessions/lean_arrow.py): private pyspark
+    # worker functions replaced, so opt-in and only on the pyspark it was written against.
+    lean_arrow: bool = False
     # Profiles, scores and risk alerts (DESIGN.md §11, §12)
     profiles: bool = True
     profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
@@ -242,6 +245,7 @@ _SETTINGS = {
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
     "SEGMENTS_TOPIC": ("segments_topic", str),
+    "LEAN_ARROW": ("lean_arrow", _bool),
     "PROFILES": ("profiles", _bool),
     "PROFILE_RULES_FILE": ("profile_rules_file", str),
     "ALERTS_TOPIC": ("alerts_topic", str),

@@ -340,7 +340,8 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
                               profile_rules_document=rules.profiles,
                               stored_profile=StoredProfiles(store) if config.profiles else None,
                               trigger_rules_document=rules.triggers, experiments_document=rules.experiments,
-                              max_open_sessions=config.max_open_sessions, watermarked=True))
+                              max_open_sessions=config.max_open_sessions, watermarked=True,
+                              lean=config.lean_arrow))
         .transform(with_batch_metrics)
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))

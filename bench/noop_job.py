@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
     if mode == "state":
         rules = yaml.safe_load(Path(config.rules_file).read_text(encoding="utf-8"))
         stream = stream.transform(sessionize(rules, config.session_gap_s, config.session_max_s,
-                                             config.watermark_delay_s, config.session_id_retention_s))
+                                             config.watermark_delay_s, config.session_id_retention_s,
+                                             lean=config.lean_arrow))
         writer = stream.writeStream.outputMode("update")
     else:
         writer = stream.writeStream

@@ -1,29 +1,63 @@
-"""A lean Arrow path for applyInPandasWithState in the Python worker of PySpark 4.0.0.
+"""A lean Arrow path for applyInPandasWithState in the Python worker of PySpark 4.2.0.
 
 Spark's worker turns each group's rows into pandas Series, concatenates them into a DataFrame,
 and wraps each group's state in a one-row pandas DataFrame on the way back: about a millisecond
-of pandas set-up per group, whatever the group's size (measured: 20,000 one-user groups of 3 rows,
-1,183 groups/s on 2 cores; py-spy: 90% of the worker's time in pandas constructors). With state
-keyed by user, that is a millisecond per user per batch. This path hands our state function the
-group's columns as Python lists and takes its output as tuples; rows and states of many groups go
-back as one Arrow batch. The bytes exchanged with the JVM are laid out exactly as pyspark's own
-ApplyInPandasWithStateSerializer lays them out, so the JVM side and the checkpoint are the same.
+of pandas set-up per group, whatever the group's size (measured on 4.0.0: 20,000 one-user groups
+of 3 rows, 1,183 groups/s on 2 cores; py-spy: 90% of the worker's time in pandas constructors; not
+measured on 4.2.0 yet). With state keyed by user, that is a millisecond per user per batch. This
+path hands our state function the group's columns as Python lists and takes its output as tuples;
+rows and states of many groups go back as one Arrow batch. The bytes exchanged with the JVM are
+laid out exactly as pyspark's own ApplyInPandasWithStateSerializer lays them out, so the JVM side
+and the checkpoint are the same.
+Written against 4.0.0, ported to 4.2.0: the operator's wire format is unchanged; 4.2 reads
+useLargeVarTypes from RunnerConf.use_large_var_types (no more worker.use_large_var_types), and its
+own wrapper hands its serializer the Spark return type, not the Arrow one (ours pair up as before).
 
-How it is switched on: the state function carries a `LeanUdf`. Unpickling it in the worker
-(before Spark wraps the function) installs three replacements, once per worker process, on the
-one PySpark version they were written against (SUPPORTED_PYSPARK), and marks the UDF being set
-up as lean. The replacements fall back to Spark's own code for any other UDF; on any other PySpark
-version nothing is installed and Spark's pandas path runs the same state function.
+It replaces private functions of pyspark, so it is opt-in (LEAN_ARROW=true, default false) and
+only on the one PySpark version it was written against (SUPPORTED_PYSPARK): `arrow_path` decides
+at start-up, and asking for it on any other version is a configuration error (a silent fallback
+would hide a several-fold drop in per-user throughput from whoever asked for the fast path).
+
+How it is switched on: the state function then carries a `LeanUdf`. Unpickling it in the worker
+(before Spark wraps the function) installs three replacements, once per worker process, and marks
+the UDF being set up as lean. The replacements fall back to Spark's own code for any other UDF; a
+worker whose PySpark is not SUPPORTED_PYSPARK (a driver/worker mismatch) installs nothing and runs
+Spark's pandas path with the same state function.
 """
 from __future__ import annotations
 
 import json
 from itertools import groupby
+from typing import NamedTuple
 
-SUPPORTED_PYSPARK = "4.0.0"
+from app.config import InvalidConfigError
+
+SUPPORTED_PYSPARK = "4.2.0"
 _pending: list = []       # the LeanUdf unpickled for the UDF Spark is about to wrap
 _lean_serializer: list = [None]  # the LeanUdf this worker's current UDF runs, or None
 _originals: dict = {}
+
+
+class ArrowPath(NamedTuple):
+    """Which per-group path applyInPandasWithState's Python worker runs, and why (for the log)."""
+    lean: bool
+    reason: str
+
+
+def arrow_path(requested: bool, pyspark_version: str | None = None) -> ArrowPath:
+    """LEAN_ARROW and the installed pyspark -> the path; InvalidConfigError when the lean path is
+    asked for on a pyspark it was not written against."""
+    if pyspark_version is None:
+        import pyspark
+        pyspark_version = pyspark.__version__
+    if not requested:
+        return ArrowPath(False, f"stock pandas path of pyspark {pyspark_version} (LEAN_ARROW=false, the default)")
+    if pyspark_version != SUPPORTED_PYSPARK:
+        raise InvalidConfigError(f"LEAN_ARROW=true needs pyspark {SUPPORTED_PYSPARK} (it replaces private worker "
+                                 f"functions of that version) but this is pyspark {pyspark_version}: "
+                                 "set LEAN_ARROW=false")
+    return ArrowPath(True, f"lean Arrow path (LEAN_ARROW=true, on pyspark {pyspark_version}, the one it is "
+                           "written for)")
 
 
 class LeanUdf:
@@ -67,8 +101,7 @@ def _wrap(f, return_type, runner_conf):
         return _originals["wrap"](f, return_type, runner_conf)
     udf = _lean_serializer[0] = _pending.pop()
     from pyspark.sql.pandas.types import to_arrow_type
-    from pyspark.worker import use_large_var_types
-    arrow_type = to_arrow_type(return_type, prefers_large_types=use_large_var_types(runner_conf))
+    arrow_type = to_arrow_type(return_type, timezone="UTC", prefers_large_types=runner_conf.use_large_var_types)
 
     def wrapped(key_columns, value_chunks, state):
         key = tuple(column[0] for column in key_columns)

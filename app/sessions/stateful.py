@@ -38,7 +38,7 @@ from app.experiments.design import parse_experiments
 from app.profiles.alerts import Alert
 from app.profiles.rules import parse_profile_rules
 from app.segments.rules import parse_rules
-from app.sessions.lean_arrow import LeanUdf
+from app.sessions.lean_arrow import LeanUdf, arrow_path
 from app.sessions.tracker import Event, SessionSettings, Step, UserState, process_events, process_timeout
 
 
@@ -68,7 +68,7 @@ INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "wat
 
 
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
-               id_retention_s: float = 30 * 24 * 3600, lean: bool = True, profile_rules_document: dict | None = None,
+               id_retention_s: float = 30 * 24 * 3600, lean: bool = False, profile_rules_document: dict | None = None,
                stored_profile=None, trigger_rules_document: dict | None = None,
                experiments_document: dict | None = None, max_open_sessions: int = 100, watermarked: bool = False):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
@@ -76,8 +76,10 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
     totals and the alerts raised, with trigger rules the trigger executions, with experiments the
     sessions' variants. `stored_profile`: user_id -> stored profile document or None (a
     picklable callable, run in the Python workers; see SessionSettings). `lean`: use
-    app/sessions/lean_arrow.py where it applies. `watermarked`: the input already carries its
-    watermark(s) on event_timestamp (one per Kafka partition, see app/pipeline.py)."""
+    app/sessions/lean_arrow.py (LEAN_ARROW; InvalidConfigError on a pyspark it was not written
+    for). `watermarked`: the input already carries its watermark(s) on event_timestamp (one per
+    Kafka partition, see app/pipeline.py)."""
+    lean = arrow_path(lean).lean
     state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
                                      int(id_retention_s * 1000), lean, profile_rules_document, stored_profile,
                                      trigger_rules_document, experiments_document, max_open_sessions)
@@ -142,7 +144,7 @@ def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention
                                  for c in INPUT_COLUMNS], new_users) if lean else None
 
     def run(key: tuple, batches: Iterator[pd.DataFrame], state: GroupState) -> Iterator[pd.DataFrame]:
-        """Spark's own pandas path (where the lean path is off or does not apply)."""
+        """Spark's own pandas path (LEAN_ARROW=false, the default)."""
         assert lean_udf is None or lean_udf.core is process  # travels with the function: installs the lean path
         frame = None if state.hasTimedOut else pd.concat(list(batches), ignore_index=True)
         columns = None if frame is None else {name: frame[name].tolist() for name in _READ}

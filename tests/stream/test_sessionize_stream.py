@@ -12,6 +12,7 @@ from app.config import DEFAULT_PROFILE_RULES_FILE, DEFAULT_RULES_FILE
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
 from app.pipeline import BATCH_METRICS, with_batch_metrics
+from app.sessions import lean_arrow
 from app.sessions.stateful import sessionize
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -32,7 +33,7 @@ class SessionStream:
     """The real parse -> route -> sessionize chain over a directory of JSON-lines files."""
 
     def __init__(self, spark, tmp_path, max_s: float = 24 * 3600, rules: dict | None = None, name: str = "in",
-                 lean: bool = True, profiles: bool = False):
+                 lean: bool = False, profiles: bool = False):
         self.dir, self.rows = tmp_path / name, []
         self.dir.mkdir(exist_ok=True)
         self.files = len(list(self.dir.iterdir()))  # a second run on the same input goes on numbering
@@ -207,7 +208,11 @@ def test_a_rules_file_renaming_a_segment_between_two_runs_on_one_checkpoint(spar
 
 
 def test_the_lean_arrow_path_and_sparks_pandas_path_give_the_same_rows(spark, tmp_path):
-    """app/sessions/lean_arrow.py replaces pyspark's per-group pandas conversion: same input, same output."""
+    """app/sessions/lean_arrow.py (LEAN_ARROW=true) replaces pyspark's per-group pandas conversion:
+    same input, same output as the stock path. It is written for one pyspark (SUPPORTED_PYSPARK, the
+    pinned one): after a pyspark upgrade this fails with the InvalidConfigError the job would give,
+    until lean_arrow.py is ported to the new worker (or dropped)."""
+    assert lean_arrow.arrow_path(True).lean and not lean_arrow.arrow_path(False).lean
     batches = [
         [event(0, "A"), event(0.5, "A", kind="cart"), event(1, None, user=5), "not json", event(1, "A", eid="A-0")],
         [event(2, "B", user=2, kind="purchase", price=612.5), event(3, None, user=5)],

@@ -21,6 +21,7 @@ def test_defaults():
     assert config.max_offsets_per_trigger == 200_000
     assert config.rules_file == str(DEFAULT_RULES_FILE)
     assert config.available_now is False
+    assert config.lean_arrow is False  # the stock pandas path unless asked for
 
 
 def test_load_config_does_not_read_the_process_environment_when_env_is_given(monkeypatch):
@@ -48,6 +49,7 @@ def test_env_vars(tmp_path):
         "MAX_OPEN_SESSIONS": "500",
         "STARTING_OFFSETS": "latest",
         "SHUFFLE_PARTITIONS": "8",
+        "LEAN_ARROW": "true",
         "KAFKA_FAIL_ON_DATA_LOSS": "false",
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -85,6 +87,7 @@ def test_env_vars(tmp_path):
         "starting_offsets": "latest",
         "available_now": False,
         "shuffle_partitions": 8,
+        "lean_arrow": True,
         "kafka_fail_on_data_loss": False,
         "kafka_security_protocol": "SASL_SSL",
         "kafka_sasl_mechanism": "SCRAM-SHA-512",
@@ -168,6 +171,7 @@ def test_parse_duration_rejects_garbage_naming_the_setting(text):
     ("SHUFFLE_PARTITIONS", "0"),
     ("MAX_OPEN_SESSIONS", "0"),
     ("SHUFFLE_PARTITIONS", "four"),
+    ("LEAN_ARROW", "maybe"),
 ])
 def test_bad_setting_fails_with_a_one_line_message_naming_it(setting, value):
     with pytest.raises(InvalidConfigError) as caught:

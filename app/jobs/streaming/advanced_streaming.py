@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         if config.profiles:
             load_profile_rules(config.profile_rules_file)
         from app.pipeline import check_checkpoint, check_outputs, store_for
+        from app.sessions.lean_arrow import arrow_path
+        path = arrow_path(config.lean_arrow)  # the pyspark installed here: the image's, the workers'
         check_checkpoint(config)
         check_kafka(config)
         check_mongodb(config)
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.pipeline import build_spark, start_queries
 
     log.info("starting: %s", describe(config))
+    log.info("applyInPandasWithState runs the %s", path.reason)
     health = Health(config.health_stall_after_s)
     server = HealthServer(health, config.health_port, Path(config.checkpoint_dir, "health.json")).start()
     spark = build_spark(config)
