@@ -59,6 +59,9 @@ bench-profiles: up  ## profiles and alerts: the job with them on vs off (one run
 bench-backlog: up  ## late events when a 1-hour backlog is caught up (MAX_OFFSETS_PER_TRIGGER 200 / 100000) vs a live run (~6 min) -> bench/results/backlog_late.*
 	$(PY) -m bench.backlog_late
 
+bench-lean: up  ## the stock vs the lean (LEAN_ARROW) applyInPandasWithState path over 100,000 preloaded events, one run each (~7 min) -> bench/results/lean_path.md
+	$(PY) -m bench.lean_path
+
 bench-user-cost: setup  ## one user's batch with 1k / 10k / 100k sessions opened (a bot), pure engine (~3 min)
 	$(PY) -m bench.user_cost
 
@@ -104,4 +107,4 @@ test-full: up  ## every test (~35 min; what CI runs): the quick tier plus the te
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit
+.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-lean bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit
