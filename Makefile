@@ -62,6 +62,9 @@ bench-backlog: up  ## late events when a 1-hour backlog is caught up (MAX_OFFSET
 bench-lean: up  ## the stock vs the lean (LEAN_ARROW) applyInPandasWithState path over 100,000 preloaded events, one run each (~7 min) -> bench/results/lean_path.md
 	$(PY) -m bench.lean_path
 
+bench-defaults: up  ## cold start (to Kafka, to MongoDB) and throughput with no settings vs the earlier defaults, 500,000 preloaded events, one run each (~20 min) -> bench/results/defaults.md
+	$(PY) -m bench.defaults
+
 bench-user-cost: setup  ## one user's batch with 1k / 10k / 100k sessions opened (a bot), pure engine (~3 min)
 	$(PY) -m bench.user_cost
 
@@ -107,4 +110,4 @@ test-full: up  ## every test (~35 min; what CI runs): the quick tier plus the te
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-lean bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit
+.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-lean bench-defaults bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit

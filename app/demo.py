@@ -40,8 +40,7 @@ def main() -> int:
     log_path = ROOT / ".local" / "logs" / "demo-job.log"
     print(f"demo: starting the streaming job (log: {log_path}; Spark UI: http://127.0.0.1:4040)", flush=True)
     experiments = os.environ.get("EXPERIMENTS_FILE", str(EXAMPLE_EXPERIMENTS))
-    env = {**os.environ, "CHECKPOINT_DIR": checkpoint, "EXPERIMENTS_FILE": experiments,
-           "TRIGGER_INTERVAL": os.environ.get("TRIGGER_INTERVAL", "2s")}
+    env = {**os.environ, "CHECKPOINT_DIR": checkpoint, "EXPERIMENTS_FILE": experiments}  # the job's defaults
     with open(log_path, "w") as log:
         job = subprocess.Popen([str(ROOT / "deploy/local/submit.sh"), "app/jobs/streaming/advanced_streaming.py"],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Iterable
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition, OFFSET_BEGINNING
 from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 3
@@ -49,6 +49,29 @@ def _wait(condition, what: str, timeout_s: float = 30) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         time.sleep(0.2)
+
+
+def first_message_time(bootstrap: str, topic: str, timeout_s: float = 30) -> float | None:
+    """The earliest Kafka timestamp (the producer's CreateTime, epoch seconds) of any partition's
+    first message on topic, or None when the topic holds none."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-first-{topic}",
+                         "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        if not partitions:
+            return None
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        first: dict[int, float] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(first) < len(partitions) and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            first.setdefault(msg.partition(), msg.timestamp()[1] / 1000)
+            consumer.pause([TopicPartition(topic, msg.partition())])
+        return min(first.values(), default=None)
+    finally:
+        consumer.close()
 
 
 def producer(bootstrap: str) -> Producer:

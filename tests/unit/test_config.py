@@ -18,7 +18,8 @@ def test_defaults():
     assert config.session_gap_s == 30 * 60
     assert config.watermark_delay_s == 10 * 60
     assert config.session_max_s == 24 * 3600
-    assert config.max_offsets_per_trigger == 200_000
+    assert config.max_offsets_per_trigger == 10_000
+    assert config.trigger_interval_s == 1.0
     assert config.rules_file == str(DEFAULT_RULES_FILE)
     assert config.available_now is False
     assert config.lean_arrow is False  # the stock pandas path unless asked for
