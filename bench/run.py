@@ -144,8 +144,12 @@ def main(argv=None) -> int:
     results["baseline"] = baseline(topic, profile["baseline_s"])
     results["sink_ceiling"] = sink_ceiling.measure(MONGODB_URI, "bench_main", results["throughput"]["events_written"],
                                                    results["throughput"]["sessions"], say)
-    rates = sorted({*profile["rates"], max(100, results["throughput"]["events_per_s"] // 2)})
+    rates = sorted({100, *profile["rates"], max(100, results["throughput"]["events_per_s"] // 2)})
     results["latency"] = [latency(rate, profile["latency_s"]) for rate in rates]
+    results["act_latency"] = [{"rate": x["rate"], "topic": "behavior_segments", "warmup_s": x["warmup_s"],
+                               **{k: x[f"act_{k}"] for k in ("p50_s", "p95_s", "p99_s")}} for x in results["latency"]]
+    results["store_latency"] = [{"rate": x["rate"], "warmup_s": x["warmup_s"],
+                                 **{k: x[k] for k in ("p50_s", "p95_s", "p99_s")}} for x in results["latency"]]
     results["state_scale"] = [state_scale.measure(n) for n in profile["open_sessions"]]
     results["scaling"] = []
     for size in profile["sizes"]:
