@@ -19,14 +19,14 @@ from faults.harness import ROOT, Workload, say
 from faults.soak import soak
 
 RESULTS = ROOT / "bench" / "results"
-SCENARIOS = ("store-outage", "broker-restart", "kill-9", "hung-batch", "duplicates", "poison",
+SCENARIOS = ("store-outage", "store-outage-live", "broker-restart", "kill-9", "hung-batch", "duplicates", "poison",
              "checkpoint-disk-full")
 COLUMNS = ("scenario", "sent", "distinct_events", "duplicates", "lost", "recovered", "recover_s")
 
 
 def run(only: list[str], sessions: int, outage_s: float) -> list[dict]:
     rows = []
-    exact = [name for name in only if name not in ("duplicates", "poison")]
+    exact = [name for name in only if name not in ("duplicates", "poison", "store-outage-live")]
     if exact:
         work = Workload("main", sessions, seed=31)
         expected = scenarios.reference(work)
@@ -36,6 +36,8 @@ def run(only: list[str], sessions: int, outage_s: float) -> list[dict]:
                 "hung-batch": lambda: scenarios.hung_batch(work, expected),
                 "checkpoint-disk-full": lambda: scenarios.checkpoint_disk_full(work, expected)}
         rows += [_guarded(name, runs[name]) for name in exact]
+    if "store-outage-live" in only:
+        rows.append(_guarded("store-outage-live", lambda: scenarios.store_outage_live(outage_s=outage_s)))
     if "duplicates" in only:
         rows.append(_guarded("duplicates", lambda: scenarios.data_faults(
             "duplicates", Workload("dup", sessions, seed=32, duplicate_ratio=0.10))))

@@ -8,17 +8,21 @@ with an uninterrupted run of the same topic: equality of every collection is the
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 import subprocess
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
 from pymongo import MongoClient
 
-from faults.harness import (MONGODB_URI, WORK, SupervisedJob, Workload, differences, drop, say, service,
-                            snapshot, store_counts, wait_until)
+from faults.harness import (BOOTSTRAP, MONGODB_URI, WORK, SupervisedJob, Workload, differences, drop, read_records,
+                            say, service, snapshot, store_counts, wait_until)
 
 BATCH = {"MAX_OFFSETS_PER_TRIGGER": "200"}
 
@@ -188,3 +192,111 @@ def checkpoint_disk_full(workload: Workload, expected: dict, size_mb: int = 256,
         return faulted_run("checkpoint-disk-full", workload, expected, inject, checkpoint_dir=mount / "ckpt")
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+LIVE = {"WATERMARK_DELAY": "5s", "SESSION_GAP": "1m"}  # live traffic: events final 5 s after they happen
+
+
+class LiveWorkload:
+    """Events sent live at a fixed rate (event time = send time) into a fresh topic: no copies and
+    no malformed records, so every record is a distinct event."""
+
+    def __init__(self, rate: int, seconds: float):
+        from bench import load, workload
+        self.topic = f"faults_live_{os.getpid()}_{int(time.time())}"
+        self.rate, self.seconds = rate, seconds
+        load.fresh_topic(BOOTSTRAP, self.topic)
+        self.malformed: list = []
+        self._events = workload.events(int(rate * seconds) + 1, seed=41)
+        self.records = self.events = 0
+
+    def send(self) -> dict:
+        """Blocks while sending; event_time is stamped with each event's send time."""
+        from bench import load
+
+        def stamped():
+            for event in self._events:
+                now = datetime.now(timezone.utc)
+                yield {**event, "event_time": now.strftime("%Y-%m-%d %H:%M:%S.%f")}
+        sent = load.paced(BOOTSTRAP, self.topic, stamped(), self.rate, self.seconds)
+        self.records = self.events = sent["events"]
+        return sent
+
+    copies = 0
+
+
+def _act_latencies(database: str, start: float, end: float) -> dict:
+    """Per act-lane topic, for the events that happened in [start, end]: the first message showing
+    the event (a session message: the first with that session_end; an alert or action: its first
+    copy) -> its Kafka timestamp - the event's time, p50/p99 in seconds, and how many."""
+    figures = {}
+    for kind, id_field, field in (("segments", "_id", "session_end"), ("alerts", "alert_id", "event_ms"),
+                                  ("actions", "execution_id", "event_ms")):
+        first: dict[tuple, float] = {}
+        for record in read_records(f"{database}_{kind}"):
+            value = json.loads(record.value)
+            at = value.get(field)
+            if at and start <= at / 1000 <= end:
+                key = (value.get(id_field), at)
+                first[key] = min(first.get(key, float("inf")), record.timestamp / 1000 - at / 1000)
+        delays = sorted(first.values())
+        figures[kind] = {"messages": len(delays),
+                         "p50_s": round(delays[len(delays) // 2], 2) if delays else None,
+                         "p99_s": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))], 2) if delays else None}
+    return figures
+
+
+def store_outage_live(rate: int = 200, before_s: float = 60, outage_s: float = 60, after_s: float = 30) -> dict:
+    """FerretDB down for outage_s under live traffic at `rate` events/s (issue 19): what reached
+    the act lane meanwhile (event -> message latency on the segments, alerts and actions topics,
+    for the events that happened during the outage), then every collection and topic against an
+    uninterrupted run of the same topic (--available-now, after the traffic)."""
+    work = LiveWorkload(rate, before_s + outage_s + after_s)
+    name = "store-outage-live"
+    database = work.topic
+    drop(database)
+    job = SupervisedJob(name, work.topic, database, **LIVE)
+    shutil.rmtree(job.checkpoint, ignore_errors=True)
+    say(f"{name}: the job live on {work.topic}; {rate}/s for {before_s:.0f} s, FerretDB down {outage_s:.0f} s, "
+        f"{after_s:.0f} s more")
+    job.start()
+    try:
+        wait_until(lambda: job.status() is not None, 300, f"{name}: the job's health endpoint", 1)
+        sender = threading.Thread(target=work.send, daemon=True)
+        sender.start()
+        time.sleep(before_s)
+        down_at = time.time()
+        service("down", "mongo")
+        time.sleep(outage_s)
+        service("up", "mongo")
+        up_at = time.time()
+        sender.join()
+        wait_until(lambda: _caught_up(database, work), 600, f"{name}: every event stored", 3)
+        reference_db = database + "_ref"
+        ref = SupervisedJob("store-outage-live-ref", work.topic, reference_db, **LIVE)
+        shutil.rmtree(ref.checkpoint, ignore_errors=True)
+        result = ref.run_once("--available-now", "--reset-output")
+        if result.returncode != 0:
+            raise RuntimeError("the reference run failed:\n" + (result.stdout + result.stderr)[-3000:])
+        expected = snapshot(reference_db)
+        drop(reference_db)
+        recovered = True
+        try:
+            wait_until(lambda: snapshot(database) == expected, 300, f"{name}: outputs equal to the uninterrupted run", 3)
+        except TimeoutError:
+            recovered = False
+        recover_s = time.time() - up_at
+    finally:
+        job.stop()
+    actual = snapshot(database)
+    acts = _act_latencies(database, down_at, up_at)
+    shown = "; ".join(f"{kind} {f['messages']} msgs p50 {f['p50_s']} s p99 {f['p99_s']} s" for kind, f in acts.items())
+    row = {"scenario": name, **store_counts(database, work), "recovered": recovered,
+           "equal_to_reference": not differences(expected, actual), "differences": differences(expected, actual),
+           "fault_s": round(up_at - down_at, 1), "recover_s": round(recover_s, 1), "exits": len(job.exits),
+           "causes": sorted({e["error"] or f"exit {e['code']}" for e in job.exits}), "act_latency": acts,
+           "note": f"FerretDB down {up_at - down_at:.0f} s at {rate} events/s; event -> act lane for events during "
+                   f"the outage: {shown} (goal: alerts and actions p99 <= 3 s)"}
+    say(f"{name}: {row}")
+    drop(database)
+    return row
