@@ -41,6 +41,18 @@ def test_a_store_outage_of_40_s_is_ridden_out_without_a_restart(workload):
     assert row["exits"] == 0, row["causes"]  # retried inside the sink: the job never stopped
 
 
+def test_a_store_outage_under_live_traffic_keeps_the_act_lane_sending_and_every_output_exact(stack):
+    """FerretDB down 30 s while events arrive live at 200/s: the act lane's session messages for
+    events of the outage reach Kafka, and afterwards every collection and topic equals the
+    uninterrupted run (how fast they reach it is `make faults`' figure, not asserted here)."""
+    row = scenarios.store_outage_live(rate=200, before_s=30, outage_s=30, after_s=15)
+    assert row["equal_to_reference"], row["differences"]
+    assert (row["distinct_events"], row["lost"], row["duplicates"]) == (row["sent"], 0, 0), row
+    assert row["sent"] >= 200 * 70, row
+    assert row["recovered"] and row["exits"] == 0, row
+    assert row["act_latency"]["segments"]["messages"] > 0, row["act_latency"]
+
+
 def test_a_broker_restart_mid_stream_loses_nothing(workload):
     work, expected = workload
     row = scenarios.broker_restart(work, expected, seconds=10)
