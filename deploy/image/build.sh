@@ -50,9 +50,18 @@ flags=(--secret "id=build_ca,src=$ca" --build-arg "PYTHON_IMAGE=$base" -t "$IMAG
 [[ $BUILDER == buildah && "${IMAGE_LAYERS:-0}" == 1 ]] && flags+=(--layers)
 log "image: build (apt, Maven Central, PyPI; ~5 min the first time), log: $IMAGE_DIR/build.log"
 build_start=$SECONDS
-if ! build_image "$ROOT/Dockerfile" "$ROOT" "${flags[@]}" 2>&1 | tee "$IMAGE_DIR/build.log"; then
-  die "image: the build failed; the last lines above say where ($IMAGE_DIR/build.log)"
-fi
+# buildah re-runs itself for each RUN step from a sealed in-memory copy of its binary; the kernel
+# refuses the seal (EBUSY) while a writable mapping of the copy is still open, now and then: that
+# transient error ("sealing memfd copy") is retried twice; any other failure stops the build.
+for attempt in 1 2 3; do
+  if build_image "$ROOT/Dockerfile" "$ROOT" "${flags[@]}" 2>&1 | tee "$IMAGE_DIR/build.log"; then
+    break
+  fi
+  if (( attempt == 3 )) || ! grep -q "sealing memfd copy" "$IMAGE_DIR/build.log"; then
+    die "image: the build failed; the last lines above say where ($IMAGE_DIR/build.log)"
+  fi
+  log "image: buildah could not seal its own re-exec copy (a transient kernel EBUSY): build attempt $((attempt + 1)) of 3"
+done
 build_seconds=$((SECONDS - build_start))
 rm -f "$ca"
 log "image: $IMAGE built in $build_seconds s, $(image_size "$IMAGE")"
