@@ -53,7 +53,8 @@ def test_report_states_the_ratios_against_the_goals(tmp_path):
         "sink_ceiling": {"writers": 2, "job_pattern_events_per_s": 700, "event_inserts_per_s": 1,
                          "session_inserts_per_s": 1, "session_replaces_per_s": 1, "sessions_per_event": 0.1},
         "latency": [{"rate": 100, "warmup_s": 120, "sent": {"events": 100, "events_per_s": 100}, "samples": 10,
-                     "p50_s": 0.5, "p95_s": 0.9, "p99_s": 1.0, "caught_up": True}],
+                     "p50_s": 0.5, "p95_s": 0.9, "p99_s": 1.0, "caught_up": True, "act_samples": 9,
+                     "act_p50_s": 0.3, "act_p95_s": 0.4, "act_p99_s": 0.6}],
         "state_scale": [
             {"open_sessions": 10_000, "events": 100_000, "events_per_s": 4000, "state_users": 20_000,
              "state_bytes": 10_000_000, "state_bytes_per_open_session": 500, "tail_state_bytes_written": 1_000_000, "rss_mb": {"jvm": 1, "total": 2}},
@@ -64,7 +65,7 @@ def test_report_states_the_ratios_against_the_goals(tmp_path):
     assert "job = 10.0x (goal >= 10x)" in text
     assert "80% of the sink ceiling" in text
     assert "80% of parse alone" in text
-    assert "| 100 | 120 | 100 | 100 | 10 | 0.50 | 0.90 | 1.00 | yes |" in text
+    assert "| 100 | 120 | 100 | 100 | 9 | 0.30 | 0.40 | 0.60 | 10 | 0.50 | 0.90 | 1.00 | yes |" in text
     assert "| 1,000,000 | 3,000 | 1,010,000 | 500.0 | 495 | 1.1 | 1 | 2 |" in text
     assert "= 75% of events/s at 10,000 (goal >= 80%)" in text
     paths = write_report(results, tmp_path)
