@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from datetime import datetime, timezone
 
 from app.config import AppConfig
-from bench.jobproc import ROOT, say
+from bench.jobproc import ROOT, commit, say
 from bench.run import preload, throughput
 
 EARLIER = {"TRIGGER_INTERVAL": "5s", "MAX_OFFSETS_PER_TRIGGER": "200000"}
@@ -30,10 +29,9 @@ def main() -> None:
     topic, _ = preload(args.events)
     runs = [("defaults (nothing set)", now, throughput(topic, args.events, "defaults", {})),
             ("earlier defaults", EARLIER, throughput(topic, args.events, "earlier", EARLIER))]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    code = commit()
     lines = ["# Defaults: cold start and throughput (`make bench-defaults`)", "",
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, {args.events:,} preloaded events "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {code}, {args.events:,} preloaded events "
              "(3 partitions), all outputs on (profiles, triggers), --available-now, one run each, back to back on "
              "this machine (2 cores). Cold start: the job's process start -> the first message on its "
              "behavior_segments topic (Kafka timestamp) / the first enriched_events document (polled every 0.5 s).",
@@ -52,7 +50,7 @@ def main() -> None:
     results = ROOT / "bench" / "results"
     (results / "defaults.md").write_text("\n".join(lines) + "\n")
     (results / "defaults.json").write_text(json.dumps(
-        {"commit": commit, "events": args.events,
+        {"commit": code, "events": args.events,
          "runs": [{"label": label, "settings": settings, **r} for label, settings, r in runs]}, indent=1) + "\n")
     say("\n".join(lines))
 

@@ -18,6 +18,12 @@ WORK = ROOT / ".local" / "bench"
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/")
 
 
+def commit() -> str:
+    """The short id of the checked-out commit: which code a results file describes."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def say(text: str) -> None:
     print(f"[bench {datetime.now():%H:%M:%S}] {text}", flush=True)
 

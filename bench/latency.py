@@ -1,14 +1,17 @@
 """Latency: the job running live while a paced producer sends events at a fixed rate."""
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from datetime import datetime, timezone
 
 from pymongo import MongoClient
 
 from bench import load, workload
-from bench.jobproc import MONGODB_URI, Job, say
+from bench.jobproc import MONGODB_URI, ROOT, Job, commit, say
 from bench.load import BOOTSTRAP
+from faults.harness import read_records
 
 TOPIC_PREFIX = "bench-"
 
@@ -50,15 +53,16 @@ def latency(rate: int, seconds: float, catch_up_s: float = 180) -> dict:
     finally:
         job.stop()
     first_message: dict[str, float] = {}  # session -> the first message showing all its events
-    for at, value in load.messages(BOOTSTRAP, segments):
+    for record in read_records(segments, BOOTSTRAP):  # a user's messages: one partition, in write order
+        value = json.loads(record.value)
         sent_at, count = last_sent.get(value.get("_id"), (0.0, -1))
         if value.get("total_events") == count and sent_at >= measured_from:
-            first_message.setdefault(value["_id"], at - sent_at)
+            first_message.setdefault(value["_id"], record.timestamp / 1000 - sent_at)
     acts = sorted(first_message.values())
     result = {"rate": rate, "warmup_s": WARM_UP_S, "sent": sent, "caught_up": caught_up, "samples": len(delays),
-              "p50_s": _percentile(delays, 50), "p95_s": _percentile(delays, 95), "p99_s": _percentile(delays, 99),
-              "act_samples": len(acts), "act_p50_s": _percentile(acts, 50), "act_p95_s": _percentile(acts, 95),
-              "act_p99_s": _percentile(acts, 99), "peak_rss_mb": job.peak_rss_mb()}
+              "p50_s": percentile(delays, 50), "p95_s": percentile(delays, 95), "p99_s": percentile(delays, 99),
+              "act_samples": len(acts), "act_p50_s": percentile(acts, 50), "act_p95_s": percentile(acts, 95),
+              "act_p99_s": percentile(acts, 99), "peak_rss_mb": job.peak_rss_mb()}
     say(f"latency at {rate:,}/s: to {segments}: p50 {result['act_p50_s']} s, p99 {result['act_p99_s']} s over "
         f"{len(acts):,} sessions; to MongoDB: p50 {result['p50_s']} s, p95 {result['p95_s']} s, p99 {result['p99_s']} s "
         f"over {len(delays):,} sessions{'' if caught_up else ' (did NOT catch up: backlog)'}")
@@ -84,7 +88,7 @@ def _live_events(rate: int, seconds: float, last_sent: dict):
         yield event
 
 
-def _percentile(values: list[float], pct: float) -> float | None:
+def percentile(values: list[float], pct: float) -> float | None:
     if not values:
         return None
     return round(values[min(len(values) - 1, int(len(values) * pct / 100))], 3)
@@ -93,11 +97,6 @@ def _percentile(values: list[float], pct: float) -> float | None:
 def main() -> None:
     """`make bench-latency`: the latency runs alone (the job live at each rate, its defaults) ->
     bench/results/latency.{md,json}; `make bench` runs the same as part of latest.*."""
-    import argparse
-    import json
-    import subprocess
-
-    from bench.jobproc import ROOT
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--rates", default="100,1000", help="events/s, comma-separated (default 100,1000)")
     parser.add_argument("--seconds", type=float, default=60, help="measured seconds per rate, after the warm-up")
@@ -105,10 +104,9 @@ def main() -> None:
     load.delete_topics(BOOTSTRAP, TOPIC_PREFIX)
     runs = [latency(int(rate), args.seconds) for rate in args.rates.split(",")]
     load.delete_topics(BOOTSTRAP, TOPIC_PREFIX)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    code = commit()
     lines = ["# Latency: event -> act lane, event -> MongoDB (`make bench-latency`)", "",
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, 2 cores, the local stack; the job "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {code}, 2 cores, the local stack; the job "
              f"live with its default settings and all outputs on (profiles, triggers); {WARM_UP_S} s of warm-up at "
              f"each rate, then {args.seconds:g} s measured; one run per rate. A session's last event's producer "
              "timestamp -> the first message on behavior_segments showing all its events (Kafka timestamp), and -> "
@@ -122,7 +120,7 @@ def main() -> None:
               "events/s; to MongoDB p99 <= 15 s at 1,000 events/s."]
     out = ROOT / "bench" / "results"
     (out / "latency.md").write_text("\n".join(lines) + "\n")
-    (out / "latency.json").write_text(json.dumps({"commit": commit, "runs": runs}, indent=1) + "\n")
+    (out / "latency.json").write_text(json.dumps({"commit": code, "runs": runs}, indent=1) + "\n")
     say("\n".join(lines))
 
 

@@ -5,10 +5,9 @@ fast path stays opt-in unless this shows it is needed)."""
 from __future__ import annotations
 
 import argparse
-import subprocess
 from datetime import datetime, timezone
 
-from bench.jobproc import ROOT, say
+from bench.jobproc import ROOT, commit, say
 from bench.run import preload, throughput
 
 
@@ -19,11 +18,9 @@ def main() -> None:
     topic, _ = preload(args.events)
     runs = [(label, throughput(topic, args.events, f"lean_{label}", {"LEAN_ARROW": lean}))
             for label, lean in (("stock", "false"), ("lean", "true"), ("stock-again", "false"))]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
     import pyspark
     lines = ["# The lean Arrow path vs the stock path (`make bench-lean`)", "",
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit}, pyspark {pyspark.__version__}, "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit()}, pyspark {pyspark.__version__}, "
              f"{args.events:,} preloaded events, all outputs on, one run each on this machine (2 cores).", "",
              "| path | events/s | seconds (first read -> last write) | cold start s | sessions |", "|---|---|---|---|---|"]
     lines += [f"| {label} | {r['events_per_s']:,} | {r['seconds']} | {r['cold_start_s']} | {r['sessions']:,} |"

@@ -74,30 +74,6 @@ def first_message_time(bootstrap: str, topic: str, timeout_s: float = 30) -> flo
         consumer.close()
 
 
-def messages(bootstrap: str, topic: str, timeout_s: float = 120):
-    """Every message on topic up to its end offsets when called: (Kafka timestamp in epoch seconds,
-    the value decoded from JSON)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{topic}",
-                         "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        left = {p for p, end in ends.items() if end > 0}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in left])
-        deadline = time.monotonic() + timeout_s
-        while left and time.monotonic() < deadline:
-            for msg in consumer.consume(10_000, 1.0):
-                if msg.error():
-                    continue
-                yield msg.timestamp()[1] / 1000, json.loads(msg.value())
-                if msg.offset() + 1 >= ends[msg.partition()]:
-                    left.discard(msg.partition())
-        if left:
-            raise TimeoutError(f"{topic}: partitions {sorted(left)} not read to their end in {timeout_s:.0f} s")
-    finally:
-        consumer.close()
-
-
 def producer(bootstrap: str) -> Producer:
     return Producer({"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 20,
                      "batch.size": 1_000_000, "queue.buffering.max.messages": 500_000,

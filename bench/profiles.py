@@ -25,7 +25,7 @@ from kafka import KafkaConsumer
 
 from bench import load, workload
 from bench.jobproc import ROOT, Job, say
-from bench.latency import WARM_UP_S, _percentile
+from bench.latency import WARM_UP_S, percentile
 from bench.load import BOOTSTRAP
 from bench.run import machine, preload, throughput
 
@@ -89,8 +89,8 @@ def alert_latency(rate: int, seconds: float) -> dict:
         reader.join(timeout=10)
     delays = sorted(at - alert["event_ms"] / 1000 for at, alert in received if alert["event_ms"] / 1000 >= measured_from)
     result = {"rate": rate, "warmup_s": WARM_UP_S, "seconds": seconds, "sent": sent, "alerts": len(received),
-              "samples": len(delays), "p50_s": _percentile(delays, 50), "p95_s": _percentile(delays, 95),
-              "p99_s": _percentile(delays, 99), "types": sorted({a["alert_type"] for _, a in received})}
+              "samples": len(delays), "p50_s": percentile(delays, 50), "p95_s": percentile(delays, 95),
+              "p99_s": percentile(delays, 99), "types": sorted({a["alert_type"] for _, a in received})}
     say(f"alert latency at {rate:,}/s: p50 {result['p50_s']} s, p99 {result['p99_s']} s over {len(delays)} alerts")
     return result
 

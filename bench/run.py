@@ -21,7 +21,7 @@ from pymongo import MongoClient
 
 from bench import load, sink_ceiling, state_scale, workload
 from bench.baseline import run_baseline
-from bench.jobproc import MONGODB_URI, ROOT, Job, say
+from bench.jobproc import MONGODB_URI, ROOT, Job, commit, say
 from bench.latency import TOPIC_PREFIX, latency
 from bench.load import BOOTSTRAP
 from bench.report import write_report
@@ -116,13 +116,12 @@ def baseline(topic: str, seconds: float) -> dict:
 def machine() -> dict:
     versions = dict(line.split("=", 1) for line in (ROOT / "deploy/local/versions.env").read_text().splitlines()
                     if "=" in line and not line.startswith("#"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return {"cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "platform": platform.platform(), "python": platform.python_version(),
             "java": subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0],
             "spark": versions.get("SPARK_VERSION"), "kafka": versions.get("KAFKA_VERSION"),
             "ferretdb": versions.get("FERRETDB_VERSION") + " (sqlite, deploy/local/patches)",
-            "commit": commit.stdout.strip(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "commit": commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def main(argv=None) -> int:

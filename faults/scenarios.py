@@ -21,16 +21,18 @@ from pathlib import Path
 import psutil
 from pymongo import MongoClient
 
+from bench.latency import percentile
 from faults.harness import (BOOTSTRAP, MONGODB_URI, WORK, SupervisedJob, Workload, differences, drop, read_records,
                             say, service, snapshot, store_counts, wait_until)
 
 BATCH = {"MAX_OFFSETS_PER_TRIGGER": "200"}
 
 
-def reference(workload: Workload) -> dict:
-    """The uninterrupted run of the workload: what every faulted run must end up equal to."""
+def reference(workload, env: dict = BATCH) -> dict:
+    """The uninterrupted run of the workload's topic (--available-now, the job settings `env`):
+    what every faulted run must end up equal to."""
     database = workload.topic + "_ref"
-    job = SupervisedJob("reference", workload.topic, database, **BATCH)
+    job = SupervisedJob("reference", workload.topic, database, **env)
     shutil.rmtree(job.checkpoint, ignore_errors=True)
     result = job.run_once("--available-now", "--reset-output")
     if result.returncode != 0:
@@ -241,9 +243,7 @@ def _act_latencies(database: str, start: float, end: float) -> dict:
                 key = (value.get(id_field), at)
                 first[key] = min(first.get(key, float("inf")), record.timestamp / 1000 - at / 1000)
         delays = sorted(first.values())
-        figures[kind] = {"messages": len(delays),
-                         "p50_s": round(delays[len(delays) // 2], 2) if delays else None,
-                         "p99_s": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))], 2) if delays else None}
+        figures[kind] = {"messages": len(delays), "p50_s": percentile(delays, 50), "p99_s": percentile(delays, 99)}
     return figures
 
 
@@ -274,14 +274,7 @@ def store_outage_live(rate: int = 200, before_s: float = 60, outage_s: float = 6
         sender.join()
         wait_until(lambda: _caught_up(database, work), 600, f"{name}: every event stored", 3)
         recover_s = time.time() - up_at  # every event stored; equality is checked after the reference run
-        reference_db = database + "_ref"
-        ref = SupervisedJob("store-outage-live-ref", work.topic, reference_db, **LIVE)
-        shutil.rmtree(ref.checkpoint, ignore_errors=True)
-        result = ref.run_once("--available-now", "--reset-output")
-        if result.returncode != 0:
-            raise RuntimeError("the reference run failed:\n" + (result.stdout + result.stderr)[-3000:])
-        expected = snapshot(reference_db)
-        drop(reference_db)
+        expected = reference(work, LIVE)
         recovered = True
         try:
             wait_until(lambda: snapshot(database) == expected, 300, f"{name}: outputs equal to the uninterrupted run", 3)

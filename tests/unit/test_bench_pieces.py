@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench import workload
-from bench.latency import _percentile
+from bench.latency import percentile
 from bench.report import markdown, write_report
 
 
@@ -31,8 +31,8 @@ def test_workload_keeps_the_number_of_open_sessions_flat_as_it_grows():
 
 def test_percentile_picks_the_nearest_rank():
     values = [float(v) for v in range(1, 101)]
-    assert _percentile(values, 50) == 51.0 and _percentile(values, 99) == 100.0
-    assert _percentile([], 50) is None
+    assert percentile(values, 50) == 51.0 and percentile(values, 99) == 100.0
+    assert percentile([], 50) is None
 
 
 def test_report_states_the_ratios_against_the_goals(tmp_path):
