@@ -62,6 +62,9 @@ bench-backlog: up  ## late events when a 1-hour backlog is caught up (MAX_OFFSET
 bench-lean: up  ## the stock vs the lean (LEAN_ARROW) applyInPandasWithState path over 100,000 preloaded events, one run each (~7 min) -> bench/results/lean_path.md
 	$(PY) -m bench.lean_path
 
+bench-state: up  ## the per-user state on applyInPandasWithState vs transformWithState (STATE_OPERATOR) over 100,000 preloaded events, one run each, outputs compared (~10 min) -> bench/results/state_operator.md
+	$(PY) -m bench.state_operator
+
 bench-latency: up  ## event -> act lane and event -> MongoDB with the job live at 100 and 1,000 events/s, its defaults, 120 s warm-up each (~10 min) -> bench/results/latency.md
 	$(PY) -m bench.latency
 
@@ -113,4 +116,4 @@ test-full: up  ## every test (~35 min; what CI runs): the quick tier plus the te
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-lean bench-latency bench-defaults bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit
+.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-lean bench-state bench-latency bench-defaults bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit

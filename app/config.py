@@ -14,6 +14,10 @@ DEFAULT_PROFILE_RULES_FILE = Path(__file__).resolve().parent / "rules" / "profil
 DEFAULT_TRIGGER_RULES_FILE = Path(__file__).resolve().parent / "rules" / "triggers_v1.yaml"
 
 
+# The Spark operators the per-user state can run on (STATE_OPERATOR; the first is the default)
+STATE_OPERATORS = ("applyInPandasWithState", "transformWithState")
+
+
 class InvalidConfigError(ValueError):
     """A setting is wrong; the message is one line naming the setting."""
 
@@ -58,6 +62,8 @@ class AppConfig:
     # The lean Arrow path of applyInPandasWithState (app/sessions/lean_arrow.py): private pyspark
     # worker functions replaced, so opt-in and only on the pyspark it was written against.
     lean_arrow: bool = False
+    # The Spark operator that keeps the per-user state (app/sessions/stateful.py, app/sessions/tws.py)
+    state_operator: str = "applyInPandasWithState"
     # Profiles, scores and risk alerts (DESIGN.md §11, §12)
     profiles: bool = True
     profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
@@ -127,6 +133,11 @@ class AppConfig:
                 self.kafka_topic, self.alerts_topic, self.actions_topic):
             raise InvalidConfigError(f"SEGMENTS_TOPIC={self.segments_topic!r} must be a valid topic name, "
                                      "not KAFKA_TOPIC, ALERTS_TOPIC or ACTIONS_TOPIC")
+        if self.state_operator not in STATE_OPERATORS:
+            raise InvalidConfigError(f"STATE_OPERATOR={self.state_operator!r} must be one of " + ", ".join(STATE_OPERATORS))
+        if self.lean_arrow and self.state_operator != STATE_OPERATORS[0]:
+            raise InvalidConfigError(f"LEAN_ARROW=true is a path of {STATE_OPERATORS[0]} only: unset it, or "
+                                     f"STATE_OPERATOR={self.state_operator}")
         if self.experiments_file and not Path(self.experiments_file).is_file():
             raise InvalidConfigError(f"EXPERIMENTS_FILE={self.experiments_file!r} does not exist")
         self._check_operations()
@@ -249,6 +260,7 @@ _SETTINGS = {
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
     "SEGMENTS_TOPIC": ("segments_topic", str),
     "LEAN_ARROW": ("lean_arrow", _bool),
+    "STATE_OPERATOR": ("state_operator", str),
     "PROFILES": ("profiles", _bool),
     "PROFILE_RULES_FILE": ("profile_rules_file", str),
     "ALERTS_TOPIC": ("alerts_topic", str),

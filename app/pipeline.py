@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from app.actions.triggers import parse_trigger_rules
-from app.config import AppConfig, InvalidConfigError
+from app.config import STATE_OPERATORS, AppConfig, InvalidConfigError
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
 from app.experiments.design import parse_experiments
@@ -278,6 +278,7 @@ V1_LAYOUT = "quarantine"  # the v1 job's second query: its checkpoint holds sess
 
 
 LAYOUT_FILE = "layout"  # in CHECKPOINT_DIR: which state layout and sources the checkpoint holds
+OPERATOR_FILE = "state_operator"  # in CHECKPOINT_DIR: the STATE_OPERATOR its state was written by
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
 
@@ -297,9 +298,18 @@ def check_checkpoint(config: AppConfig) -> None:
                 f"CHECKPOINT_DIR={config.checkpoint_dir} holds a checkpoint of layout {found.split(':')[0]} and this "
                 f"job needs layout {LAYOUT.split(':')[0]} (events wait in the state until final, one source per "
                 "partition): start with a new CHECKPOINT_DIR and --reset-output (locally: make reset)")
+        # the two operators keep their state in different forms: a checkpoint goes on with its own
+        operator = Path(config.checkpoint_dir, OPERATOR_FILE)
+        found = operator.read_text().strip() if operator.is_file() else STATE_OPERATORS[0]
+        if found != config.state_operator:
+            raise InvalidConfigError(
+                f"CHECKPOINT_DIR={config.checkpoint_dir} holds the per-user state of STATE_OPERATOR={found}, not of "
+                f"{config.state_operator}: set STATE_OPERATOR={found}, or start with a new CHECKPOINT_DIR and "
+                "--reset-output (locally: make reset)")
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(LAYOUT + "\n")
+    Path(config.checkpoint_dir, OPERATOR_FILE).write_text(config.state_operator + "\n")
 
 
 def check_outputs(config: AppConfig, store: Store) -> None:
@@ -341,7 +351,7 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
                               stored_profile=StoredProfiles(store) if config.profiles else None,
                               trigger_rules_document=rules.triggers, experiments_document=rules.experiments,
                               max_open_sessions=config.max_open_sessions, watermarked=True,
-                              lean=config.lean_arrow))
+                              lean=config.lean_arrow, operator=config.state_operator))
         .transform(with_batch_metrics)
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))

@@ -32,6 +32,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, functions as F
 from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
+from app.config import STATE_OPERATORS, InvalidConfigError
 from app.events.enrich import SESSION_INPUT_COLUMNS
 from app.actions.triggers import parse_trigger_rules
 from app.experiments.design import parse_experiments
@@ -64,13 +65,16 @@ WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # Spark's EventTimeWatermark.del
 _GUARD_TS = "2200-01-01 00:00:00"  # far future, yet inside pandas' nanosecond range
 
 
+APPLY_IN_PANDAS, TRANSFORM_WITH_STATE = STATE_OPERATORS
+
 INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "watermark_guard")
 
 
 def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay_s: float,
                id_retention_s: float = 30 * 24 * 3600, lean: bool = False, profile_rules_document: dict | None = None,
                stored_profile=None, trigger_rules_document: dict | None = None,
-               experiments_document: dict | None = None, max_open_sessions: int = 100, watermarked: bool = False):
+               experiments_document: dict | None = None, max_open_sessions: int = 100, watermarked: bool = False,
+               operator: str = "applyInPandasWithState"):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
     once, every session the batch changed, and with profile rules each changed user's profile
     totals and the alerts raised, with trigger rules the trigger executions, with experiments the
@@ -78,23 +82,31 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
     picklable callable, run in the Python workers; see SessionSettings). `lean`: use
     app/sessions/lean_arrow.py (LEAN_ARROW; InvalidConfigError on a pyspark it was not written
     for). `watermarked`: the input already carries its watermark(s) on event_timestamp (one per
-    Kafka partition, see app/pipeline.py)."""
+    Kafka partition, see app/pipeline.py). `operator`: STATE_OPERATOR, the Spark operator that keeps
+    the state (applyInPandasWithState, the default, or transformWithState: app/sessions/tws.py);
+    both run the same `process` below."""
+    if operator not in STATE_OPERATORS:
+        raise InvalidConfigError(f"STATE_OPERATOR={operator!r}: one of {', '.join(STATE_OPERATORS)}")
+    if lean and operator != APPLY_IN_PANDAS:
+        raise InvalidConfigError(f"LEAN_ARROW=true is a path of {APPLY_IN_PANDAS} only, not of "
+                                 f"STATE_OPERATOR={operator}: set one of them")
     lean = arrow_path(lean).lean
-    state_function = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
-                                     int(id_retention_s * 1000), lean, profile_rules_document, stored_profile,
-                                     trigger_rules_document, experiments_document, max_open_sessions)
+    state_function, process = _state_function(rules_document, int(gap_s * 1000), int(max_s * 1000),
+                                              int(id_retention_s * 1000), lean, profile_rules_document,
+                                              stored_profile, trigger_rules_document, experiments_document,
+                                              max_open_sessions)
     delay_ms = int(watermark_delay_s * 1000)
 
     def transform(records: DataFrame) -> DataFrame:
         guard = F.lit(_GUARD_TS).cast("timestamp").alias("watermark_guard", metadata={WATERMARK_DELAY_KEY: delay_ms})
         if not watermarked:
             records = records.withWatermark("event_timestamp", f"{delay_ms} milliseconds")
-        return (
-            records.select(*INPUT_COLUMNS[:-1], guard)
-            .groupBy("quarantined", "state_key")
-            .applyInPandasWithState(state_function, OUTPUT_SCHEMA, STATE_SCHEMA, "update",
-                                    GroupStateTimeout.EventTimeTimeout)
-        )
+        grouped = records.select(*INPUT_COLUMNS[:-1], guard).groupBy("quarantined", "state_key")
+        if operator == TRANSFORM_WITH_STATE:
+            from app.sessions.tws import SessionProcessor  # pyspark >= 4.1
+            return grouped.transformWithState(SessionProcessor(process), OUTPUT_SCHEMA, "Update", "EventTime")
+        return grouped.applyInPandasWithState(state_function, OUTPUT_SCHEMA, STATE_SCHEMA, "update",
+                                              GroupStateTimeout.EventTimeTimeout)
 
     return transform
 
@@ -150,7 +162,7 @@ def _state_function(rules_document: dict, gap_ms: int, max_ms: int, id_retention
         columns = None if frame is None else {name: frame[name].tolist() for name in _READ}
         yield pd.DataFrame.from_records(process(key, columns, state), columns=OutputRow._fields)
 
-    return run
+    return run, process
 
 
 _READ = ("doc", *SESSION_INPUT_COLUMNS)

@@ -33,7 +33,7 @@ class SessionStream:
     """The real parse -> route -> sessionize chain over a directory of JSON-lines files."""
 
     def __init__(self, spark, tmp_path, max_s: float = 24 * 3600, rules: dict | None = None, name: str = "in",
-                 lean: bool = False, profiles: bool = False):
+                 lean: bool = False, profiles: bool = False, operator: str = "applyInPandasWithState"):
         self.dir, self.rows = tmp_path / name, []
         self.dir.mkdir(exist_ok=True)
         self.files = len(list(self.dir.iterdir()))  # a second run on the same input goes on numbering
@@ -45,7 +45,8 @@ class SessionStream:
         sessions = (raw.transform(parse_events())
                     .transform(with_event_enrichment)
                     .transform(sessionize(rules, GAP_S, max_s, WATERMARK_S, lean=lean,
-                                          profile_rules_document=PROFILE_RULES if profiles else None))
+                                          profile_rules_document=PROFILE_RULES if profiles else None,
+                                          operator=operator))
                     .transform(with_batch_metrics))
         self.query = (sessions.writeStream.outputMode("update")
                       .foreachBatch(lambda df, batch_id: self.rows.extend(
@@ -234,6 +235,38 @@ def test_the_lean_arrow_path_and_sparks_pandas_path_give_the_same_rows(spark, tm
     [alert] = [json.loads(row[3]) for row in results[True] if row[1] == "alert"]
     assert (alert["alert_type"], alert["user_id"], alert["evidence"]["price"]) == ("HIGH_VALUE_PURCHASE", "2", 612.5)
     assert any(row[1] == "session" and row[7] == "closed" for row in results[True])
+
+
+def test_transform_with_state_and_apply_in_pandas_with_state_give_the_same_rows(spark, tmp_path):
+    """STATE_OPERATOR=transformWithState (app/sessions/tws.py) runs the same per-user step on
+    Spark's timers: same input, same rows, batch by batch, including the groups whose timeout the
+    watermark passed, a user whose entry leaves the store, and a session reopened after that."""
+    batches = [
+        [event(0, "A"), event(0.5, "A", kind="cart"), event(1, None, user=5), "not json", event(1, "A", eid="A-0")],
+        [event(2, "B", user=2, kind="purchase", price=612.5), event(3, None, user=5), event(1.5, "A")],
+        [event(90, "C", user=3)],       # the watermark closes A, B and user 5's session: timers fire
+        [event(95, "C", user=3), event(96, None, user=5)],  # user 5 again, after its session closed
+        [event(300, "D", user=4)],      # closes C and user 5's second session
+    ]
+    results = {}
+    provider = "spark.sql.streaming.stateStore.providerClass"  # transformWithState needs RocksDB, as the job has
+    spark.conf.set(provider, "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+    try:
+        for operator in ("transformWithState", "applyInPandasWithState"):
+            harness = SessionStream(spark, tmp_path, name=operator, profiles=True, operator=operator)
+            try:
+                for batch in batches:
+                    harness.send(*batch)
+            finally:
+                harness.query.stop()
+            results[operator] = sorted((r["batch_id"], r["kind"], r["id"], _without_clock(r["doc"]),
+                                        r["session_id"], r["seconds_since_prev"], r["is_late"], r["status"],
+                                        r["first_write"]) for r in harness.rows)
+    finally:
+        spark.conf.unset(provider)
+    assert results["transformWithState"] == results["applyInPandasWithState"]
+    closed = {row[2] for row in results["transformWithState"] if row[1] == "session" and row[7] == "closed"}
+    assert {"A", "B", "C"} <= closed and len([s for s in closed if s.startswith("5-")]) == 2
 
 
 def _without_clock(doc: str | None) -> str | None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 
 from app.config import InvalidConfigError, load_config
-from app.pipeline import LAYOUT, LAYOUT_FILE, check_checkpoint
+from app.pipeline import LAYOUT, LAYOUT_FILE, OPERATOR_FILE, check_checkpoint
 
 
-def _config(tmp_path):
-    return load_config([], {"CHECKPOINT_DIR": str(tmp_path / "ckpt")})
+def _config(tmp_path, **env):
+    return load_config([], {"CHECKPOINT_DIR": str(tmp_path / "ckpt"), **env})
 
 
 def test_a_new_checkpoint_is_marked_with_the_layout_and_accepted_again(tmp_path):
@@ -26,3 +26,25 @@ def test_a_checkpoint_of_the_previous_layout_is_refused_naming_what_to_do(tmp_pa
     message = str(refused.value)
     assert "\n" not in message and "layout 2" in message and "layout 3" in message and "--reset-output" in message
     assert not (tmp_path / "ckpt" / LAYOUT_FILE).exists()
+
+
+def test_a_checkpoint_goes_on_only_with_the_state_operator_that_wrote_it(tmp_path):
+    tws = _config(tmp_path, STATE_OPERATOR="transformWithState")
+    check_checkpoint(tws)
+    assert (tmp_path / "ckpt" / OPERATOR_FILE).read_text().strip() == "transformWithState"
+    (tmp_path / "ckpt" / "sessions" / "offsets").mkdir(parents=True)
+    check_checkpoint(tws)
+    with pytest.raises(InvalidConfigError) as refused:
+        check_checkpoint(_config(tmp_path))  # the default, applyInPandasWithState
+    message = str(refused.value)
+    assert "\n" not in message and "STATE_OPERATOR=transformWithState" in message and "--reset-output" in message
+
+
+def test_a_checkpoint_from_before_the_setting_is_applyInPandasWithState(tmp_path):
+    config = _config(tmp_path)
+    check_checkpoint(config)
+    (tmp_path / "ckpt" / OPERATOR_FILE).unlink()
+    (tmp_path / "ckpt" / "sessions" / "offsets").mkdir(parents=True)
+    check_checkpoint(config)
+    with pytest.raises(InvalidConfigError, match="STATE_OPERATOR=applyInPandasWithState"):
+        check_checkpoint(_config(tmp_path, STATE_OPERATOR="transformWithState"))

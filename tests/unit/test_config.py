@@ -23,6 +23,7 @@ def test_defaults():
     assert config.rules_file == str(DEFAULT_RULES_FILE)
     assert config.available_now is False
     assert config.lean_arrow is False  # the stock pandas path unless asked for
+    assert config.state_operator == "applyInPandasWithState"
 
 
 def test_load_config_does_not_read_the_process_environment_when_env_is_given(monkeypatch):
@@ -89,6 +90,7 @@ def test_env_vars(tmp_path):
         "available_now": False,
         "shuffle_partitions": 8,
         "lean_arrow": True,
+        "state_operator": "applyInPandasWithState",
         "kafka_fail_on_data_loss": False,
         "kafka_security_protocol": "SASL_SSL",
         "kafka_sasl_mechanism": "SCRAM-SHA-512",
@@ -173,6 +175,7 @@ def test_parse_duration_rejects_garbage_naming_the_setting(text):
     ("MAX_OPEN_SESSIONS", "0"),
     ("SHUFFLE_PARTITIONS", "four"),
     ("LEAN_ARROW", "maybe"),
+    ("STATE_OPERATOR", "flatMapGroupsWithState"),
 ])
 def test_bad_setting_fails_with_a_one_line_message_naming_it(setting, value):
     with pytest.raises(InvalidConfigError) as caught:
@@ -191,6 +194,12 @@ def test_bad_setting_fails_with_a_one_line_message_naming_it(setting, value):
 def test_bad_cli_flag_value_names_the_setting(flag, value, setting):
     with pytest.raises(InvalidConfigError, match=setting):
         load_config([flag, value], {})
+
+
+def test_the_lean_arrow_path_is_refused_on_transform_with_state():
+    assert load_config([], {"STATE_OPERATOR": "transformWithState"}).state_operator == "transformWithState"
+    with pytest.raises(InvalidConfigError, match="LEAN_ARROW=true is a path of applyInPandasWithState only"):
+        load_config([], {"STATE_OPERATOR": "transformWithState", "LEAN_ARROW": "true"})
 
 
 def test_bad_cli_flag_beats_a_good_env_value():

@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     from app.pipeline import build_spark, start_queries
 
     log.info("starting: %s", describe(config))
-    log.info("applyInPandasWithState runs the %s", path.reason)
+    if config.state_operator == "applyInPandasWithState":
+        log.info("the per-user state: applyInPandasWithState, on the %s", path.reason)
+    else:
+        log.info("the per-user state: %s (STATE_OPERATOR)", config.state_operator)
     health = Health(config.health_stall_after_s)
     server = HealthServer(health, config.health_port, Path(config.checkpoint_dir, "health.json")).start()
     spark = build_spark(config)
