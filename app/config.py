@@ -14,8 +14,10 @@ DEFAULT_PROFILE_RULES_FILE = Path(__file__).resolve().parent / "rules" / "profil
 DEFAULT_TRIGGER_RULES_FILE = Path(__file__).resolve().parent / "rules" / "triggers_v1.yaml"
 
 
-# The Spark operators the per-user state can run on (STATE_OPERATOR; the first is the default)
-STATE_OPERATORS = ("applyInPandasWithState", "transformWithState")
+# The Spark operators the per-user state can run on (STATE_OPERATOR). transformWithState is the
+# default: bench/results/state_operator.md (its timers need no scan of every state entry per batch).
+APPLY_IN_PANDAS, TRANSFORM_WITH_STATE = "applyInPandasWithState", "transformWithState"
+STATE_OPERATORS = (TRANSFORM_WITH_STATE, APPLY_IN_PANDAS)
 
 
 class InvalidConfigError(ValueError):
@@ -63,7 +65,7 @@ class AppConfig:
     # worker functions replaced, so opt-in and only on the pyspark it was written against.
     lean_arrow: bool = False
     # The Spark operator that keeps the per-user state (app/sessions/stateful.py, app/sessions/tws.py)
-    state_operator: str = "applyInPandasWithState"
+    state_operator: str = TRANSFORM_WITH_STATE
     # Profiles, scores and risk alerts (DESIGN.md §11, §12)
     profiles: bool = True
     profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
@@ -135,9 +137,9 @@ class AppConfig:
                                      "not KAFKA_TOPIC, ALERTS_TOPIC or ACTIONS_TOPIC")
         if self.state_operator not in STATE_OPERATORS:
             raise InvalidConfigError(f"STATE_OPERATOR={self.state_operator!r} must be one of " + ", ".join(STATE_OPERATORS))
-        if self.lean_arrow and self.state_operator != STATE_OPERATORS[0]:
-            raise InvalidConfigError(f"LEAN_ARROW=true is a path of {STATE_OPERATORS[0]} only: unset it, or "
-                                     f"STATE_OPERATOR={self.state_operator}")
+        if self.lean_arrow and self.state_operator != APPLY_IN_PANDAS:
+            raise InvalidConfigError(f"LEAN_ARROW=true is a path of STATE_OPERATOR={APPLY_IN_PANDAS} only, and "
+                                     f"STATE_OPERATOR is {self.state_operator}: set both, or neither")
         if self.experiments_file and not Path(self.experiments_file).is_file():
             raise InvalidConfigError(f"EXPERIMENTS_FILE={self.experiments_file!r} does not exist")
         self._check_operations()

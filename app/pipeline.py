@@ -12,7 +12,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from app.actions.triggers import parse_trigger_rules
-from app.config import STATE_OPERATORS, AppConfig, InvalidConfigError
+from app.config import APPLY_IN_PANDAS, AppConfig, InvalidConfigError
 from app.events.enrich import with_event_enrichment
 from app.events.parse import parse_events
 from app.experiments.design import parse_experiments
@@ -299,8 +299,9 @@ def check_checkpoint(config: AppConfig) -> None:
                 f"job needs layout {LAYOUT.split(':')[0]} (events wait in the state until final, one source per "
                 "partition): start with a new CHECKPOINT_DIR and --reset-output (locally: make reset)")
         # the two operators keep their state in different forms: a checkpoint goes on with its own
+        # (one from before STATE_OPERATOR existed holds applyInPandasWithState's)
         operator = Path(config.checkpoint_dir, OPERATOR_FILE)
-        found = operator.read_text().strip() if operator.is_file() else STATE_OPERATORS[0]
+        found = operator.read_text().strip() if operator.is_file() else APPLY_IN_PANDAS
         if found != config.state_operator:
             raise InvalidConfigError(
                 f"CHECKPOINT_DIR={config.checkpoint_dir} holds the per-user state of STATE_OPERATOR={found}, not of "

@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     args = parser.parse_args()
     topic, _ = preload(args.events)
-    runs = [(label, throughput(topic, args.events, f"lean_{label}", {"LEAN_ARROW": lean}))
+    runs = [(label, throughput(topic, args.events, f"lean_{label}", {"LEAN_ARROW": lean, "STATE_OPERATOR": "applyInPandasWithState"}))
             for label, lean in (("stock", "false"), ("lean", "true"), ("stock-again", "false"))]
     import pyspark
     lines = ["# The lean Arrow path vs the stock path (`make bench-lean`)", "",

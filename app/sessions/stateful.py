@@ -1,4 +1,4 @@
-"""Spark adapter for the per-user state machine: applyInPandasWithState on the RocksDB state store.
+"""Spark adapter for the per-user state machine on the RocksDB state store (applyInPandasWithState here).
 
 The state is keyed by user: one state row per user_id holds the user's open sessions and session
 id generations (app/sessions/tracker.py, JSON). Spark calls the Python function once per user
@@ -8,8 +8,10 @@ touches, whatever the number of open sessions (`numRowsUpdated` of the state ope
 
 Measured alternatives (tests/stream, bench/): one state row per hash bucket of sessions (v1)
 rewrote every open session of a touched bucket, and a batch of ~700 events touched all 128
-buckets: the whole state was re-encoded every batch. transformWithStateInPandas (Spark 4.0) pays a
-JVM round trip per state call, and 4.0.0 can truncate large values (SPARK-53870).
+buckets: the whole state was re-encoded every batch. On Spark 4.2 the same per-user step also runs
+on transformWithState (app/sessions/tws.py, STATE_OPERATOR, the job's default): its event-time
+timers spare the scan of every state entry that applyInPandasWithState's timeouts make each batch
+(bench/results/state_operator.md).
 
 Bad records travel through the same operator under their own key (`quarantined`, Kafka partition):
 they are passed through untouched and never read or write state. That keeps validation to one
@@ -32,7 +34,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, functions as F
 from pyspark.sql.streaming.state import GroupState, GroupStateTimeout
 
-from app.config import STATE_OPERATORS, InvalidConfigError
+from app.config import APPLY_IN_PANDAS, STATE_OPERATORS, TRANSFORM_WITH_STATE, InvalidConfigError
 from app.events.enrich import SESSION_INPUT_COLUMNS
 from app.actions.triggers import parse_trigger_rules
 from app.experiments.design import parse_experiments
@@ -65,7 +67,6 @@ WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # Spark's EventTimeWatermark.del
 _GUARD_TS = "2200-01-01 00:00:00"  # far future, yet inside pandas' nanosecond range
 
 
-APPLY_IN_PANDAS, TRANSFORM_WITH_STATE = STATE_OPERATORS
 
 INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "watermark_guard")
 
@@ -74,7 +75,7 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
                id_retention_s: float = 30 * 24 * 3600, lean: bool = False, profile_rules_document: dict | None = None,
                stored_profile=None, trigger_rules_document: dict | None = None,
                experiments_document: dict | None = None, max_open_sessions: int = 100, watermarked: bool = False,
-               operator: str = "applyInPandasWithState"):
+               operator: str = APPLY_IN_PANDAS):
     """Routed records (app/events/enrich.py) -> OutputRow rows: every event, duplicate and bad record
     once, every session the batch changed, and with profile rules each changed user's profile
     totals and the alerts raised, with trigger rules the trigger executions, with experiments the
@@ -83,8 +84,8 @@ def sessionize(rules_document: dict, gap_s: float, max_s: float, watermark_delay
     app/sessions/lean_arrow.py (LEAN_ARROW; InvalidConfigError on a pyspark it was not written
     for). `watermarked`: the input already carries its watermark(s) on event_timestamp (one per
     Kafka partition, see app/pipeline.py). `operator`: STATE_OPERATOR, the Spark operator that keeps
-    the state (applyInPandasWithState, the default, or transformWithState: app/sessions/tws.py);
-    both run the same `process` below."""
+    the state: applyInPandasWithState (here: it needs no RocksDB state store) or transformWithState
+    (app/sessions/tws.py, the job's default); both run the same `process` below."""
     if operator not in STATE_OPERATORS:
         raise InvalidConfigError(f"STATE_OPERATOR={operator!r}: one of {', '.join(STATE_OPERATORS)}")
     if lean and operator != APPLY_IN_PANDAS:

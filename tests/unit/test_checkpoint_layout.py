@@ -35,16 +35,16 @@ def test_a_checkpoint_goes_on_only_with_the_state_operator_that_wrote_it(tmp_pat
     (tmp_path / "ckpt" / "sessions" / "offsets").mkdir(parents=True)
     check_checkpoint(tws)
     with pytest.raises(InvalidConfigError) as refused:
-        check_checkpoint(_config(tmp_path))  # the default, applyInPandasWithState
+        check_checkpoint(_config(tmp_path, STATE_OPERATOR="applyInPandasWithState"))
     message = str(refused.value)
     assert "\n" not in message and "STATE_OPERATOR=transformWithState" in message and "--reset-output" in message
 
 
 def test_a_checkpoint_from_before_the_setting_is_applyInPandasWithState(tmp_path):
-    config = _config(tmp_path)
+    config = _config(tmp_path, STATE_OPERATOR="applyInPandasWithState")
     check_checkpoint(config)
     (tmp_path / "ckpt" / OPERATOR_FILE).unlink()
     (tmp_path / "ckpt" / "sessions" / "offsets").mkdir(parents=True)
     check_checkpoint(config)
     with pytest.raises(InvalidConfigError, match="STATE_OPERATOR=applyInPandasWithState"):
-        check_checkpoint(_config(tmp_path, STATE_OPERATOR="transformWithState"))
+        check_checkpoint(_config(tmp_path))  # the default, transformWithState

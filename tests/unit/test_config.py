@@ -23,7 +23,7 @@ def test_defaults():
     assert config.rules_file == str(DEFAULT_RULES_FILE)
     assert config.available_now is False
     assert config.lean_arrow is False  # the stock pandas path unless asked for
-    assert config.state_operator == "applyInPandasWithState"
+    assert config.state_operator == "transformWithState"  # bench/results/state_operator.md
 
 
 def test_load_config_does_not_read_the_process_environment_when_env_is_given(monkeypatch):
@@ -52,6 +52,7 @@ def test_env_vars(tmp_path):
         "STARTING_OFFSETS": "latest",
         "SHUFFLE_PARTITIONS": "8",
         "LEAN_ARROW": "true",
+        "STATE_OPERATOR": "applyInPandasWithState",
         "KAFKA_FAIL_ON_DATA_LOSS": "false",
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -198,7 +199,7 @@ def test_bad_cli_flag_value_names_the_setting(flag, value, setting):
 
 def test_the_lean_arrow_path_is_refused_on_transform_with_state():
     assert load_config([], {"STATE_OPERATOR": "transformWithState"}).state_operator == "transformWithState"
-    with pytest.raises(InvalidConfigError, match="LEAN_ARROW=true is a path of applyInPandasWithState only"):
+    with pytest.raises(InvalidConfigError, match="LEAN_ARROW=true is a path of STATE_OPERATOR=applyInPandasWithState"):
         load_config([], {"STATE_OPERATOR": "transformWithState", "LEAN_ARROW": "true"})
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file by spark-submit: make `app` importable
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
 
-from app.config import InvalidConfigError, describe, load_config  # noqa: E402
+from app.config import APPLY_IN_PANDAS, InvalidConfigError, describe, load_config  # noqa: E402
 from app.services import ServiceUnavailableError, check_kafka, check_mongodb  # noqa: E402
 from app.profiles.rules import load_profile_rules  # noqa: E402
 from app.segments.rules import load_rules  # noqa: E402
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.pipeline import build_spark, start_queries
 
     log.info("starting: %s", describe(config))
-    if config.state_operator == "applyInPandasWithState":
+    if config.state_operator == APPLY_IN_PANDAS:
         log.info("the per-user state: applyInPandasWithState, on the %s", path.reason)
     else:
         log.info("the per-user state: %s (STATE_OPERATOR)", config.state_operator)
