@@ -3,7 +3,7 @@
     ./deploy/local/submit.sh bench/noop_job.py parse|state   (settings from the same env vars)
 
 parse: Kafka read + parse/validate + enrichment (every record routed once), counted and dropped.
-state: the same, plus the per-user state step (applyInPandasWithState), counted and dropped.
+state: the same, plus the per-user state step (on STATE_OPERATOR, the job's), counted and dropped.
 Runs once over what the topic holds (availableNow) and prints one JSON line of figures.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
         rules = yaml.safe_load(Path(config.rules_file).read_text(encoding="utf-8"))
         stream = stream.transform(sessionize(rules, config.session_gap_s, config.session_max_s,
                                              config.watermark_delay_s, config.session_id_retention_s,
-                                             lean=config.lean_arrow))
+                                             lean=config.lean_arrow, operator=config.state_operator))
         writer = stream.writeStream.outputMode("update")
     else:
         writer = stream.writeStream
