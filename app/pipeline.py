@@ -279,6 +279,9 @@ V1_LAYOUT = "quarantine"  # the v1 job's second query: its checkpoint holds sess
 
 LAYOUT_FILE = "layout"  # in CHECKPOINT_DIR: which state layout and sources the checkpoint holds
 OPERATOR_FILE = "state_operator"  # in CHECKPOINT_DIR: the STATE_OPERATOR its state was written by
+# in CHECKPOINT_DIR: its state keeps what an expired user's entry stored of the profile (tracker.py
+# `left`) since its first batch, so the state step never reads user_profiles
+LEFT_FILE = "profiles_left"
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
 
@@ -311,6 +314,14 @@ def check_checkpoint(config: AppConfig) -> None:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(LAYOUT + "\n")
     Path(config.checkpoint_dir, OPERATOR_FILE).write_text(config.state_operator + "\n")
+    Path(config.checkpoint_dir, LEFT_FILE).write_text("the state keeps an expired user's profile\n")
+
+
+def reads_stored_profiles(config: AppConfig) -> bool:
+    """Whether the state step must read user_profiles when a user without an entry comes: only for
+    a checkpoint started before expired entries left their profile in the state (users who left
+    then have only the stored document)."""
+    return config.profiles and not Path(config.checkpoint_dir, LEFT_FILE).is_file()
 
 
 def check_outputs(config: AppConfig, store: Store) -> None:
@@ -349,7 +360,7 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
         .transform(sessionize(rules.segments, config.session_gap_s, config.session_max_s,
                               config.watermark_delay_s, config.session_id_retention_s,
                               profile_rules_document=rules.profiles,
-                              stored_profile=StoredProfiles(store) if config.profiles else None,
+                              stored_profile=StoredProfiles(store) if reads_stored_profiles(config) else None,
                               trigger_rules_document=rules.triggers, experiments_document=rules.experiments,
                               max_open_sessions=config.max_open_sessions, watermarked=True,
                               lean=config.lean_arrow, operator=config.state_operator))

@@ -174,7 +174,8 @@ def _save(state: GroupState, step: Step) -> None:
         state.remove()
     else:
         state.update((step.state.encode(),))
-        state.setTimeoutTimestamp(step.timeout_ms)
+        if step.timeout_ms is not None:  # None: a profile kept after the user's entry expired, no timeout
+            state.setTimeoutTimestamp(step.timeout_ms)
 
 
 def _events(columns: dict) -> tuple[list[Event], dict]:

@@ -56,7 +56,12 @@ Other rules the transitions keep:
 - The rules are re-applied at every update and at close: a session classified under another
   rules file (content hash) is reclassified, and its history records the new rule_version.
 - With profile rules, the entry also holds the user's profile totals of this epoch (with the
-  stored base, read once when the epoch opens) and the alert windows (app/profiles/); with
+  base of the earlier epochs) and the alert windows (app/profiles/). When the entry expires, what
+  its last profile update stored stays behind as a small entry of its own (`left`: the epoch and
+  the totals, no timeout), and the user's next epoch opens on it: the state step reads nothing
+  from MongoDB, so a slow or absent store never holds up the act lane (DESIGN.md §16). Only a
+  checkpoint from before `left` existed has users who left without one: for those the epoch
+  opens on the stored document (`stored_profile`, read once). With
   trigger rules, the triggers' cooldowns; with experiments, each session document carries its
   variants and their recommendations (app/experiments/design.py).
 """
@@ -114,7 +119,8 @@ class SessionSettings:
     id_retention_ms: int = 30 * 24 * 3_600_000
     profile_rules: ProfileRules | None = None  # None: no profiles, no alerts
     # user_id -> the user's stored user_profiles document (epoch, base, totals) or None; read once
-    # when a user (re)enters the state store. None: nothing is stored (tests, a fresh output).
+    # when a user without an entry (not even `left`) enters the state store, for checkpoints from
+    # before `left` existed. None: not read (a checkpoint with `left` from its start, tests).
     stored_profile: Callable[[str], dict | None] | None = None
     triggers: TriggerRules | None = None        # None: no triggers
     experiments: Experiments | None = None      # None: no experiments
@@ -206,6 +212,7 @@ class UserState:
     pending: list = field(default_factory=list)      # Pending, not yet final (event time >= frontier)
     frontier_ms: int | None = None                   # every event before it is final
     live: dict = field(default_factory=dict)         # session_id -> key: documents written as active
+    left: dict | None = None                          # the last stored profile of an expired entry
 
     def open_session_of(self, key: str) -> Session | None:
         for session in self.sessions.values():  # the cap keeps this short
@@ -215,6 +222,9 @@ class UserState:
 
     def encode(self) -> str:
         """-> the JSON text kept in Spark's state store."""
+        if self.left is not None and not (self.profile or self.pending or self.sessions or self.live):
+            # what an expired entry leaves (the user came back with nothing final yet: the whole entry)
+            return json.dumps({"user_id": self.user_id, "left": self.left}, separators=(",", ":"))
         raw = {"user_id": self.user_id, "generations": self.generations, "last_event_ms": self.last_event_ms,
                "sessions": [_session_to_dict(s) for s in self.sessions.values()], "seen": self.seen.to_text(),
                "pending": [[*p.event, p.session_id, p.seconds_since_prev] for p in self.pending],
@@ -223,11 +233,15 @@ class UserState:
             raw["profile"], raw["alerts"] = self.profile.to_state(), self.alerts.to_state()
         if self.triggers.last_fired:
             raw["triggers"] = self.triggers.to_state()
+        if self.left is not None:
+            raw["left"] = self.left
         return json.dumps(raw, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str) -> "UserState":
         raw = json.loads(text)
+        if "left" in raw and "pending" not in raw:
+            return cls(raw["user_id"], left=raw["left"])
         if "pending" not in raw:
             raise ValueError("a state entry written before event-time ordering (no `pending`): this checkpoint "
                              "needs a new one (see README: state layout changes)")
@@ -237,7 +251,7 @@ class UserState:
         pending = [Pending(Event(*p[:-2]), p[-2], p[-1]) for p in raw["pending"]]
         return cls(raw["user_id"], {s.session_id: s for s in sessions}, raw["generations"], raw["last_event_ms"],
                    profile, alerts, TriggerState.from_state(raw.get("triggers")), SeenIds.from_text(raw["seen"]),
-                   pending, raw["frontier_ms"], raw["live"])
+                   pending, raw["frontier_ms"], raw["live"], raw.get("left"))
 
 
 @dataclass
@@ -397,8 +411,12 @@ def _profile_update(state: UserState, settings: SessionSettings) -> dict:
 
 def _profile(state: UserState, ev: Event, settings: SessionSettings) -> ProfileTotals:
     if state.profile is None:  # a new epoch: the user (re)enters the state store
-        lookup = settings.stored_profile
-        state.profile = new_epoch(ev.event_ms, ev.event_id, lookup(state.user_id) if lookup else None)
+        if state.left is not None:
+            stored, state.left = state.left, None
+        else:
+            lookup = settings.stored_profile
+            stored = lookup(state.user_id) if lookup else None
+        state.profile = new_epoch(ev.event_ms, ev.event_id, stored)
     return state.profile
 
 
@@ -552,7 +570,16 @@ def _finish(state: UserState, out: Outputs, frontier: int, settings: SessionSett
     retain_until = _retained_until(state, settings)
     if retain_until >= frontier:
         return Step(state, out, retain_until)
+    if state.profile is not None:  # the profile stays behind; everything else goes
+        return Step(UserState(state.user_id, left=_left(_profile_update(state, settings))), out, None)
+    if state.left is not None:  # a user who came back with only late events: nothing changed
+        return Step(UserState(state.user_id, left=state.left), out, None)
     return Step(None, out, None)
+
+
+def _left(update: dict) -> dict:
+    """What an expired entry keeps of its profile: what its last update stored (see new_epoch)."""
+    return {"epoch": update["epoch"], "totals": update["totals"]}
 
 
 def _retained_until(state: UserState, settings: SessionSettings) -> int:
@@ -570,8 +597,9 @@ def _expire(state: UserState, rest: list, settings: SessionSettings) -> None:
     timeout would have left it had it run first (the entry gone, the user re-entering with that
     event), so whether the timeout ran before the event arrived changes nothing. Kept: what is not
     final yet (pending, frontier, the provisional documents written); the event ids remembered are
-    those of the events not applied yet. The new profile epoch opens on what the store holds, which is the last update emitted."""
-    stored = _profile_update(state, settings) if state.profile is not None else None
+    those of the events not applied yet. The new profile epoch opens on the last update emitted
+    (what the store holds), as it would on the `left` entry the expiry leaves."""
+    stored = _profile_update(state, settings) if state.profile is not None else state.left
     fresh = UserState(state.user_id, pending=state.pending, frontier_ms=state.frontier_ms, live=state.live,
                       seen=SeenIds(SeenIds.digest(p.event.event_id) for p in [*rest, *state.pending]))
     state.__dict__.update(fresh.__dict__)

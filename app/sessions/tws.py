@@ -34,6 +34,7 @@ class _Handle:
         value = processor.value.get()  # one round trip: None when the user has no entry
         self._stored = value
         self._timer = None if value is None or timer_fired else value[1]
+        self._pending_value, self._pending_timer, self._removed = None, None, False
 
     def getCurrentWatermarkMs(self) -> int:
         return self._watermark_ms
@@ -47,22 +48,28 @@ class _Handle:
         return (self._stored[0],)
 
     def update(self, value: tuple) -> None:
-        self._pending_value = value[0]
+        self._pending_value, self._removed = value[0], False
 
     def setTimeoutTimestamp(self, timeout_ms: int) -> None:
-        timer = timeout_ms + 1
-        handle = self._processor.handle
-        if self._timer is not None and self._timer != timer:
-            handle.deleteTimer(self._timer)
-        if self._timer != timer:
-            handle.registerTimer(timer)
-        self._processor.value.update((self._pending_value, timer))
+        self._pending_timer = timeout_ms + 1
 
     def remove(self) -> None:
-        if self._timer is not None:
-            self._processor.handle.deleteTimer(self._timer)
-        if self._stored is not None:
-            self._processor.value.clear()
+        self._removed = True
+
+    def commit(self) -> None:
+        """Writes what `process` left: the value and its one timer (none for an entry without a
+        timeout, see stateful._save), or the entry's removal."""
+        handle = self._processor.handle
+        timer = None if self._removed else self._pending_timer
+        if self._timer is not None and self._timer != timer:
+            handle.deleteTimer(self._timer)
+        if timer is not None and self._timer != timer:
+            handle.registerTimer(timer)
+        if self._removed:
+            if self._stored is not None:
+                self._processor.value.clear()
+        elif self._pending_value is not None:
+            self._processor.value.update((self._pending_value, timer))
 
 
 class SessionProcessor(StatefulProcessor):
@@ -80,10 +87,15 @@ class SessionProcessor(StatefulProcessor):
         columns = {name: [row[name] for row in rows] for name in _READ}
         if key[0]:  # bad records: passed through, no state read
             return _out(self.process(tuple(key), columns, None))
-        return _out(self.process(tuple(key), columns, _Handle(self, timerValues.getCurrentWatermarkInMs(), False)))
+        return self._run(tuple(key), columns, _Handle(self, timerValues.getCurrentWatermarkInMs(), False))
 
     def handleExpiredTimer(self, key, timerValues: TimerValues, expiredTimerInfo: ExpiredTimerInfo) -> Iterator[Row]:
-        return _out(self.process(tuple(key), None, _Handle(self, timerValues.getCurrentWatermarkInMs(), True)))
+        return self._run(tuple(key), None, _Handle(self, timerValues.getCurrentWatermarkInMs(), True))
+
+    def _run(self, key: tuple, columns: dict | None, state: _Handle) -> Iterator[Row]:
+        rows = self.process(key, columns, state)
+        state.commit()
+        return _out(rows)
 
     def close(self) -> None:
         pass

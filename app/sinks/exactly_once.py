@@ -34,11 +34,13 @@ twice leaves what writing them once leaves:
 5. Derived figures (rates, averages, share_pct) are recomputed from the stored sums on each
    write, never accumulated.
 6. user_profiles: the state step emits the totals of the user's current state epoch plus its
-   `base` (the stored totals of the user's earlier epochs), the same on a replay: both come from
-   the state before the batch. The base is read from the stored document once, when the epoch
-   opens (the user (re)enters the state store), and travels in the state; a replayed batch that
-   opens the epoch again finds the document its failed attempt wrote, with the same epoch id,
-   and takes that document's own base (app/profiles/profile.py `base_of`). The sink inserts a
+   `base` (the totals of the user's earlier epochs), the same on a replay: both come from the
+   state before the batch. An expired entry leaves behind what its last update stored (the
+   tracker's `left` entry), and the next epoch takes its totals as the base, so nothing is read
+   from the store. (A checkpoint started before `left` existed reads the stored document once
+   when a user without an entry comes; a replayed batch that opens the epoch again finds the
+   document its failed attempt wrote, with the same epoch id, and takes that document's own
+   base: app/profiles/profile.py `base_of`.) The sink inserts a
    user's first document and replaces later ones, reading nothing. The state keeps a digest of
    the last update emitted, so an unchanged profile (a session closing changes nothing stored:
    open sessions are folded in as they stand) is not rewritten; a replay starts from the same

@@ -1,10 +1,11 @@
 """user_profiles and behavior_alerts (DESIGN.md §11, §12): documents, idempotent writes, and the
-one read of a stored profile.
+read of a stored profile that only a checkpoint from before the tracker's `left` entry needs.
 
 A profile row carries the user's totals (the stored base of earlier epochs + this epoch, see
 app/profiles/profile.py). The stored document keeps `epoch`, `base` and `totals` besides its
-figures: a user who left the state store continues from them (`StoredProfiles`, read by the state
-function once per epoch), and a replayed batch finds the base of its own epoch there. Alerts are
+figures; a user whose entry expired continues from what the entry left in the state (the same
+totals), or, on a checkpoint from before that, from the stored document (`StoredProfiles`, read
+by the state function once per epoch), where a replayed batch finds the base of its own epoch. Alerts are
 inserted by their deterministic id (type:user:first event time): a replay finds them there and
 leaves them.
 """

@@ -38,8 +38,8 @@ class Store:
 
 
 class SparkLike:
-    def __init__(self, settings: SessionSettings, delay_ms: int):
-        if settings.profile_rules is not None:  # a user re-entering the state reads the stored profile
+    def __init__(self, settings: SessionSettings, delay_ms: int, lookup: bool = False):
+        if lookup and settings.profile_rules is not None:  # a checkpoint from before `left`: the store is read
             settings = dataclasses.replace(settings, stored_profile=lambda user: self.store.profiles.get(user))
         self.settings, self.delay_ms = settings, delay_ms
         self.states: dict = {}
@@ -82,9 +82,13 @@ class SparkLike:
             self.states.pop(user, None)
             self.timeouts.pop(user, None)
         else:
-            assert step.timeout_ms is not None and step.timeout_ms >= self.watermark_ms, step.timeout_ms
             self.states[user] = step.state.decode(step.state.encode())  # every batch goes through the state store
-            self.timeouts[user] = step.timeout_ms
+            if step.timeout_ms is None:  # a profile left behind by an expired entry: no timeout
+                assert step.state.left is not None and not step.state.pending and not step.state.sessions
+                self.timeouts.pop(user, None)
+            else:
+                assert step.timeout_ms >= self.watermark_ms, step.timeout_ms
+                self.timeouts[user] = step.timeout_ms
         out, store = step.out, self.store
         for e in out.events:
             store.late[e.event_id] += e.is_late

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import InvalidConfigError, load_config
-from app.pipeline import LAYOUT, LAYOUT_FILE, OPERATOR_FILE, check_checkpoint
+from app.pipeline import LAYOUT, LAYOUT_FILE, LEFT_FILE, OPERATOR_FILE, check_checkpoint, reads_stored_profiles
 
 
 def _config(tmp_path, **env):
@@ -48,3 +48,16 @@ def test_a_checkpoint_from_before_the_setting_is_applyInPandasWithState(tmp_path
     check_checkpoint(config)
     with pytest.raises(InvalidConfigError, match="STATE_OPERATOR=applyInPandasWithState"):
         check_checkpoint(_config(tmp_path))  # the default, transformWithState
+
+
+def test_only_a_checkpoint_from_before_left_profiles_reads_the_stored_ones(tmp_path):
+    """A new checkpoint keeps an expired user's profile in its state from the start: its state
+    step never reads user_profiles (DESIGN.md §16). One from before has users who left without it."""
+    config = _config(tmp_path)
+    check_checkpoint(config)
+    assert not reads_stored_profiles(config)
+    (tmp_path / "ckpt" / LEFT_FILE).unlink()  # as a checkpoint of an earlier version has it
+    (tmp_path / "ckpt" / "sessions" / "offsets").mkdir(parents=True)
+    check_checkpoint(config)  # goes on, and reads the stored profile of a user without an entry
+    assert reads_stored_profiles(config)
+    assert not reads_stored_profiles(_config(tmp_path, PROFILES="false"))

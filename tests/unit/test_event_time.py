@@ -159,6 +159,30 @@ def test_a_replayed_batch_emits_what_its_first_attempt_emitted(data):
         driver.batch(events_of_batch)
 
 
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_profile_outlives_its_entry_in_the_state_and_the_step_reads_no_store(data):
+    """An entry kept 1 hour after the user's last event expires between sessions (gaps of up to 3 h):
+    the user's next epoch opens on what the expired entry left, so the profile counts every event
+    once, however the batches are cut, with no store to read (DESIGN.md §16)."""
+    settings = _settings(id_retention_ms=HOUR)  # stored_profile None: what a new checkpoint runs with
+    events = data.draw(traffic(), label="events in arrival order")
+    batches = data.draw(batch_cuts(events), label="batch sizes")
+    reference, run = SparkLike(settings, DELAY).run([list(events)]), SparkLike(settings, DELAY).run(batches)
+    for driver in (reference, run):
+        driver.advance(max(e.event_ms for e in events) + 2 * DAY)  # every entry expires
+    assert_same_outputs(reference, run)
+    counted: dict = {}
+    for e in events:
+        counted.setdefault(e.user_id, set()).add(e.event_id)
+    for user, ids in counted.items():
+        profile = run.store.profiles[user]
+        assert profile["totals"]["total_events"] == len(ids)  # nothing reset, nothing counted twice
+        left = run.states[user]
+        assert left.left == {"epoch": profile["epoch"], "totals": profile["totals"]}  # what was stored stays
+        assert user not in run.timeouts and len(left.encode()) < 2000  # no timer, a small entry
+
+
 # ---- the defects of issue 18, each failing on f51a323 -----------------------------------------
 
 def test_1_expiry_is_decided_in_event_time_before_the_event_is_applied():
