@@ -61,6 +61,9 @@ class AppConfig:
     shuffle_partitions: int = 4
     # The act lane (DESIGN.md §16): one message per session write, before the store is written
     segments_topic: str = "behavior_segments"
+    # The store lane (app/sinks/store_lane.py): the job's MongoDB writes, as messages its second
+    # query materializes. "" = behavior_store_<MONGODB_DATABASE> (one per database: each run reads it all)
+    store_topic: str = ""
     # The lean Arrow path of applyInPandasWithState (app/sessions/lean_arrow.py): private pyspark
     # worker functions replaced, so opt-in and only on the pyspark it was written against.
     lean_arrow: bool = False
@@ -135,6 +138,12 @@ class AppConfig:
                 self.kafka_topic, self.alerts_topic, self.actions_topic):
             raise InvalidConfigError(f"SEGMENTS_TOPIC={self.segments_topic!r} must be a valid topic name, "
                                      "not KAFKA_TOPIC, ALERTS_TOPIC or ACTIONS_TOPIC")
+        if not re.match(r"^[A-Za-z0-9._-]{1,249}$", self.store_lane_topic) or self.store_lane_topic in (
+                self.kafka_topic, self.alerts_topic, self.actions_topic, self.segments_topic):
+            raise InvalidConfigError(f"STORE_TOPIC={self.store_lane_topic!r} must be a valid topic name (letters, "
+                                     "digits, . _ -), not KAFKA_TOPIC, ALERTS_TOPIC, ACTIONS_TOPIC or SEGMENTS_TOPIC"
+                                     + ("" if self.store_topic else ": set STORE_TOPIC (its default is named after "
+                                        "MONGODB_DATABASE)"))
         if self.state_operator not in STATE_OPERATORS:
             raise InvalidConfigError(f"STATE_OPERATOR={self.state_operator!r} must be one of " + ", ".join(STATE_OPERATORS))
         if self.lean_arrow and self.state_operator != APPLY_IN_PANDAS:
@@ -170,6 +179,11 @@ class AppConfig:
             raise InvalidConfigError(
                 f"HEALTH_STALL_AFTER ({self.health_stall_after_s:g} s) must be longer than MONGODB_RETRY_TIMEOUT "
                 f"({self.mongodb_retry_timeout_s:g} s): a batch riding out a store outage is not stalled")
+
+    @property
+    def store_lane_topic(self) -> str:
+        """The store lane's topic: STORE_TOPIC, or one named after the database."""
+        return self.store_topic or f"behavior_store_{self.mongodb_database}"
 
     @property
     def write_concern(self) -> str | int:
@@ -261,6 +275,7 @@ _SETTINGS = {
     "STARTING_OFFSETS": ("starting_offsets", str),
     "SHUFFLE_PARTITIONS": ("shuffle_partitions", int),
     "SEGMENTS_TOPIC": ("segments_topic", str),
+    "STORE_TOPIC": ("store_topic", str),
     "LEAN_ARROW": ("lean_arrow", _bool),
     "STATE_OPERATOR": ("state_operator", str),
     "PROFILES": ("profiles", _bool),

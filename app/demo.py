@@ -20,6 +20,7 @@ from app import report
 from app.experiments.design import EXAMPLE_EXPERIMENTS
 from app.generator.cli import main as generate
 from app.sinks import collections as C
+from app.sinks.store_lane import caught_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +80,7 @@ def _wait_for_closing_batch(db, timeout_s: int = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         last = list(db[C.PROGRESS].find({"query": "sessions"}).sort("batch_id", -1).limit(1))
-        if last and last[0]["input_rows"] == 0:
+        if last and last[0]["input_rows"] == 0 and caught_up(db):  # and the store lane has stored it
             return
         time.sleep(2)
 

@@ -22,9 +22,11 @@ from app.segments.rules import parse_rules, read_rules_document
 from app.sessions.stateful import sessionize
 from app.sinks import collections as out
 from app.rollups import HOUR_MS
-from app.sinks.exactly_once import apply_closed_sessions, apply_event_counts, closed_session_figures
+from app.sinks.exactly_once import closed_session_figures
 from app.sinks.mongo import Store
 from app.sinks.profiles import StoredProfiles, ensure_profile_indexes
+from app.sinks.store_lane import (STORE_QUERY, StoreBatchWriter, aggregate_messages, publish_aggregates, store_messages,
+                                  store_source)
 
 log = logging.getLogger("behavior.sink")
 QUERY_NAME = "sessions"
@@ -66,11 +68,7 @@ def topic_partitions(spark: SparkSession, config: AppConfig) -> list[int]:
     """The topic's partitions, asked of the broker at start-up with the job's own Kafka client
     settings (the Kafka client of Spark's connector, in the driver's JVM)."""
     jvm = spark.sparkContext._jvm
-    props = jvm.java.util.Properties()
-    props.put("bootstrap.servers", config.kafka_bootstrap_servers)
-    for key, value in config.kafka_client_options().items():
-        props.put(key.removeprefix("kafka."), value)
-    admin = jvm.org.apache.kafka.clients.admin.Admin.create(props)
+    admin = _admin(jvm, config)
     try:
         topics = jvm.java.util.Collections.singletonList(config.kafka_topic)
         seconds = jvm.java.util.concurrent.TimeUnit.SECONDS
@@ -84,6 +82,15 @@ def topic_partitions(spark: SparkSession, config: AppConfig) -> list[int]:
         return sorted(int(p.partition()) for p in described.get(config.kafka_topic).partitions())
     finally:
         admin.close()
+
+
+def _admin(jvm, config: AppConfig):
+    """A Kafka admin client in the driver's JVM, with the job's own client settings."""
+    props = jvm.java.util.Properties()
+    props.put("bootstrap.servers", config.kafka_bootstrap_servers)
+    for key, value in config.kafka_client_options().items():
+        props.put(key.removeprefix("kafka."), value)
+    return jvm.org.apache.kafka.clients.admin.Admin.create(props)
 
 
 def event_time_source(spark: SparkSession, config: AppConfig) -> DataFrame:
@@ -153,9 +160,13 @@ def act_producer_options(config: AppConfig) -> dict[str, str]:
     acks=all, and the client's idempotence off. Its per-partition sequence state is what the topics
     do not need, and it can wedge: in the e2e suite Spark's cached producer once resent sequence 0
     to a partition at 25, the broker refused it with OutOfOrderSequenceException until the 120 s
-    delivery timeout failed the batch. A user's own --kafka-option / KAFKA_OPT_* wins."""
+    delivery timeout failed the batch. One request in flight per connection: without idempotence,
+    a retried request could otherwise land after a later one, and a document's (or a session's)
+    later message must stay later (the store lane applies them in partition order). A user's own
+    --kafka-option / KAFKA_OPT_* wins."""
     return {"kafka.bootstrap.servers": config.kafka_bootstrap_servers, "kafka.acks": "all",
-            "kafka.enable.idempotence": "false", **config.kafka_client_options()}
+            "kafka.enable.idempotence": "false", "kafka.max.in.flight.requests.per.connection": "1",
+            **config.kafka_client_options()}
 
 
 def store_for(config: AppConfig) -> Store:
@@ -199,23 +210,19 @@ def counted_events(rows: DataFrame) -> DataFrame:
 
 
 class SessionBatchWriter:
-    """foreachBatch sink of the sessions query: events, sessions, then the closed-session aggregates."""
+    """foreachBatch sink of the sessions query: the act lane and the store lane, both on Kafka, so
+    the batch never waits for MongoDB (DESIGN.md §16); the store query (app/sinks/store_lane.py)
+    materializes the collections from the store lane."""
 
-    def __init__(self, store: Store, checkpoint: str, rules: RuleDocuments, topics: dict[str, str] | None = None,
-                 producer: dict[str, str] | None = None):
-        self.store = store
+    def __init__(self, checkpoint: str, topics: dict[str, str] | None = None,
+                 producer: dict[str, str] | None = None, store_topic: str = ""):
         self.checkpoint = checkpoint
-        self.rules = rules
         self.topics = topics or {}  # row kind -> its act-lane topic: see act_topics
         self.producer = producer or {}  # the Kafka writer's options: see act_producer_options
-        self.experiments = None if rules.experiments is None else parse_experiments(rules.experiments)
-        self._run_id: str | None = None
+        self.store_topic = store_topic
 
     def run_id(self) -> str:
-        # The query id lives in the checkpoint: stable across restarts, new for a new checkpoint.
-        if self._run_id is None:
-            self._run_id = json.loads(Path(self.checkpoint, "metadata").read_text())["id"]
-        return self._run_id
+        return run_id_of(self.checkpoint)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         timer = _StepTimer()
@@ -223,40 +230,50 @@ class SessionBatchWriter:
         try:
             rows = batch.count()  # runs the read, parse and state steps once; the writes reuse it
             timer.step("read+parse+state")
-            if rows == 0:
+            run_id = self.run_id()
+            if rows == 0:  # only the end marker: the store lane has stored this batch too
+                if self.store_topic:
+                    publish_aggregates(batch.sparkSession, aggregate_messages([], [], run_id, batch_id),
+                                       self.store_topic, self.producer)
                 return
-            self.publish(batch)  # acting does not wait for storing (DESIGN.md §16)
-            timer.step("act lane")
-            batch.foreachPartition(out.write_outputs(self.store, self.rules.profiles))
-            timer.step("writes")
-            small = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
-            # Sorted, so the float sums come out bit-identical however the rows were partitioned.
-            closed = sorted((closed_session_figures(json.loads(r.doc)) for r in small), key=lambda s: s["session_id"])
-            counts = [(r.hour_ms, r.event_type, r.country, r["count"]) for r in counted_events(batch).collect()]
-            # The whole step is idempotent per batch id (a crash replay takes the same path).
-            self.store.retrying("aggregates", lambda: apply_closed_sessions(self.store.db(), self.run_id(),
-                                                                            batch_id, closed, self.experiments))
-            self.store.retrying("event counts", lambda: apply_event_counts(self.store.db(), self.run_id(),
-                                                                           batch_id, counts))
-            timer.step("aggregates")
+            messages = self.act_messages(batch)
+            if self.store_topic:
+                store = store_messages(batch, self.store_topic, run_id, batch_id)
+                messages = store if messages is None else messages.unionByName(store)
+            if messages is not None:  # the act lane and the store lane in one Kafka write
+                messages.write.format("kafka").options(**self.producer).save()
+            timer.step("act+store lanes")
+            if self.store_topic:
+                small = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
+                # sorted there: the float sums come out bit-identical however the rows were partitioned
+                closed = [closed_session_figures(json.loads(r.doc)) for r in small]
+                counts = [(r.hour_ms, r.event_type, r.country, r["count"]) for r in counted_events(batch).collect()]
+                publish_aggregates(batch.sparkSession, aggregate_messages(closed, counts, run_id, batch_id),
+                                   self.store_topic, self.producer)
+                timer.step("aggregate inputs")
             log.info("[%s] batch %d steps: %s (%d output rows)", QUERY_NAME, batch_id, timer, rows)
         finally:
             batch.unpersist()
 
-    def publish(self, batch: DataFrame) -> None:
+    def act_messages(self, batch: DataFrame) -> DataFrame | None:
         """The batch's act-lane messages (session writes and retractions, alerts, actions), keyed by
-        user_id, in one Kafka write from the executors, before any MongoDB write of the batch. A
-        replayed batch sends them again, the same: alerts and actions carry their alert_id /
-        execution_id, a session's latest message is its state (README "The act lane")."""
+        user_id. A replayed batch sends them again, the same: alerts and actions carry their
+        alert_id / execution_id, a session's latest message is its state (README "The act lane")."""
         if not self.topics:
-            return
+            return None
         kind = F.col("kind")
         topic = F.lit(None).cast("string")
         for name, target in self.topics.items():
             topic = F.when(kind == name, F.lit(target)).otherwise(topic)
-        (batch.filter(kind.isin(*self.topics))
-         .select(topic.alias("topic"), F.get_json_object("doc", "$.user_id").alias("key"), F.col("doc").alias("value"))
-         .write.format("kafka").options(**self.producer).save())
+        return (batch.filter(kind.isin(*self.topics))
+                .select(topic.alias("topic"), F.get_json_object("doc", "$.user_id").alias("key"),
+                        F.col("doc").alias("value")))
+
+
+def run_id_of(checkpoint: str) -> str:
+    """The sessions query's id: it lives in its checkpoint, stable across restarts, new for a new
+    checkpoint; the aggregates are tagged with it."""
+    return json.loads(Path(checkpoint, "metadata").read_text())["id"]
 
 
 class _StepTimer:
@@ -282,6 +299,9 @@ OPERATOR_FILE = "state_operator"  # in CHECKPOINT_DIR: the STATE_OPERATOR its st
 # in CHECKPOINT_DIR: its state keeps what an expired user's entry stored of the profile (tracker.py
 # `left`) since its first batch, so the state step never reads user_profiles
 LEFT_FILE = "profiles_left"
+# in CHECKPOINT_DIR: its sessions query has sent its MongoDB writes to the store lane since this
+# batch (an earlier one wrote them itself, with its sums tagged by the batch id alone)
+STORE_LANE_FILE = "store_lane_from"
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
 
@@ -310,11 +330,33 @@ def check_checkpoint(config: AppConfig) -> None:
                 f"CHECKPOINT_DIR={config.checkpoint_dir} holds the per-user state of STATE_OPERATOR={found}, not of "
                 f"{config.state_operator}: set STATE_OPERATOR={found}, or start with a new CHECKPOINT_DIR and "
                 "--reset-output (locally: make reset)")
+        _check_store_lane(config, query)
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(LAYOUT + "\n")
     Path(config.checkpoint_dir, OPERATOR_FILE).write_text(config.state_operator + "\n")
     Path(config.checkpoint_dir, LEFT_FILE).write_text("the state keeps an expired user's profile\n")
+    Path(config.checkpoint_dir, STORE_LANE_FILE).write_text("0\n")
+
+
+def _check_store_lane(config: AppConfig, query: Path) -> None:
+    """A checkpoint the sessions query wrote MongoDB from itself goes on with the store lane only
+    from a committed batch: a batch it would replay may have added its sums under the old tags."""
+    lane = Path(config.checkpoint_dir, STORE_LANE_FILE)
+    if lane.is_file():
+        return
+    planned, committed = _last_batch(query / "offsets"), _last_batch(query / "commits")
+    if planned is not None and planned != committed:
+        raise InvalidConfigError(
+            f"CHECKPOINT_DIR={config.checkpoint_dir}: batch {planned} was planned by the previous version of the job and "
+            "not committed; run that version once more to finish it (or start with a new CHECKPOINT_DIR and "
+            "--reset-output, locally: make reset), then this one")
+    lane.write_text(f"{(planned if planned is not None else -1) + 1}\n")
+
+
+def _last_batch(log_dir: Path) -> int | None:
+    ids = [int(p.name) for p in log_dir.iterdir() if p.name.isdigit()] if log_dir.is_dir() else []
+    return max(ids, default=None)
 
 
 def reads_stored_profiles(config: AppConfig) -> bool:
@@ -368,9 +410,57 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
     )
     checkpoint = str(Path(config.checkpoint_dir, QUERY_NAME))
     writer = (rows.writeStream.queryName(QUERY_NAME).outputMode("update")
-              .foreachBatch(SessionBatchWriter(store, checkpoint, rules, act_topics(config),
-                                               act_producer_options(config))))
-    return [_start(writer, checkpoint, config)]
+              .foreachBatch(SessionBatchWriter(checkpoint, act_topics(config), act_producer_options(config),
+                                               config.store_lane_topic)))
+    ensure_store_topic(spark, config)  # before the sessions query's first write could auto-create it
+    sessions = _start(writer, checkpoint, config)
+    return [sessions, start_store_query(spark, config, store, rules, checkpoint)]
+
+
+STORE_MAX_OFFSETS = 100_000  # store-lane messages per store batch: a catch-up after an outage in steps
+
+
+def start_store_query(spark: SparkSession, config: AppConfig, store: Store, rules: RuleDocuments,
+                      sessions_checkpoint: str) -> StreamingQuery:
+    """The store query: STORE_TOPIC into MongoDB (app/sinks/store_lane.py). It runs on a processing-
+    time trigger even with --available-now: main() drains it once the sessions query has ended."""
+    experiments = None if rules.experiments is None else parse_experiments(rules.experiments)
+    messages = store_source(spark, config.kafka_bootstrap_servers, config.store_lane_topic,
+                            config.kafka_client_options(), STORE_MAX_OFFSETS, config.kafka_fail_on_data_loss)
+    checkpoint = str(Path(config.checkpoint_dir, STORE_QUERY))
+    writer = (messages.writeStream.queryName(STORE_QUERY)
+              .foreachBatch(StoreBatchWriter(store, lambda: run_id_of(sessions_checkpoint), rules.profiles,
+                                             experiments))
+              .option("checkpointLocation", checkpoint)
+              .trigger(processingTime=f"{int(config.trigger_interval_s * 1000)} milliseconds"))
+    return writer.start()
+
+
+def ensure_store_topic(spark: SparkSession, config: AppConfig) -> None:
+    """Creates STORE_TOPIC with the input topic's partitions when it does not exist (the chart
+    creates it beforehand; a broker that refuses is named in one line)."""
+    jvm = spark.sparkContext._jvm
+    admin = _admin(jvm, config)
+    try:
+        seconds = jvm.java.util.concurrent.TimeUnit.SECONDS
+        names = admin.listTopics().names().get(60, seconds)
+        if names.contains(config.store_lane_topic):
+            return
+        partitions = len(topic_partitions(spark, config))
+        optional = jvm.java.util.Optional
+        topic = jvm.org.apache.kafka.clients.admin.NewTopic(config.store_lane_topic, optional.of(partitions),
+                                                            optional.empty())
+        try:
+            admin.createTopics(jvm.java.util.Collections.singletonList(topic)).all().get(60, seconds)
+        except Exception as exc:  # noqa: BLE001 (py4j wraps the broker's answer)
+            if "TopicExistsException" in str(exc):
+                return
+            reason = str(exc).splitlines()[0][:300]
+            raise InvalidConfigError(f"STORE_TOPIC={config.store_lane_topic}: does not exist and cannot be created "
+                                     f"at {config.kafka_bootstrap_servers} ({reason}); create it (the chart's "
+                                     "kafka-init does) or set STORE_TOPIC") from None
+    finally:
+        admin.close()
 
 
 def _start(writer, checkpoint: str, config: AppConfig) -> StreamingQuery:

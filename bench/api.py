@@ -45,6 +45,7 @@ from pathlib import Path
 import psutil
 from pymongo import MongoClient
 
+from app.sinks.store_lane import caught_up as caught_up_store
 from bench import load, workload
 from bench.jobproc import MONGODB_URI, ROOT, WORK, Job, say
 from bench.load import BOOTSTRAP
@@ -407,8 +408,8 @@ def personalization(args) -> dict:
         result["api_ready_s"] = round(api.wait_ready(), 1)
         say(f"api ready in {result['api_ready_s']} s; waiting for the job's first batch (all its user_profiles)")
         deadline = time.time() + args.profile_wait
-        # stream_progress is written after a batch's writes: then every preloaded user has a profile
-        while not _sessions_batches(db) or db["user_profiles"].find_one({}, {"_id": 1}) is None:
+        # the store lane caught up with the first sessions batch: then every preloaded user has a profile
+        while not _sessions_batches(db) or not caught_up_store(db) or db["user_profiles"].find_one({}, {"_id": 1}) is None:
             if job.proc.poll() is not None:
                 raise RuntimeError(f"the job exited {job.proc.returncode} (log: {job.log_path})")
             if time.time() > deadline:

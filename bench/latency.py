@@ -11,6 +11,7 @@ from pymongo import MongoClient
 from bench import load, workload
 from bench.jobproc import MONGODB_URI, ROOT, Job, commit, say
 from bench.load import BOOTSTRAP
+from app.sinks.store_lane import caught_up as caught_up_store
 from faults.harness import read_records
 
 TOPIC_PREFIX = "bench-"
@@ -27,12 +28,13 @@ def latency(rate: int, seconds: float, catch_up_s: float = 180) -> dict:
     processing_time). Sessions whose last event went out during the first WARM_UP_S seconds are
     not counted."""
     topic = f"{TOPIC_PREFIX}live-{rate}"
-    segments = f"{topic}-segments"
+    segments, store = f"{topic}-segments", f"{topic}-store"
     say(f"latency: {rate:,} events/s for {WARM_UP_S} s of warm-up + {seconds:.0f} s into fresh topic {topic}, "
         "job running live")
     load.fresh_topic(BOOTSTRAP, topic)
     load.fresh_topic(BOOTSTRAP, segments)
-    job = Job(f"live-{rate}", topic, f"bench_live_{rate}", {"SEGMENTS_TOPIC": segments}, [],
+    load.fresh_topic(BOOTSTRAP, store)
+    job = Job(f"live-{rate}", topic, f"bench_live_{rate}", {"SEGMENTS_TOPIC": segments, "STORE_TOPIC": store}, [],
               "app/jobs/streaming/advanced_streaming.py").start()
     try:
         job.wait_running()
@@ -44,8 +46,9 @@ def latency(rate: int, seconds: float, catch_up_s: float = 180) -> dict:
         deadline = time.time() + catch_up_s
         while _taken_in(db) < sent["events"] and time.time() < deadline:
             time.sleep(1)
-        caught_up = _taken_in(db) >= sent["events"]
-        # stream_progress is written after a batch's writes, so its sessions are there too
+        while not caught_up_store(db) and time.time() < deadline:  # the store lane behind the sessions query
+            time.sleep(1)
+        caught_up = _taken_in(db) >= sent["events"] and caught_up_store(db)
         docs = db["user_behavior_segments"].find({}, {"total_events": 1, "processing_time": 1})
         delays = sorted(doc["processing_time"].replace(tzinfo=timezone.utc).timestamp() - last_sent[doc["_id"]][0]
                         for doc in docs if doc["_id"] in last_sent and doc["total_events"] == last_sent[doc["_id"]][1]

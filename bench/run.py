@@ -50,8 +50,11 @@ def throughput(topic: str, n_events: int, label: str, env: dict | None = None) -
     """The job over a preloaded topic (availableNow): first offset read -> last MongoDB write."""
     say(f"throughput [{label}]: the job over {n_events:,} events, all outputs on")
     segments = f"{topic}-segments-{label}"  # its own act-lane topic: cold start to the first message
+    store = f"{topic}-store-{label}"  # and a store lane of its own, empty
     load.fresh_topic(BOOTSTRAP, segments)
-    job = Job(f"job-{label}", topic, f"bench_{label}", {"SEGMENTS_TOPIC": segments, **(env or {})}, ["--available-now"],
+    load.fresh_topic(BOOTSTRAP, store)
+    job = Job(f"job-{label}", topic, f"bench_{label}", {"SEGMENTS_TOPIC": segments, "STORE_TOPIC": store, **(env or {})},
+              ["--available-now"],
               "app/jobs/streaming/advanced_streaming.py").start()
     code = job.wait(timeout_s=max(600, n_events / 200))
     if code != 0:

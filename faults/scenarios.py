@@ -231,8 +231,10 @@ class LiveWorkload:
 def _act_latencies(database: str, start: float, end: float) -> dict:
     """Per act-lane topic, for the events that happened in [start, end]: the first message showing
     the event (a session message: the first with that session_end; an alert or action: its first
-    copy) -> its Kafka timestamp - the event's time, p50/p99 in seconds, and how many."""
-    figures = {}
+    copy) -> its Kafka timestamp - the event's time, p50/p99 in seconds, and how many; and how many
+    of the events of the window's second half had their message before the window ended (with
+    the store down: nothing waited for it)."""
+    figures, middle = {}, (start + end) / 2
     for kind, id_field, field in (("segments", "_id", "session_end"), ("alerts", "alert_id", "event_ms"),
                                   ("actions", "execution_id", "event_ms")):
         first: dict[tuple, float] = {}
@@ -243,7 +245,9 @@ def _act_latencies(database: str, start: float, end: float) -> dict:
                 key = (value.get(id_field), at)
                 first[key] = min(first.get(key, float("inf")), record.timestamp / 1000 - at / 1000)
         delays = sorted(first.values())
-        figures[kind] = {"messages": len(delays), "p50_s": percentile(delays, 50), "p99_s": percentile(delays, 99)}
+        before_end = sum(1 for (_, at), delay in first.items() if at / 1000 >= middle and at / 1000 + delay < end)
+        figures[kind] = {"messages": len(delays), "p50_s": percentile(delays, 50), "p99_s": percentile(delays, 99),
+                         "second_half_sent_before_end": before_end}
     return figures
 
 

@@ -92,7 +92,12 @@ def verdict(queries: list[dict], uptime_s: float, stall_after_s: float) -> dict:
         if uptime_s > stall_after_s:
             return {"live": False, "ready": False, "reason": f"no query started in {uptime_s:.0f} s"}
         return {"live": True, "ready": False, "reason": "starting"}
-    for query in queries:
+    # a failure first; a query that ended without one is fine while another runs (--available-now:
+    # the sessions query is done, the store query stores what it sent)
+    running = any(q["state"] == "active" for q in queries)
+    for query in sorted(queries, key=lambda q: q["state"] != "failed"):
+        if query["state"] == "stopped" and running:
+            continue
         if query["state"] in ("failed", "stopped"):
             cause = f": {query['error']}" if query.get("error") else ""
             return {"live": False, "ready": False, "reason": f"query {query['name']} {query['state']}{cause}"}

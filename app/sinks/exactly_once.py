@@ -62,12 +62,21 @@ twice leaves what writing them once leaves:
 10. event_counts_hourly, session_paths and retention_cohorts (app/rollups.py; what the query API
    reads instead of scanning): additive sums per document, added once per batch as in 3; the
    distinct users of retention_cohorts come from the member collection `retention_users` as in 4.
-11. The act lane's session topic (`behavior_segments`, app/pipeline.py `SessionBatchWriter.publish`):
-   each session write of 2 (and each retraction) is a message keyed by user_id, sent before the
-   batch's MongoDB writes. A replayed batch sends the same messages again, so a session's latest
+11. The act lane's session topic (`behavior_segments`, app/pipeline.py `SessionBatchWriter.act_messages`):
+   each session write of 2 (and each retraction) is a message keyed by user_id, sent by the
+   sessions batch itself (the store query writes the document later). A replayed batch sends the same messages again, so a session's latest
    message is its document, and a retracted session's latest says so; the fault suite and the
    kill -9 test compare each session's latest message with an uninterrupted run's (faults/harness.py
    `latest_session_messages`).
+
+12. The store lane (app/sinks/store_lane.py): every write above is made by the store query from
+   messages the sessions batch sent to STORE_TOPIC, grouped by that batch and applied oldest
+   first. A replayed sessions batch sends the same messages again (after the first ones, before
+   any later batch's), so its group is applied twice, which 1-11 make the same as once. The sums
+   are tagged with (sessions batch, chunk) instead of the batch alone (`store_lane.CHUNKS_PER_BATCH`:
+   a batch's closed sessions travel in chunks of a bounded size). A replayed store batch applies
+   its groups again in order; the member marker of 4 never moves back, so a group re-applied after
+   a later one still knows the later one as a replay.
 
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).
@@ -224,8 +233,10 @@ def _new_members(coll, run_id: str, batch_id: int, groups_by_id: dict) -> dict:
     duplicate was seen by an earlier batch. Replayed: a duplicate may come from this batch's
     first attempt, so its batch tag is read back (by _id, which FerretDB looks up by index)."""
     marker = {"_id": f"members:{coll.name}:{run_id}"}
-    replay = (coll.database[PROGRESS].find_one(marker) or {}).get("batch_id", -1) >= batch_id
-    coll.database[PROGRESS].replace_one(marker, {**marker, "batch_id": batch_id}, upsert=True)
+    marked = (coll.database[PROGRESS].find_one(marker) or {}).get("batch_id", -1)
+    replay = marked >= batch_id
+    if not replay:  # never moved back: a store batch replayed applies older groups again first (12.)
+        coll.database[PROGRESS].replace_one(marker, {**marker, "batch_id": batch_id}, upsert=True)
     ids, counts = list(groups_by_id), defaultdict(int)
     for start in range(0, len(ids), 1000):
         chunk = [{"_id": i, "run_id": run_id, "batch_id": batch_id} for i in ids[start:start + 1000]]

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from chart_manifests import (CHART, COMPONENT, VALUE_SETS, all_containers, container, env_of, helm_template, one,
-                             pod_labels, pod_spec, render_all, secret_data, selects, values_of, workloads)
+                             pod_labels, render_all, secret_data, selects, values_of, workloads)
 
 Rendered = dict[str, list[dict]]
 ANY = "<any source>"
@@ -187,12 +187,14 @@ def kafka_grants(docs: list[dict]) -> tuple[set[str], set[tuple[str, str, str, s
 
 def expected_kafka_grants(values: dict) -> set[tuple[str, str, str, str]]:
     """The least each principal needs (DESIGN.md §16): the job reads the input topic and writes the
-    output topics, the generator writes the input topic, each consumer reads the topics it names."""
+    output topics and reads and writes its store lane, the generator writes the input topic, each
+    consumer reads the topics it names."""
     k, s = values["kafka"], values["kafka"]["sasl"]
     topic = {"alerts": k["alertsTopic"], "actions": k["actionsTopic"], "segments": k["segmentsTopic"]}
     grants = {(s["username"], op, f"topic:{k['topic']}", "literal") for op in ("Read", "Describe")}
     grants |= {(s["username"], op, f"topic:{t}", "literal") for op in ("Write", "Describe")
                for t in (k["alertsTopic"], k["actionsTopic"], k["segmentsTopic"])}
+    grants |= {(s["username"], op, f"topic:{k['storeTopic']}", "literal") for op in ("Read", "Write", "Describe")}
     grants.add((s["username"], "Read", "group:spark-kafka-source-", "prefixed"))
     if values["generator"]["enabled"]:
         grants |= {(s["generatorUsername"], op, f"topic:{k['topic']}", "literal") for op in ("Write", "Describe")}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from app.config import InvalidConfigError, load_config
-from app.pipeline import LAYOUT, LAYOUT_FILE, LEFT_FILE, OPERATOR_FILE, check_checkpoint, reads_stored_profiles
+from app.pipeline import (LAYOUT, LAYOUT_FILE, LEFT_FILE, OPERATOR_FILE, STORE_LANE_FILE, check_checkpoint,
+                          reads_stored_profiles)
 
 
 def _config(tmp_path, **env):
@@ -61,3 +62,22 @@ def test_only_a_checkpoint_from_before_left_profiles_reads_the_stored_ones(tmp_p
     check_checkpoint(config)  # goes on, and reads the stored profile of a user without an entry
     assert reads_stored_profiles(config)
     assert not reads_stored_profiles(_config(tmp_path, PROFILES="false"))
+
+
+def test_a_checkpoint_from_before_the_store_lane_goes_on_only_from_a_committed_batch(tmp_path):
+    """Its sums were tagged with the batch id alone: a batch it would replay may have added them."""
+    config = _config(tmp_path)
+    check_checkpoint(config)
+    (tmp_path / "ckpt" / STORE_LANE_FILE).unlink()  # as the previous version left it
+    for log_dir, ids in (("offsets", (0, 1, 2)), ("commits", (0, 1))):
+        (tmp_path / "ckpt" / "sessions" / log_dir).mkdir(parents=True)
+        for i in ids:
+            (tmp_path / "ckpt" / "sessions" / log_dir / str(i)).write_text("v1\n")
+    with pytest.raises(InvalidConfigError, match="batch 2 was planned by the previous version") as refused:
+        check_checkpoint(config)
+    assert "\n" not in str(refused.value)
+    (tmp_path / "ckpt" / "sessions" / "commits" / "2").write_text("v1\n")  # the previous version finished it
+    check_checkpoint(config)
+    assert (tmp_path / "ckpt" / STORE_LANE_FILE).read_text().strip() == "3"
+    (tmp_path / "ckpt" / "sessions" / "offsets" / "3").write_text("v1\n")  # planned by this version: goes on
+    check_checkpoint(config)

@@ -70,6 +70,7 @@ def test_env_vars(tmp_path):
         "TRIGGER_RULES_FILE": str(rules),
         "ACTIONS_TOPIC": "crm.actions",
         "SEGMENTS_TOPIC": "crm.segments",
+        "STORE_TOPIC": "internal.store",
         "EXPERIMENTS_FILE": str(rules),
     }
     config = load_config([], env)
@@ -110,6 +111,7 @@ def test_env_vars(tmp_path):
         "trigger_rules_file": str(rules),
         "actions_topic": "crm.actions",
         "segments_topic": "crm.segments",
+        "store_topic": "internal.store",
         "experiments_file": str(rules),
     }
 
@@ -283,6 +285,9 @@ def test_write_concern_is_majority_on_a_replica_set_unless_set():
     ({"ACTIONS_TOPIC": "bad topic"}, "ACTIONS_TOPIC"),
     ({"SEGMENTS_TOPIC": "behavior_alerts"}, "SEGMENTS_TOPIC"),
     ({"SEGMENTS_TOPIC": "a/b"}, "SEGMENTS_TOPIC"),
+    ({"STORE_TOPIC": "behavior_segments"}, "STORE_TOPIC"),
+    ({"STORE_TOPIC": "a b"}, "STORE_TOPIC"),
+    ({"MONGODB_DATABASE": "shop-ü"}, "STORE_TOPIC"),  # its default is named after the database
     ({"TRIGGER_RULES_FILE": "/nonexistent.yaml"}, "TRIGGER_RULES_FILE"),
     ({"EXPERIMENTS_FILE": "/nonexistent.yaml"}, "EXPERIMENTS_FILE"),
 ])
@@ -305,6 +310,12 @@ def test_the_act_lane_writes_every_session_alert_and_action_at_least_once_with_a
         "session": "s", "retract": "s"}
     options = act_producer_options(config)
     assert options["kafka.acks"] == "all" and options["kafka.enable.idempotence"] == "false"
+    assert options["kafka.max.in.flight.requests.per.connection"] == "1"  # a retry never reorders a key's messages
     # a user's own --kafka-option wins
     mine = act_producer_options(load_config(["--kafka-option", "enable.idempotence=true"], {}))
     assert mine["kafka.enable.idempotence"] == "true"
+
+
+def test_the_store_lane_has_a_topic_per_database_unless_named():
+    assert load_config([], {"MONGODB_DATABASE": "shop_eu"}).store_lane_topic == "behavior_store_shop_eu"
+    assert load_config([], {"STORE_TOPIC": "internal.store"}).store_lane_topic == "internal.store"

@@ -65,6 +65,23 @@ def test_a_failed_query_is_not_live_and_names_the_cause():
     assert snapshot["reason"] == "query sessions failed: ServerSelectionTimeoutError: 127.0.0.1:27017: connection refused"
 
 
+def test_the_sessions_query_done_while_the_store_query_stores_is_live_and_a_failed_store_query_is_not():
+    """--available-now: the sessions query ends, the store query writes what it sent (the store lane)."""
+    health = Health(stall_after_s=300, clock=Clock())
+    for name, query_id in (("sessions", "q1"), ("store", "q2")):
+        health.started(name, query_id)
+        health.progress(name, batch_id=0, input_rows=10, duration_ms=1000, lag=0)
+    health.terminated("sessions", None)
+    assert (health.snapshot()["live"], health.snapshot()["ready"]) == (True, True)
+    health.terminated("store", "ConnectionFailure: MongoDB unreachable")
+    snapshot = health.snapshot()
+    assert snapshot["live"] is False and snapshot["reason"].startswith("query store failed")
+    alone = Health(stall_after_s=300, clock=Clock())
+    alone.started("sessions", "q1")
+    alone.terminated("sessions", None)  # stopped, and nothing else runs: not live
+    assert alone.snapshot()["live"] is False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

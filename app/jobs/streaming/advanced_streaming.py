@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     reporter = ProgressReporter(store, health)
     spark.streams.addListener(reporter)
-    queries = start_queries(spark, config)
+    try:
+        queries = start_queries(spark, config)
+    except InvalidConfigError as exc:  # found only once Spark runs: the input topic, the store lane's topic
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        server.stop()
+        spark.stop()
+        return 2
     for q in queries:  # known at once (the listener's started event may come a moment later)
         health.started(q.name, str(q.id))
     log.info("query %s running; Spark UI: %s", [q.name for q in queries], spark.sparkContext.uiWebUrl)
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {stalled}", file=sys.stderr, flush=True)
         os._exit(3)
     failed = [(q.name, q.exception()) for q in queries if q.exception() is not None]
+    if config.available_now and not failed and not stopping.is_set():
+        failed = drain(queries, stopping, log)
     for q in queries:  # one query down means the job is down: never run half-alive
         if q.isActive:
             q.stop()
@@ -85,6 +93,29 @@ def main(argv: list[str] | None = None) -> int:
     for name, exc in failed:
         print(f"error: query {name} failed: {failure_cause(str(exc))}", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def drain(queries, stopping: threading.Event, log) -> list:
+    """--available-now: the sessions query has read what the topic held; the store query then
+    writes everything the sessions query sent it before the job ends (a signal stops the wait:
+    the store query goes on from its checkpoint next time). Returns its failure, if any."""
+    from app.sinks.store_lane import STORE_QUERY
+    for q in queries:
+        if q.name == STORE_QUERY and q.isActive:
+            log.info("the sessions query is done: storing what it sent (the store lane)")
+            failure: list = []
+
+            def wait(query=q) -> None:
+                try:
+                    query.processAllAvailable()
+                except Exception as exc:  # noqa: BLE001 (StreamingQueryException)
+                    failure.append((query.name, exc))
+            waiter = threading.Thread(target=wait, name="store-lane-drain", daemon=True)
+            waiter.start()
+            while waiter.is_alive() and not stopping.is_set():
+                waiter.join(1)
+            return failure
+    return []
 
 
 def watch(spark, health, stopping: threading.Event, log) -> str | None:
