@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, TypeVar
 
 from pymongo import MongoClient, ReplaceOne
@@ -12,18 +12,18 @@ from pymongo.errors import BulkWriteError, ConnectionFailure
 
 DUPLICATE_KEY = 11000
 SERVER_SELECTION_TIMEOUT_MS = 10_000
-_clients: dict[tuple[str, str | int], MongoClient] = {}
+_clients: dict[tuple[str, str | int, int], MongoClient] = {}
 log = logging.getLogger("behavior.mongo")
 T = TypeVar("T")
 
 
-def client_for(uri: str, write_concern: str | int = 1) -> MongoClient:
+def client_for(uri: str, write_concern: str | int = 1,
+               selection_timeout_ms: int = SERVER_SELECTION_TIMEOUT_MS) -> MongoClient:
     """Executors reuse Python workers, so one client per worker process serves every batch."""
-    client = _clients.get((uri, write_concern))
+    client = _clients.get((uri, write_concern, selection_timeout_ms))
     if client is None:
-        client = MongoClient(uri, w=write_concern, retryWrites=True,
-                             serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS)
-        _clients[(uri, write_concern)] = client
+        client = MongoClient(uri, w=write_concern, retryWrites=True, serverSelectionTimeoutMS=selection_timeout_ms)
+        _clients[(uri, write_concern, selection_timeout_ms)] = client
     return client
 
 
@@ -34,9 +34,19 @@ class Store:
     database: str
     write_concern: str | int = 1
     retry_timeout_s: float = 120.0
+    selection_timeout_ms: int = SERVER_SELECTION_TIMEOUT_MS
 
     def db(self):
-        return client_for(self.uri, self.write_concern)[self.database]
+        return client_for(self.uri, self.write_concern, self.selection_timeout_ms)[self.database]
+
+    def impatient(self) -> "Store":
+        """The same store, given up on within seconds: for writes that hold an executor's task
+        slot, which the caller retries itself once the store answers again (app/sinks/store_lane.py)."""
+        return replace(self, retry_timeout_s=min(self.retry_timeout_s, 2.0), selection_timeout_ms=2000)
+
+    def wait_until_reachable(self, step: str) -> None:
+        """Returns once the server answers a ping, within retry_timeout_s (else raises, naming it)."""
+        self.retrying(step, lambda: self.db().command("ping"))
 
     def retrying(self, step: str, call: Callable[[], T]) -> T:
         """Runs an idempotent step, again and again while the server is unreachable (connection

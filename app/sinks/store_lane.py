@@ -113,10 +113,10 @@ class StoreBatchWriter:
         mine.persist()
         try:
             sources = [r.src_batch for r in mine.select("src_batch").distinct().orderBy("src_batch").collect()]
-            writer = out.write_outputs(self.store, self.profile_rules_document)
+            writer = out.write_outputs(self.store.impatient(), self.profile_rules_document)
             for source in sources:
                 group = mine.filter(F.col("src_batch") == source)
-                group.filter(F.col("kind").isin(*STORED_KINDS)).foreachPartition(writer)
+                self.write_documents(group.filter(F.col("kind").isin(*STORED_KINDS)), writer)
                 aggregates = (group.filter(F.col("kind").isin(CLOSED, COUNTS, END)).select("kind", "chunk", "doc")
                               .orderBy("kind", "chunk").collect())
                 for a in aggregates:
@@ -128,6 +128,21 @@ class StoreBatchWriter:
                 log.info("[%s] batch %d: sessions batches %s..%s stored", STORE_QUERY, batch_id, sources[0], sources[-1])
         finally:
             mine.unpersist()
+
+    def write_documents(self, rows: DataFrame, writer) -> None:
+        """One group's documents, one task per partition. A task gives up on an unreachable store
+        within seconds (Store.impatient): its executor slot is the sessions query's too, and the
+        act lane must not wait for the store (DESIGN.md §16). The driver then waits for the store
+        (MONGODB_RETRY_TIMEOUT, holding no slot) and writes the group again: every write is idempotent."""
+        while True:
+            try:
+                rows.foreachPartition(writer)
+                return
+            except Exception as exc:  # noqa: BLE001 (Py4J/PySpark wrap the task's ConnectionFailure)
+                if "ConnectionFailure" not in str(exc) and "unreachable" not in str(exc):
+                    raise
+                log.warning("[%s] the store went away during a write; waiting for it, then writing again", STORE_QUERY)
+                self.store.wait_until_reachable("the store lane's writes")
 
     def apply(self, run_id: str, tag: int, kind: str, items: list) -> None:
         db = self.store.db
