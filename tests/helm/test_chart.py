@@ -262,10 +262,11 @@ def _topic_init(workload: dict) -> dict:
 def test_the_output_topics_wait_with_the_input_topic_and_are_given_to_the_job(rendered, value_set):
     job = one(rendered[value_set], "Deployment", "streaming")
     env, init = env_of(container(job, "driver")), _topic_init(job)
-    assert (env["KAFKA_TOPIC"], env["ALERTS_TOPIC"], env["ACTIONS_TOPIC"], env["SEGMENTS_TOPIC"]) == (
-        "ecommerce_events", "behavior_alerts", "behavior_actions", "behavior_segments")
+    assert (env["KAFKA_TOPIC"], env["ALERTS_TOPIC"], env["ACTIONS_TOPIC"], env["SEGMENTS_TOPIC"],
+            env["STORE_TOPIC"]) == ("ecommerce_events", "behavior_alerts", "behavior_actions", "behavior_segments",
+                                    "behavior_store")
     assert env_of(init)["TOPICS"].split() == [env["KAFKA_TOPIC"], env["ALERTS_TOPIC"], env["ACTIONS_TOPIC"],
-                                              env["SEGMENTS_TOPIC"]]
+                                              env["SEGMENTS_TOPIC"], env["STORE_TOPIC"]]
     assert 'for topic in $TOPICS; do ensure "$topic"' in init["args"][0]
 
 
@@ -292,5 +293,5 @@ def test_topic_init_waits_for_existing_topics_and_creates_only_missing_ones(rend
     assert run.returncode == 0, run.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     created = [c for c in calls if "--create" in c]
-    assert len(created) == 3 and all("--partitions 3 --replication-factor 1" in c for c in created)
+    assert len(created) == 4 and all("--partitions 3 --replication-factor 1" in c for c in created)
     assert not [c for c in created if "ecommerce_events" in c]
