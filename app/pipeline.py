@@ -214,12 +214,11 @@ class SessionBatchWriter:
     the batch never waits for MongoDB (DESIGN.md §16); the store query (app/sinks/store_lane.py)
     materializes the collections from the store lane."""
 
-    def __init__(self, checkpoint: str, topics: dict[str, str] | None = None,
-                 producer: dict[str, str] | None = None, store_topic: str = ""):
+    def __init__(self, checkpoint: str, topics: dict[str, str], producer: dict[str, str], store_topic: str):
         self.checkpoint = checkpoint
-        self.topics = topics or {}  # row kind -> its act-lane topic: see act_topics
-        self.producer = producer or {}  # the Kafka writer's options: see act_producer_options
-        self.store_topic = store_topic
+        self.topics = topics  # row kind -> its act-lane topic: see act_topics
+        self.producer = producer  # the Kafka writer's options: see act_producer_options
+        self.store_topic = store_topic  # the store lane (app/sinks/store_lane.py)
 
     def run_id(self) -> str:
         return run_id_of(self.checkpoint)
@@ -231,26 +230,23 @@ class SessionBatchWriter:
             rows = batch.count()  # runs the read, parse and state steps once; the writes reuse it
             timer.step("read+parse+state")
             run_id = self.run_id()
-            if rows == 0:  # only the end marker: the store lane has stored this batch too
-                if self.store_topic:
-                    publish_aggregates(batch.sparkSession, aggregate_messages([], [], run_id, batch_id),
-                                       self.store_topic, self.producer)
-                return
-            messages = self.act_messages(batch)
-            if self.store_topic:
-                store = store_messages(batch, self.store_topic, run_id, batch_id)
-                messages = store if messages is None else messages.unionByName(store)
-            if messages is not None:  # the act lane and the store lane in one Kafka write
-                messages.write.format("kafka").options(**self.producer).save()
-            timer.step("act+store lanes")
-            if self.store_topic:
+            closed, counts = [], []
+            if rows > 0:  # (a batch without rows sends only its end marker)
+                messages = store_messages(batch, self.store_topic, run_id, batch_id)
+                act = self.act_messages(batch)
+                if act is not None:
+                    messages = act.unionByName(messages)
+                messages.write.format("kafka").options(**self.producer).save()  # both lanes, one Kafka write
+                timer.step("act+store lanes")
                 small = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
                 # sorted there: the float sums come out bit-identical however the rows were partitioned
                 closed = [closed_session_figures(json.loads(r.doc)) for r in small]
                 counts = [(r.hour_ms, r.event_type, r.country, r["count"]) for r in counted_events(batch).collect()]
-                publish_aggregates(batch.sparkSession, aggregate_messages(closed, counts, run_id, batch_id),
-                                   self.store_topic, self.producer)
-                timer.step("aggregate inputs")
+            publish_aggregates(batch.sparkSession, aggregate_messages(closed, counts, run_id, batch_id),
+                               self.store_topic, self.producer)
+            timer.step("aggregate inputs")
+            if rows == 0:
+                return
             log.info("[%s] batch %d steps: %s (%d output rows)", QUERY_NAME, batch_id, timer, rows)
         finally:
             batch.unpersist()

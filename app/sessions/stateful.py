@@ -67,7 +67,6 @@ WATERMARK_DELAY_KEY = "spark.watermarkDelayMs"  # Spark's EventTimeWatermark.del
 _GUARD_TS = "2200-01-01 00:00:00"  # far future, yet inside pandas' nanosecond range
 
 
-
 INPUT_COLUMNS = ("quarantined", "state_key", *SESSION_INPUT_COLUMNS, "doc", "watermark_guard")
 
 

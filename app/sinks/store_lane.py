@@ -94,8 +94,8 @@ def store_source(spark: SparkSession, bootstrap: str, topic: str, client_options
             .option("maxOffsetsPerTrigger", max_offsets)
             .option("failOnDataLoss", str(fail_on_data_loss).lower())
             .load()
-            .select(F.from_json(F.col("value").cast("string"), MESSAGE_SCHEMA).alias("m"), F.col("timestamp"))
-            .select("m.*", F.col("timestamp").alias("sent_at")))
+            .select(F.from_json(F.col("value").cast("string"), MESSAGE_SCHEMA).alias("m"))
+            .select("m.*"))
 
 
 class StoreBatchWriter:
