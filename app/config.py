@@ -52,6 +52,8 @@ class AppConfig:
     # so a start on a backlog acts within its first small batch instead of after one big one.
     trigger_interval_s: float = 1.0
     max_offsets_per_trigger: int = 10_000
+    # the activity query (app/sinks/user_activity.py): each user's document merged at most this often
+    activity_interval_s: float = 10.0
     rules_file: str = str(DEFAULT_RULES_FILE)
     session_max_s: float = 24 * 3600
     session_id_retention_s: float = 30 * 24 * 3600
@@ -109,6 +111,8 @@ class AppConfig:
             raise InvalidConfigError(f"WATERMARK_DELAY must not be negative (got {self.watermark_delay_s:g} s)")
         if self.trigger_interval_s < 0:
             raise InvalidConfigError(f"TRIGGER_INTERVAL must not be negative (got {self.trigger_interval_s:g} s)")
+        if self.activity_interval_s < 0:
+            raise InvalidConfigError(f"ACTIVITY_INTERVAL must not be negative (got {self.activity_interval_s:g} s)")
         if self.max_offsets_per_trigger < 1:
             raise InvalidConfigError(f"MAX_OFFSETS_PER_TRIGGER must be a positive integer (got {self.max_offsets_per_trigger})")
         if self.session_max_s <= self.session_gap_s:
@@ -267,6 +271,7 @@ _SETTINGS = {
     "SESSION_GAP": ("session_gap_s", parse_duration),
     "WATERMARK_DELAY": ("watermark_delay_s", parse_duration),
     "TRIGGER_INTERVAL": ("trigger_interval_s", parse_duration),
+    "ACTIVITY_INTERVAL": ("activity_interval_s", parse_duration),
     "MAX_OFFSETS_PER_TRIGGER": ("max_offsets_per_trigger", int),
     "RULES_FILE": ("rules_file", str),
     "SESSION_MAX": ("session_max_s", parse_duration),

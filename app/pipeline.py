@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from functools import reduce
@@ -27,14 +29,39 @@ from app.sinks.mongo import Store
 from app.sinks.profiles import StoredProfiles, ensure_profile_indexes
 from app.sinks.store_lane import (STORE_QUERY, StoreBatchWriter, aggregate_messages, publish_aggregates, store_messages,
                                   store_source)
+from app.sinks.user_activity import ACTIVITY_QUERY, ActivityBatchWriter
 
 log = logging.getLogger("behavior.sink")
 QUERY_NAME = "sessions"
 
 
+# The two queries share the executors' slots: with FAIR scheduling the sessions query's tasks (the
+# act lane) take the next free slot before the store query's (DESIGN.md §16 "Acting does not wait
+# for storing"). A pool below its minShare goes first; the act pool's is more than any cluster's slots.
+ACT_POOL, STORE_POOL = "act", "store"
+_POOLS = f"""<?xml version="1.0"?>
+<allocations>
+  <pool name="{ACT_POOL}"><schedulingMode>FIFO</schedulingMode><weight>8</weight><minShare>100000</minShare></pool>
+  <pool name="{STORE_POOL}"><schedulingMode>FIFO</schedulingMode><weight>1</weight><minShare>0</minShare></pool>
+</allocations>
+"""
+
+
+def scheduler_pools_file() -> str:
+    """The FAIR scheduler's pools, in a file of the driver's (Spark reads it when the context starts)."""
+    path = Path(tempfile.gettempdir(), f"behavior-fairscheduler-{os.getuid()}.xml")
+    if not path.exists() or path.read_text() != _POOLS:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(_POOLS)
+        tmp.replace(path)
+    return str(path)
+
+
 def build_spark(config: AppConfig, app_name: str = "behavior-segmentation") -> SparkSession:
     return (
         SparkSession.builder.appName(app_name)
+        .config("spark.scheduler.mode", "FAIR")
+        .config("spark.scheduler.allocation.file", scheduler_pools_file())
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         # one watermark per Kafka partition (event_time_source): the global one is their minimum
@@ -409,8 +436,16 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
               .foreachBatch(SessionBatchWriter(checkpoint, act_topics(config), act_producer_options(config),
                                                config.store_lane_topic)))
     ensure_store_topic(spark, config)  # before the sessions query's first write could auto-create it
-    sessions = _start(writer, checkpoint, config)
-    return [sessions, start_store_query(spark, config, store, rules, checkpoint)]
+    context = spark.sparkContext
+    context.setLocalProperty("spark.scheduler.pool", ACT_POOL)  # a query's jobs run in its starting thread's pool
+    try:
+        sessions = _start(writer, checkpoint, config)
+        context.setLocalProperty("spark.scheduler.pool", STORE_POOL)
+        store_query = start_store_query(spark, config, store, rules, checkpoint)
+        activity_query = start_activity_query(spark, config, store, checkpoint)
+    finally:
+        context.setLocalProperty("spark.scheduler.pool", None)
+    return [sessions, store_query, activity_query]
 
 
 STORE_MAX_OFFSETS = 100_000  # store-lane messages per store batch: a catch-up after an outage in steps
@@ -429,6 +464,23 @@ def start_store_query(spark: SparkSession, config: AppConfig, store: Store, rule
                                              experiments))
               .option("checkpointLocation", checkpoint)
               .trigger(processingTime=f"{int(config.trigger_interval_s * 1000)} milliseconds"))
+    return writer.start()
+
+
+ACTIVITY_MAX_OFFSETS = 50_000  # store-lane messages per activity batch: its rows are merged in the driver
+
+
+def start_activity_query(spark: SparkSession, config: AppConfig, store: Store,
+                         sessions_checkpoint: str) -> StreamingQuery:
+    """The activity query: STORE_TOPIC into user_activity (app/sinks/user_activity.py), every
+    ACTIVITY_INTERVAL; main() drains it after the store query with --available-now."""
+    messages = store_source(spark, config.kafka_bootstrap_servers, config.store_lane_topic,
+                            config.kafka_client_options(), ACTIVITY_MAX_OFFSETS, config.kafka_fail_on_data_loss)
+    checkpoint = str(Path(config.checkpoint_dir, ACTIVITY_QUERY))
+    writer = (messages.writeStream.queryName(ACTIVITY_QUERY)
+              .foreachBatch(ActivityBatchWriter(store, lambda: run_id_of(sessions_checkpoint)))
+              .option("checkpointLocation", checkpoint)
+              .trigger(processingTime=f"{int(config.activity_interval_s * 1000)} milliseconds"))
     return writer.start()
 
 

@@ -72,6 +72,7 @@ COLLECTIONS = ("enriched_events", "user_behavior_segments", "event_counts_hourly
 # path -> what it reads (app/api/queries.py). FerretDB 1.24 (SQLite) uses an index only for _id
 # equality: any other filter or sort reads the whole collection.
 SCAN, WHOLE = "filter/sort: a scan on FerretDB", "reads all of it"
+BY_ID = "one document by _id"
 ENDPOINTS = [
     ("/v1/funnel", "conversion_funnel", WHOLE),
     ("/v1/segments/distribution?hours=24", "segment_distribution", "latest window + window_start range: " + SCAN),
@@ -85,10 +86,9 @@ ENDPOINTS = [
     ("/v1/alerts?limit=100", "behavior_alerts", "sorted by first_event_time: " + SCAN),
     ("/v1/trigger-executions?limit=100", "trigger_executions", "sorted by event_time: " + SCAN),
     ("/v1/act-now", "user_behavior_segments", "status=active, newest first (one read): " + SCAN),
-    ("/v1/activity?user_id={user}", "enriched_events (+ user_profiles by _id)",
-     "user_id, sorted by event_timestamp: " + SCAN),
+    ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
     ("/v1/sessions/metrics", "segment_distribution", WHOLE),
-    ("/v1/sessions/metrics?user_id={user}", "user_behavior_segments", "user_id, sorted by session_end: " + SCAN),
+    ("/v1/sessions/metrics?user_id={user}", "user_activity", "the user's newest sessions: " + BY_ID),
     ("/v1/health", "stream_progress", "query=sessions, latest: " + SCAN),
 ]
 

@@ -27,7 +27,7 @@ MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:" + os.environ.
 OUTPUTS = ("user_behavior_segments", "segment_distribution", "conversion_funnel", "enriched_events",
            "quarantined_events", "user_profiles", "behavior_alerts", "trigger_executions",
            "event_counts_hourly", "session_paths", "retention_cohorts",  # these three: what the API reads
-           "experiment_results")
+           "experiment_results", "user_activity")
 # What reached Kafka: each run's alerts and actions go to topics named after its database (see
 # job_topics); a replay may send a message twice (at-least-once), so the distinct ids are compared.
 TOPIC_IDS = {"alerts": "alert_id", "actions": "execution_id"}

@@ -138,7 +138,8 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
     @app.get("/v1/activity", tags=["users"], **v1)
     def activity(user_id: UserId = None, event_type: EventType = None, country: Country = None,
                  start: Start = None, end: End = None, limit: Limit = 100):
-        """The latest events, newest first (one user's: the user_id + event_timestamp index)."""
+        """The latest events, newest first. With user_id: from the user's newest 100 events (`kept`),
+        kept by the job in one document (user_activity), filters applied to those."""
         return Q.activity(db, user_id, event_type, country, *time_range(start, end), limit)
 
     @app.get("/v1/users/segments", tags=["users"], **v1)
@@ -154,7 +155,8 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
                             f"the newest this many 5-minute windows (1-{MAX_LIMIT}; default all in start..end); "
                             "with user_id, sessions (default 100)"))] = None):
         """Closed sessions per segment (count, share, revenue, average duration) by session end;
-        for one user, the user's own sessions too."""
+        for one user, the user's own sessions too: the user's open sessions and newest 100 closed
+        ones (`kept`), kept by the job in one document (user_activity)."""
         return Q.session_metrics(db, user_id, segment, *time_range(start, end), limit)
 
     @app.get("/v1/events/frequency", tags=["analytics"], **v1)

@@ -13,6 +13,7 @@ from app.api import analytics as A
 from app.api.bounds import WINDOW, capped
 from app.sinks import collections as C
 from app.sinks.profiles import ALERTS, PROFILES
+from app.sinks.user_activity import EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT
 
 SCORES = ("engagement_score", "interest_score", "intent_score", "conversion_probability")
 _HIDDEN = {"run_id": 0, "batch_id": 0}
@@ -29,6 +30,8 @@ PROFILE_FIELDS = ("first_seen", "last_seen", "cohort_week", "sessions", "total_e
 ACT_NOW_SCAN = 5000  # open sessions read at most, newest first
 _PROFILE_PROJECTION = {n: 1 for n in (*PROFILE_FIELDS, "current_session_id", "recent_alerts")}
 _SESSION_PROJECTION = {n: 1 for n in (*SESSION_FIELDS, "user_scores")}
+_EVENT_PROJECTION = {n: 1 for n in ("event_type", "event_timestamp", "user_id", "session_id", "product_id",
+                                    "category_code", "brand", "price", "country", "device_type", "is_late")}
 
 
 def _now() -> datetime:
@@ -81,17 +84,20 @@ def personalization(db, user_id: str, open_alert_hours: float) -> dict | None:
 
 
 def activity(db, user_id: str | None, event_type: str | None, country: str | None, start, end, limit: int) -> dict:
-    """The latest events (of one user: the user_id + event_timestamp index), newest first."""
-    query: dict[str, Any] = {**_range("event_timestamp", start, end)}
+    """The latest events, newest first: of one user, from the user's user_activity document (its
+    newest USER_EVENTS_KEPT events; one read by _id), else the event_timestamp index."""
     if user_id is not None:
-        query["user_id"] = user_id
-    if event_type is not None:
-        query["event_type"] = event_type
-    if country is not None:
-        query["country"] = country
-    projection = {"event_type": 1, "event_timestamp": 1, "user_id": 1, "session_id": 1, "product_id": 1,
-                  "category_code": 1, "brand": 1, "price": 1, "country": 1, "device_type": 1, "is_late": 1}
-    events = list(db[C.EVENTS].find(query, projection).sort("event_timestamp", DESCENDING).limit(limit))
+        kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"events": 1}) or {}).get("events", [])
+        events = [{**e, "user_id": user_id} for e in kept if _matches(e, event_type, country, "event_timestamp",
+                                                                      start, end)][:limit]
+    else:
+        query: dict[str, Any] = {**_range("event_timestamp", start, end)}
+        if event_type is not None:
+            query["event_type"] = event_type
+        if country is not None:
+            query["country"] = country
+        events = [{"event_id": e.pop("_id"), **e} for e in
+                  db[C.EVENTS].find(query, _EVENT_PROJECTION).sort("event_timestamp", DESCENDING).limit(limit)]
     counts: dict = {}
     for e in events:
         counts[e["event_type"]] = counts.get(e["event_type"], 0) + 1
@@ -101,7 +107,15 @@ def activity(db, user_id: str | None, event_type: str | None, country: str | Non
         summary = profile and _pick(profile, ("first_seen", "last_seen", "sessions", "total_events", "view_count",
                                               "cart_count", "purchase_count", "total_revenue", "last_segment"))
     return {"user_id": user_id, "count": len(events), "by_event_type": dict(sorted(counts.items())),
-            "summary": summary, "events": [{"event_id": e.pop("_id"), **e} for e in events]}
+            "summary": summary, "events": events,
+            **({"kept": USER_EVENTS_KEPT} if user_id is not None else {})}
+
+
+def _matches(doc: dict, event_type: str | None, country: str | None, field: str, start, end) -> bool:
+    when = A.utc(doc[field])
+    return ((event_type is None or doc.get("event_type") == event_type)
+            and (country is None or doc.get("country") == country)
+            and (start is None or when >= A.utc(start)) and (end is None or when < A.utc(end)))
 
 
 def user_segments(db, min_engagement: float, segment: str | None, limit: int) -> dict:
@@ -119,17 +133,17 @@ def user_segments(db, min_engagement: float, segment: str | None, limit: int) ->
 def session_metrics(db, user_id: str | None, segment: str | None, start, end, limit: int | None) -> dict:
     """Closed sessions by segment: from segment_distribution's windows (by session end), the newest
     `limit` 5-minute windows when given; or for one user from the user's own sessions, the newest
-    `limit` (100) of them (user_id index)."""
+    `limit` (100) of them: the user's user_activity document (its open sessions and newest
+    USER_SESSIONS_KEPT closed ones; one read by _id)."""
     if user_id is not None:
         limit = 100 if limit is None else limit
-        query = {"user_id": user_id, **_range("session_end", start, end)}
-        if segment is not None:
-            query["behavior_segment"] = segment
-        sessions = list(db[C.SEGMENTS].find(query, {n: 1 for n in SESSION_FIELDS}).sort("session_end", DESCENDING)
-                        .limit(limit))
+        kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1}) or {}).get("sessions", [])
+        sessions = [{**s, "user_id": user_id} for s in kept
+                    if (segment is None or s["behavior_segment"] == segment)
+                    and _matches(s, None, None, "session_end", start, end)][:limit]
         closed = [s for s in sessions if s["status"] == "closed"]
         return {"user_id": user_id, **A.user_session_metrics(closed), "active_sessions": len(sessions) - len(closed),
-                "sessions": [{"session_id": s.pop("_id"), **s} for s in sessions]}
+                "sessions": sessions, "kept": USER_SESSIONS_KEPT}
     query = _range("window_start", start, end)
     if segment is not None:
         query["behavior_segment"] = segment

@@ -219,7 +219,8 @@ def _rows(step: Step, docs: dict, user_id: str) -> list[OutputRow]:
     out = step.out
     rows = [OutputRow("event", e.event_id, docs.get(e.event_id), e.session_id, e.seconds_since_prev, e.is_late)
             for e in out.events]
-    rows += [OutputRow("event_fix", e.event_id, None, e.session_id, e.seconds_since_prev, e.is_late)
+    fix_doc = json.dumps({"user_id": user_id}, separators=(",", ":"))  # whose event: app/sinks/user_activity.py
+    rows += [OutputRow("event_fix", e.event_id, fix_doc, e.session_id, e.seconds_since_prev, e.is_late)
              for e in out.event_fixes]
     rows += [OutputRow("duplicate", event_id, None) for event_id in out.duplicates]
     rows += [OutputRow("retract", session_id, _retracted(session_id, user_id), session_id)

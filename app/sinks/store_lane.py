@@ -8,6 +8,8 @@ messages on a Kafka topic (STORE_TOPIC), materialized by a second query of the s
     query "store":    STORE_TOPIC ──> the run's messages, grouped by the sessions batch that sent
                                       them, each group written as before (app/sinks/collections.py
                                       write_outputs, app/sinks/exactly_once.py), oldest first
+    query "activity": STORE_TOPIC ──> each user's newest events and sessions, one document per
+                                      user (app/sinks/user_activity.py), on a slower trigger
 
 So the sessions query never waits for MongoDB: a slow or absent store delays the store query
 only, and its lag is that query's Kafka lag (in /status, `make status`, stream_progress).
@@ -87,15 +89,17 @@ def publish_aggregates(spark: SparkSession, values: list[str], topic: str, produ
 
 def store_source(spark: SparkSession, bootstrap: str, topic: str, client_options: dict[str, str],
                  max_offsets: int, fail_on_data_loss: bool) -> DataFrame:
-    """STORE_TOPIC from its start (the query's checkpoint keeps its place), as MESSAGE_SCHEMA rows."""
+    """STORE_TOPIC from its start (the query's checkpoint keeps its place), as MESSAGE_SCHEMA rows
+    plus each message's place (kafka_partition, kafka_offset: a document's messages in order)."""
     return (spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", bootstrap).options(**client_options)
             .option("subscribe", topic).option("startingOffsets", "earliest")
             .option("maxOffsetsPerTrigger", max_offsets)
             .option("failOnDataLoss", str(fail_on_data_loss).lower())
             .load()
-            .select(F.from_json(F.col("value").cast("string"), MESSAGE_SCHEMA).alias("m"))
-            .select("m.*"))
+            .select(F.col("partition").alias("kafka_partition"), F.col("offset").alias("kafka_offset"),
+                    F.from_json(F.col("value").cast("string"), MESSAGE_SCHEMA).alias("m"))
+            .select("m.*", "kafka_partition", "kafka_offset"))
 
 
 class StoreBatchWriter:

@@ -19,6 +19,7 @@ import pytest
 from pymongo import MongoClient
 
 from app.sessions.tracker import session_id_of
+from app.sinks.user_activity import EVENTS_KEPT
 from tests.conftest import ROOT, eventually
 from tests.e2e.shared_run import SESSION_GAP, WATERMARK_DELAY
 
@@ -279,20 +280,42 @@ def test_personalization_gives_each_users_latest_session_segment_and_alerts(api_
 
 
 def test_user_activity_lists_the_users_events_newest_first_with_filters(api_run):
+    """From the user's user_activity document (its newest EVENTS_KEPT events): the most active user
+    of the run has more than that, so the cut shows."""
     data = api_run["input"]
     user = Counter(e["user_id"] for e in data.events).most_common(1)[0][0]
     mine = sorted((e for e in data.events if e["user_id"] == user), key=lambda e: -e["ms"])
     body = _get(api_run, "/v1/activity", user_id=user, limit=1000)
-    assert [_ms(e["event_timestamp"]) for e in body["events"]] == [e["ms"] for e in mine]  # ties: any order
-    assert {e["event_id"] for e in body["events"]} == {e["event_id"] for e in mine}
-    assert body["by_event_type"] == dict(sorted(Counter(e["type"] for e in mine).items()))
+    kept = body["kept"]
+    assert kept == EVENTS_KEPT and len(mine) > kept, (kept, len(mine))
+    assert [_ms(e["event_timestamp"]) for e in body["events"]] == [e["ms"] for e in mine][:kept]  # ties: any order
+    assert {e["event_id"] for e in body["events"]} <= {e["event_id"] for e in mine}
+    assert body["by_event_type"] == dict(sorted(Counter(e["event_type"] for e in body["events"]).items()))
     assert body["summary"]["total_events"] == len(mine)
+    stored = {d["_id"]: d["session_id"] for d in api_run["db"].enriched_events.find({"user_id": user})}
+    assert all(e["session_id"] == stored[e["event_id"]] for e in body["events"])  # with their corrections
     views = _get(api_run, "/v1/activity", user_id=user, event_type="view", limit=3)
-    assert [_ms(e["event_timestamp"]) for e in views["events"]] == [e["ms"] for e in mine if e["type"] == "view"][:3]
+    assert [_ms(e["event_timestamp"]) for e in views["events"]] == [e["ms"] for e in mine[:kept]
+                                                                    if e["type"] == "view"][:3]
     assert all(e["event_type"] == "view" for e in views["events"])
-    middle = mine[len(mine) // 2]["ms"]
+    middle = mine[kept // 2]["ms"]
     late = _get(api_run, "/v1/activity", user_id=user, start=_iso(middle), limit=1000)
-    assert late["count"] == sum(1 for e in mine if e["ms"] >= middle)
+    assert late["count"] == sum(1 for e in mine[:kept] if e["ms"] >= middle)
+
+
+def test_a_users_session_metrics_are_the_users_session_documents(api_run):
+    db = api_run["db"]
+    user = Counter(d["user_id"] for d in db.user_behavior_segments.find({}, {"user_id": 1})).most_common(1)[0][0]
+    sessions = sorted(db.user_behavior_segments.find({"user_id": user}),
+                      key=lambda d: (d["session_end"], d["_id"]), reverse=True)
+    body = _get(api_run, "/v1/sessions/metrics", user_id=user)
+    assert [s["session_id"] for s in body["sessions"]] == [d["_id"] for d in sessions][:100]
+    closed = [d for d in sessions if d["status"] == "closed"][:100]
+    assert body["total_sessions"] == len(closed) and body["active_sessions"] == len(sessions) - len(closed)
+    assert body["total_revenue"] == pytest.approx(sum(d.get("total_amount") or 0 for d in closed), abs=0.01)
+    by_segment = _get(api_run, "/v1/sessions/metrics", user_id=user, segment=sessions[0]["behavior_segment"])
+    assert [s["session_id"] for s in by_segment["sessions"]] == [
+        d["_id"] for d in sessions if d["behavior_segment"] == sessions[0]["behavior_segment"]][:100]
 
 
 def test_anomalies_compare_the_recent_hours_with_the_baseline_computed_from_the_input(api_run):

@@ -11,10 +11,14 @@ enriched event with its corrections, alerts and executions by id, each user's la
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
+from app.sessions.stateful import _rows
 from app.sessions.tracker import Event, Outputs, SessionSettings, Step, archived_id, process_events, process_timeout
+from app.sinks import user_activity
 
 
 @dataclass
@@ -27,12 +31,14 @@ class Store:
     duplicates: Counter = field(default_factory=Counter)
     late: Counter = field(default_factory=Counter)            # event_id -> late arrivals
     closed_writes: Counter = field(default_factory=Counter)  # _id -> closed documents written (1 at most)
+    activity: dict = field(default_factory=dict)   # user_id -> user_activity document (app/sinks/user_activity.py)
 
     def outputs(self) -> dict:
         """Everything a user of the job sees, to compare two runs with. Of a profile, its figures
         and live pointers: its `epoch` and `base` say which state entry wrote it, and an entry
         that left the store (its last session closed) comes back as a new epoch on the stored base."""
         return {"sessions": self.sessions, "events": self.events, "alerts": self.alerts, "actions": self.actions,
+                "activity": self.activity,
                 "profiles": {user: ({k: v for k, v in p["totals"].items() if k != "epoch"}, p["live"])
                              for user, p in self.profiles.items()}}
 
@@ -48,10 +54,12 @@ class SparkLike:
         self.max_seen: int | None = None
         self.store = Store()
         self.batches = 0
+        self.docs: dict = {}  # event_id -> its document as the state step gets it (JSON)
 
     def batch(self, events: list[Event]) -> None:
         by_user: dict = {}
         for ev in events:
+            self.docs.setdefault(ev.event_id, event_json(ev))
             by_user.setdefault(ev.user_id, []).append(ev)
         for user in sorted(by_user):
             self._run(user, process_events(self.states.get(user), by_user[user], self.watermark_ms, self.settings))
@@ -116,6 +124,21 @@ class SparkLike:
             store.actions.setdefault(action["execution_id"], action)
         if out.profile is not None:
             store.profiles[user] = {k: v for k, v in out.profile.items() if k != "first_write"}
+        # the store query merges each user's rows of a batch into the user's document, in order
+        rows = [r for r in _rows(step, self.docs, user) if r.kind in user_activity.KINDS]
+        if rows:
+            store.activity[user] = user_activity.merge(store.activity.get(user), user, rows, _NOW)
+
+
+_NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+
+
+def event_json(ev: Event) -> str:
+    """An event as the state step gets its document (app/events/enrich.py), the fields the sinks read."""
+    return json.dumps({"event_id": ev.event_id, "event_ms": ev.event_ms, "event_type": ev.event_type,
+                       "user_id": ev.user_id, "user_session": ev.user_session, "product_id": ev.product_id,
+                       "category_code": ev.category_code, "brand": None, "price": ev.price, "country": ev.country,
+                       "device_type": ev.device_type})
 
 
 def cut(events: list[Event], sizes: list[int]) -> list[list[Event]]:

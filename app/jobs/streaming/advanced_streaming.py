@@ -96,24 +96,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drain(queries, stopping: threading.Event, log) -> list:
-    """--available-now: the sessions query has read what the topic held; the store query then
-    writes everything the sessions query sent it before the job ends (a signal stops the wait:
-    the store query goes on from its checkpoint next time). Returns its failure, if any."""
-    from app.sinks.store_lane import STORE_QUERY
-    for q in queries:
-        if q.name == STORE_QUERY and q.isActive:
-            log.info("the sessions query is done: storing what it sent (the store lane)")
-            failure: list = []
+    """--available-now: the sessions query has read what the topic held; the store query, then
+    the activity query, write everything it sent them before the job ends (a signal stops the
+    wait: they go on from their checkpoints next time). Returns a failure, if any."""
+    from app.pipeline import QUERY_NAME
+    for q in queries:  # in start order: sessions, store, activity
+        if q.name == QUERY_NAME or not q.isActive:
+            continue
+        log.info("the sessions query is done: query %s takes in what it sent (the store lane)", q.name)
+        failure: list = []
 
-            def wait(query=q) -> None:
-                try:
-                    query.processAllAvailable()
-                except Exception as exc:  # noqa: BLE001 (StreamingQueryException)
-                    failure.append((query.name, exc))
-            waiter = threading.Thread(target=wait, name="store-lane-drain", daemon=True)
-            waiter.start()
-            while waiter.is_alive() and not stopping.is_set():
-                waiter.join(1)
+        def wait(query=q) -> None:
+            try:
+                query.processAllAvailable()
+            except Exception as exc:  # noqa: BLE001 (StreamingQueryException)
+                failure.append((query.name, exc))
+        waiter = threading.Thread(target=wait, name=f"{q.name}-drain", daemon=True)
+        waiter.start()
+        while waiter.is_alive() and not stopping.is_set():
+            waiter.join(1)
+        if failure or stopping.is_set():
             return failure
     return []
 

@@ -1,0 +1,117 @@
+"""user_activity (app/sinks/user_activity.py): a user's newest events and sessions in one document.
+
+The document must be what the uncut collections show (enriched_events' newest events with their
+corrections; user_behavior_segments' open sessions and newest closed ones), however the batches
+are cut, and a replayed merge must change nothing. The sizes kept are made small here, so the
+cuts happen on the generated traffic."""
+from __future__ import annotations
+
+from datetime import datetime
+from unittest import mock
+
+from hypothesis import HealthCheck, given, note, settings as hsettings, strategies as st
+
+from app.sinks import user_activity
+from tests.unit.spark_like import _NOW, _rows
+from tests.unit.test_event_time import DAY, assert_same_outputs, ev, batch_cuts, in_batches, one_batch, traffic
+
+EVENTS_KEPT, SESSIONS_KEPT = 12, 2
+
+
+def expected(run) -> dict:
+    """user -> (newest event ids with their session, open session ids, newest closed session ids), from
+    the run's uncut store (its enriched events and session documents)."""
+    events: dict = {}
+    for event_id, (session_id, _, _) in run.store.events.items():
+        events.setdefault(run.docs_user[event_id], []).append((run.event_ms[event_id], event_id, session_id))
+    out: dict = {}
+    for user, kept in events.items():
+        newest = sorted(kept, reverse=True)[:EVENTS_KEPT]
+        sessions = [d for d in run.store.sessions.values() if d["user_id"] == user]
+        open_ids = sorted(d["_id"] for d in sessions if d["status"] == "active")
+        closed = sorted(((d["session_end"], d["_id"]) for d in sessions if d["status"] == "closed"),
+                        reverse=True)[:SESSIONS_KEPT]
+        out[user] = ([(e, s) for _, e, s in newest], open_ids, [i for _, i in closed])
+    return out
+
+
+def shown(run) -> dict:
+    return {user: ([(e["event_id"], e["session_id"]) for e in doc["events"]],
+                   sorted(s["session_id"] for s in doc["sessions"] if s["status"] == "active"),
+                   [s["session_id"] for s in doc["sessions"] if s["status"] == "closed"])
+            for user, doc in run.store.activity.items()}
+
+
+def _index(run, events) -> None:
+    run.docs_user = {e.event_id: e.user_id for e in events}
+    run.event_ms = {e.event_id: e.event_ms for e in events}
+
+
+@hsettings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_document_is_what_the_uncut_collections_show_however_the_batches_are_cut(data):
+    events = data.draw(traffic(), label="events in arrival order")
+    batches = data.draw(batch_cuts(events), label="batch sizes")
+    note(f"{len(events)} events in {len(batches)} batches")
+    with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
+            mock.patch.object(user_activity, "SESSIONS_KEPT", SESSIONS_KEPT):
+        reference, run = one_batch(events), in_batches(batches)
+        assert_same_outputs(reference, run)  # user_activity among them
+        for driver in (reference, run):
+            driver.advance(max(e.event_ms for e in events) + 2 * DAY)
+            _index(driver, events)
+            assert shown(driver) == expected(driver)
+        assert_same_outputs(reference, run)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_merging_a_batch_again_changes_nothing(data):
+    """A replayed store batch merges the same rows again, after later ones too (exactly_once.py 13)."""
+    events = data.draw(traffic(), label="events in arrival order")
+    batches = data.draw(batch_cuts(events), label="batch sizes")
+    with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
+            mock.patch.object(user_activity, "SESSIONS_KEPT", SESSIONS_KEPT):
+        steps: list = []
+        run = in_batches([])
+        original = run._run
+
+        def recording(user, step):
+            steps.append((user, [r for r in _rows(step, run.docs, user) if r.kind in user_activity.KINDS]))
+            original(user, step)
+
+        run._run = recording
+        run.run(batches)
+        final = dict(run.store.activity)
+        replay_from = data.draw(st.integers(0, max(len(steps) - 1, 0)), label="replayed from step")
+        docs: dict = {}
+        for user, rows in steps + steps[replay_from:]:
+            if rows:
+                docs[user] = user_activity.merge(docs.get(user), user, rows, _NOW)
+        assert docs == final
+
+
+def test_a_merge_keeps_active_sessions_and_the_newest_closed_and_reads_stored_naive_dates():
+    """Stored dates come back naive from pymongo: they compare with the new rows' aware ones."""
+    def session(sid, end_min, status):
+        return {"session_id": sid, "status": status, "session_start": datetime(2024, 5, 1, 12, 0),
+                "session_end": datetime(2024, 5, 1, 12, end_min), "behavior_segment": "browser"}
+    stored = {"_id": "u", "events": [{"event_id": "e1", "event_timestamp": datetime(2024, 5, 1, 12, 0)}],
+              "sessions": [session("a", 1, "closed"), session("b", 2, "closed"), session("c", 3, "active"),
+                           session("d", 4, "closed")]}
+    with mock.patch.object(user_activity, "SESSIONS_KEPT", 2):
+        doc = user_activity.merge(stored, "u", [], _NOW)
+    assert [s["session_id"] for s in doc["sessions"]] == ["d", "c", "b"]
+    assert doc["events"] == stored["events"]
+
+
+def test_an_events_corrected_session_reaches_the_document():
+    """An earlier event arriving later moves a derived session's id: the stored event is corrected."""
+    events = [ev(60_000, "e1"), ev(0, "e0")]
+    run = in_batches([[events[0]], [events[1]]])
+    run.advance(max(e.event_ms for e in events) + 2 * DAY)
+    _index(run, events)
+    first_id = f"u1-{events[0].event_ms}"
+    assert run.store.events["e1"][0] != first_id  # the correction happened
+    assert shown(run) == expected(run)
+    assert {e["event_id"]: e["session_id"] for e in run.store.activity["u1"]["events"]}["e1"] == run.store.events["e1"][0]
