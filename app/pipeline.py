@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from functools import reduce
@@ -35,33 +33,9 @@ log = logging.getLogger("behavior.sink")
 QUERY_NAME = "sessions"
 
 
-# The two queries share the executors' slots: with FAIR scheduling the sessions query's tasks (the
-# act lane) take the next free slot before the store query's (DESIGN.md §16 "Acting does not wait
-# for storing"). A pool below its minShare goes first; the act pool's is more than any cluster's slots.
-ACT_POOL, STORE_POOL = "act", "store"
-_POOLS = f"""<?xml version="1.0"?>
-<allocations>
-  <pool name="{ACT_POOL}"><schedulingMode>FIFO</schedulingMode><weight>8</weight><minShare>100000</minShare></pool>
-  <pool name="{STORE_POOL}"><schedulingMode>FIFO</schedulingMode><weight>1</weight><minShare>0</minShare></pool>
-</allocations>
-"""
-
-
-def scheduler_pools_file() -> str:
-    """The FAIR scheduler's pools, in a file of the driver's (Spark reads it when the context starts)."""
-    path = Path(tempfile.gettempdir(), f"behavior-fairscheduler-{os.getuid()}.xml")
-    if not path.exists() or path.read_text() != _POOLS:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(_POOLS)
-        tmp.replace(path)
-    return str(path)
-
-
 def build_spark(config: AppConfig, app_name: str = "behavior-segmentation") -> SparkSession:
     return (
         SparkSession.builder.appName(app_name)
-        .config("spark.scheduler.mode", "FAIR")
-        .config("spark.scheduler.allocation.file", scheduler_pools_file())
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
         # one watermark per Kafka partition (event_time_source): the global one is their minimum
@@ -325,6 +299,9 @@ LEFT_FILE = "profiles_left"
 # in CHECKPOINT_DIR: its sessions query has sent its MongoDB writes to the store lane since this
 # batch (an earlier one wrote them itself, with its sums tagged by the batch id alone)
 STORE_LANE_FILE = "store_lane_from"
+# in CHECKPOINT_DIR: the activity query has seen everything the checkpoint's sessions query sent
+# (a checkpoint from before it has users whose history is only in the collections)
+ACTIVITY_FILE = "activity_complete"
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
 
@@ -360,6 +337,7 @@ def check_checkpoint(config: AppConfig) -> None:
     Path(config.checkpoint_dir, OPERATOR_FILE).write_text(config.state_operator + "\n")
     Path(config.checkpoint_dir, LEFT_FILE).write_text("the state keeps an expired user's profile\n")
     Path(config.checkpoint_dir, STORE_LANE_FILE).write_text("0\n")
+    Path(config.checkpoint_dir, ACTIVITY_FILE).write_text("user_activity holds every user's newest events\n")
 
 
 def _check_store_lane(config: AppConfig, query: Path) -> None:
@@ -436,15 +414,9 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
               .foreachBatch(SessionBatchWriter(checkpoint, act_topics(config), act_producer_options(config),
                                                config.store_lane_topic)))
     ensure_store_topic(spark, config)  # before the sessions query's first write could auto-create it
-    context = spark.sparkContext
-    context.setLocalProperty("spark.scheduler.pool", ACT_POOL)  # a query's jobs run in its starting thread's pool
-    try:
-        sessions = _start(writer, checkpoint, config)
-        context.setLocalProperty("spark.scheduler.pool", STORE_POOL)
-        store_query = start_store_query(spark, config, store, rules, checkpoint)
-        activity_query = start_activity_query(spark, config, store, checkpoint)
-    finally:
-        context.setLocalProperty("spark.scheduler.pool", None)
+    sessions = _start(writer, checkpoint, config)
+    store_query = start_store_query(spark, config, store, rules, checkpoint)
+    activity_query = start_activity_query(spark, config, store, checkpoint)
     return [sessions, store_query, activity_query]
 
 
@@ -478,7 +450,8 @@ def start_activity_query(spark: SparkSession, config: AppConfig, store: Store,
                             config.kafka_client_options(), ACTIVITY_MAX_OFFSETS, config.kafka_fail_on_data_loss)
     checkpoint = str(Path(config.checkpoint_dir, ACTIVITY_QUERY))
     writer = (messages.writeStream.queryName(ACTIVITY_QUERY)
-              .foreachBatch(ActivityBatchWriter(store, lambda: run_id_of(sessions_checkpoint)))
+              .foreachBatch(ActivityBatchWriter(store, lambda: run_id_of(sessions_checkpoint),
+                                                complete=Path(config.checkpoint_dir, ACTIVITY_FILE).is_file()))
               .option("checkpointLocation", checkpoint)
               .trigger(processingTime=f"{int(config.activity_interval_s * 1000)} milliseconds"))
     return writer.start()

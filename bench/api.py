@@ -66,7 +66,7 @@ LIVE_SEED = 11  # the paced producer's sessions: not the preload's (seed 7), who
 GOAL_P99_MS = 25.0
 QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10}
 FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 30}
-COLLECTIONS = ("enriched_events", "user_behavior_segments", "event_counts_hourly", "segment_distribution",
+COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "event_counts_hourly", "segment_distribution",
                "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions", "user_profiles",
                "conversion_funnel", "experiment_results", "stream_progress")
 # path -> what it reads (app/api/queries.py). FerretDB 1.24 (SQLite) uses an index only for _id

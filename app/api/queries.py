@@ -13,7 +13,8 @@ from app.api import analytics as A
 from app.api.bounds import WINDOW, capped
 from app.sinks import collections as C
 from app.sinks.profiles import ALERTS, PROFILES
-from app.sinks.user_activity import EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT
+from app.sinks.user_activity import (EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT,
+                                    STATUS_ID as ACTIVITY_STATUS_ID)
 
 SCORES = ("engagement_score", "interest_score", "intent_score", "conversion_probability")
 _HIDDEN = {"run_id": 0, "batch_id": 0}
@@ -85,17 +86,22 @@ def personalization(db, user_id: str, open_alert_hours: float) -> dict | None:
 
 def activity(db, user_id: str | None, event_type: str | None, country: str | None, start, end, limit: int) -> dict:
     """The latest events, newest first: of one user, from the user's user_activity document (its
-    newest USER_EVENTS_KEPT events; one read by _id), else the event_timestamp index."""
-    if user_id is not None:
+    newest USER_EVENTS_KEPT events; one read by _id; `complete` false when older events may match
+    too), else the event_timestamp index. While user_activity is not complete (a job started
+    on a checkpoint from before it), a user's events come from enriched_events' user_id index."""
+    query: dict[str, Any] = {**_range("event_timestamp", start, end)}
+    if event_type is not None:
+        query["event_type"] = event_type
+    if country is not None:
+        query["country"] = country
+    kept = None
+    if user_id is not None and activity_complete(db):
         kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"events": 1}) or {}).get("events", [])
         events = [{**e, "user_id": user_id} for e in kept if _matches(e, event_type, country, "event_timestamp",
                                                                       start, end)][:limit]
     else:
-        query: dict[str, Any] = {**_range("event_timestamp", start, end)}
-        if event_type is not None:
-            query["event_type"] = event_type
-        if country is not None:
-            query["country"] = country
+        if user_id is not None:
+            query["user_id"] = user_id
         events = [{"event_id": e.pop("_id"), **e} for e in
                   db[C.EVENTS].find(query, _EVENT_PROJECTION).sort("event_timestamp", DESCENDING).limit(limit)]
     counts: dict = {}
@@ -108,7 +114,21 @@ def activity(db, user_id: str | None, event_type: str | None, country: str | Non
                                               "cart_count", "purchase_count", "total_revenue", "last_segment"))
     return {"user_id": user_id, "count": len(events), "by_event_type": dict(sorted(counts.items())),
             "summary": summary, "events": events,
-            **({"kept": USER_EVENTS_KEPT} if user_id is not None else {})}
+            **({} if kept is None else {"kept": USER_EVENTS_KEPT, "complete": _complete(
+                kept, len(events), limit, USER_EVENTS_KEPT, "event_timestamp", start)})}
+
+
+def activity_complete(db) -> bool:
+    """Whether the job's activity query has seen all of its run's history (stream_progress)."""
+    return bool((db[C.PROGRESS].find_one({"_id": ACTIVITY_STATUS_ID}) or {}).get("complete"))
+
+
+def _complete(kept: list, matched: int, limit: int, cap: int, field: str, start) -> bool:
+    """Whether the newest `limit` matches among `kept` (the newest `cap`, newest first) are the
+    newest of all: the document holds everything, or `limit` matched (an item it dropped is older
+    than all it kept), or `start` is after the oldest item it kept."""
+    return (len(kept) < cap or matched >= limit
+            or (start is not None and bool(kept) and A.utc(start) > A.utc(kept[-1][field])))
 
 
 def _matches(doc: dict, event_type: str | None, country: str | None, field: str, start, end) -> bool:
@@ -137,13 +157,24 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
     USER_SESSIONS_KEPT closed ones; one read by _id)."""
     if user_id is not None:
         limit = 100 if limit is None else limit
-        kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1}) or {}).get("sessions", [])
-        sessions = [{**s, "user_id": user_id} for s in kept
-                    if (segment is None or s["behavior_segment"] == segment)
-                    and _matches(s, None, None, "session_end", start, end)][:limit]
+        if not activity_complete(db):  # a job on a checkpoint from before user_activity: the user_id index
+            query = {"user_id": user_id, **_range("session_end", start, end)}
+            if segment is not None:
+                query["behavior_segment"] = segment
+            sessions = [{"session_id": d.pop("_id"), **d} for d in db[C.SEGMENTS].find(
+                query, {n: 1 for n in SESSION_FIELDS}).sort("session_end", DESCENDING).limit(limit)]
+            extra = {}
+        else:
+            kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1}) or {}).get("sessions", [])
+            sessions = [{**s, "user_id": user_id} for s in kept
+                        if (segment is None or s["behavior_segment"] == segment)
+                        and _matches(s, None, None, "session_end", start, end)][:limit]
+            closed_kept = [s for s in kept if s["status"] == "closed"]
+            extra = {"kept": USER_SESSIONS_KEPT, "complete": _complete(
+                closed_kept, len(sessions), limit, USER_SESSIONS_KEPT, "session_end", start)}
         closed = [s for s in sessions if s["status"] == "closed"]
         return {"user_id": user_id, **A.user_session_metrics(closed), "active_sessions": len(sessions) - len(closed),
-                "sessions": sessions, "kept": USER_SESSIONS_KEPT}
+                "sessions": sessions, **extra}
     query = _range("window_start", start, end)
     if segment is not None:
         query["behavior_segment"] = segment

@@ -77,16 +77,17 @@ twice leaves what writing them once leaves:
    a batch's closed sessions travel in chunks of a bounded size). A replayed store batch applies
    its groups again in order; the member marker of 4 never moves back, so a group re-applied after
    a later one still knows the later one as a replay.
-13. user_activity (app/sinks/user_activity.py; what the per-user endpoints read by _id): after
-   each group of 12, the store query merges each user's event, correction, session and retract
-   rows into the user's document (one read by _id, one replace), in message order, with the
-   rules of 1 and 2: an event is inserted once and only its session field is corrected, a session
-   is replaced, a retracted active one removed, a reused id's closed one archived. Merging the
-   same rows again leaves the same document, and a group re-applied after a later one is
-   followed by the later one again, as in 12. The document keeps only the newest events and
-   closed sessions; what it drops can never climb back above what it keeps (events and closed
-   sessions do not change their times), and open sessions are never dropped, so the document is
-   what the uncut collections show, however the batches are cut (tests/unit/test_user_activity.py).
+13. user_activity (app/sinks/user_activity.py; what the per-user endpoints read by _id): a third
+   query, `activity`, reads the store lane on its own trigger and merges each user's event,
+   correction, session and retract rows into the user's document in message order (by Kafka
+   partition and offset: one document's messages share a partition), with the rules of 1 and 2:
+   an event is inserted once and only its session field is corrected, a session is replaced, a
+   retracted active one removed, a reused id's closed one archived. Merging the same rows again
+   onto the document they produced leaves it unchanged, so a replayed activity batch is harmless.
+   The document keeps only the newest events and closed sessions; what it drops can never climb
+   back above what it keeps (events and closed sessions do not change their times), and open
+   sessions are never dropped, so the document is what the uncut collections show, however the
+   batches of either query are cut (tests/unit/test_user_activity.py).
 
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).

@@ -18,14 +18,18 @@ sessions (at most MAX_OPEN_SESSIONS per user) are never cut, as a retraction may
 """
 from __future__ import annotations
 
+import logging
+import multiprocessing
 from collections import OrderedDict
 from datetime import datetime, timedelta, timezone
 from itertools import groupby
+from typing import NamedTuple
 
+import bson
 from pymongo import ReplaceOne
 
 from app.sessions.tracker import archived_id
-from app.sinks.collections import USER_ACTIVITY, event_document, event_session_fields, session_document
+from app.sinks.collections import PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
 from app.sinks.mongo import Store
 
 ACTIVITY_QUERY = "activity"
@@ -40,50 +44,160 @@ SESSION_FIELDS = ("user_session", "behavior_segment", "segment_color", "segment_
                   "cart_count", "purchase_count", "total_amount", "engagement_rate", "event_path", "recommendations",
                   "experiments", "rule_version")
 WRITE_CHUNK = 200
-CACHED = 20_000  # documents the driver keeps (most are a few KB)
+CACHE_BYTES = 256 * 1024 * 1024  # the documents the driver keeps, as BSON
+STATUS_ID = "activity"  # in stream_progress: {complete: bool} (see ActivityBatchWriter)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class ActivityBatchWriter:
     """foreachBatch sink of the activity query (STORE_TOPIC, its own trigger: ACTIVITY_INTERVAL):
-    the run's rows, in the driver, per user in message order (one document's messages are in one
-    Kafka partition, in order), merged into the user's document and replaced in bulk. The driver
-    keeps the documents it wrote last (CACHED users, least recent out), so a user active all
-    along costs one write per batch and no read; only this query writes user_activity."""
+    the run's rows, as Arrow, handed to a merger process of the driver's (`_Merger`: the driver's
+    Python also runs the other queries' foreachBatch, and merging thousands of users there would
+    hold its interpreter lock for seconds). The merger keeps the documents it wrote last (BSON, at
+    most CACHE_BYTES, least recent out), so a user active all along costs one write per batch and
+    no read; only this query writes user_activity. `complete`: the checkpoint's sessions query
+    sent everything through the store lane since its first batch (pipeline.ACTIVITY_FILE);
+    recorded in stream_progress (`_id: activity`) for the query API, which reads the collections
+    instead while it is not."""
 
-    def __init__(self, store: Store, run_id):
+    def __init__(self, store: Store, run_id, complete: bool):
         self.store = store
         self.run_id = run_id  # () -> the sessions query's id
-        self.cache: OrderedDict = OrderedDict()
+        self.complete = complete
+        self.merger = _Merger(store)
+        self.marked = False
 
     def __call__(self, batch, batch_id: int) -> None:
         from pyspark.sql import functions as F  # here: the query API imports this module and runs without Spark
-        rows = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS))
-                .select("kind", "id", "doc", "session_id", "seconds_since_prev", "is_late", "status", "first_write",
-                        F.get_json_object("doc", "$.user_id").alias("user_id"), "kafka_partition", "kafka_offset")
-                .filter(F.col("user_id").isNotNull()).collect())
-        rows.sort(key=lambda r: (r.user_id, r.kafka_partition, r.kafka_offset))
-        coll, now = self.store.db()[USER_ACTIVITY], datetime.now(timezone.utc)
-        pending: list = []
-        for user_id, user_rows in groupby(rows, key=lambda r: r.user_id):
-            stored = self.cache.get(user_id)
-            if stored is None:
-                stored = self.store.retrying(USER_ACTIVITY, lambda: coll.find_one({"_id": user_id}))
-            pending.append(merge(stored, user_id, user_rows, now))
-            if len(pending) >= WRITE_CHUNK:
-                self._write(coll, pending)
-        self._write(coll, pending)
+        if not self.marked:
+            db = self.store.db()
+            self.store.retrying(PROGRESS, lambda: db[PROGRESS].replace_one(
+                {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete}, upsert=True))
+            self.marked = True
+        table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS))
+                 .select(*Row._fields[:-3], F.get_json_object("doc", "$.user_id").alias("user_id"),
+                         "kafka_partition", "kafka_offset")
+                 .filter(F.col("user_id").isNotNull()).toArrow())
+        if table.num_rows:
+            self.merger.apply(table)
 
-    def _write(self, coll, docs: list) -> None:
-        if docs:
-            self.store.retrying(USER_ACTIVITY, lambda: coll.bulk_write(
-                [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False))
-            for d in docs:  # what the store holds now
-                self.cache[d["_id"]] = d
-                self.cache.move_to_end(d["_id"])
-            while len(self.cache) > CACHED:
-                self.cache.popitem(last=False)
-            docs.clear()
+
+class Row(NamedTuple):
+    """What the merge reads of a store-lane message (OutputRow's fields), its user and its place."""
+    kind: str
+    id: str
+    doc: str | None
+    session_id: str | None
+    seconds_since_prev: float | None
+    is_late: bool | None
+    status: str | None
+    first_write: bool | None
+    user_id: str
+    kafka_partition: int
+    kafka_offset: int
+
+
+class _Merger:
+    """A process of the driver's that merges Arrow tables of rows into user_activity (apply_rows),
+    keeping its cache between batches. The driver waits for each table (the batch commits after),
+    without holding its interpreter lock; a failure there fails the batch."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.conn = None
+
+    def apply(self, table) -> int:
+        import pyarrow as pa
+        if self.conn is None:
+            context = multiprocessing.get_context("spawn")
+            self.conn, child = context.Pipe()
+            context.Process(target=_serve, args=(child, self.store), name="user-activity", daemon=True).start()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.conn.send_bytes(sink.getvalue().to_pybytes())
+        try:
+            outcome, value = self.conn.recv()
+        except EOFError:
+            self.conn = None
+            raise RuntimeError("the user_activity merger process ended") from None
+        if outcome != "ok":
+            raise RuntimeError(f"user_activity merge failed: {value}")
+        return value
+
+
+def _serve(conn, store: Store) -> None:
+    """The merger process: Arrow tables in, the number of users written (or the error) out."""
+    import pyarrow as pa
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cache = _Cache(CACHE_BYTES)
+    coll = store.db()[USER_ACTIVITY]
+
+    def read(user_id: str) -> dict | None:
+        cached = cache.get(user_id)
+        if cached is not None:
+            return cached
+        return store.retrying(USER_ACTIVITY, lambda: coll.find_one({"_id": user_id}))
+
+    def write(docs: list[dict]) -> None:
+        store.retrying(USER_ACTIVITY, lambda: coll.bulk_write(
+            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False))
+        for d in docs:  # what the store holds now
+            cache.put(d["_id"], d)
+
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except EOFError:
+            return
+        try:
+            table = pa.ipc.open_stream(data).read_all()
+            rows = [Row(**r) for r in table.to_pylist()]
+            conn.send(("ok", apply_rows(rows, read, write, datetime.now(timezone.utc))))
+        except Exception as exc:  # noqa: BLE001 (sent back: the driver fails the batch with it)
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def apply_rows(rows: list, read, write, now: datetime) -> int:
+    """Rows of any number of sessions batches -> each user's document merged with the user's rows
+    in message order (by Kafka partition and offset: one document's messages are in one partition,
+    in order), written in chunks of WRITE_CHUNK. Returns the users written."""
+    rows = sorted(rows, key=lambda r: (r.user_id, r.kafka_partition, r.kafka_offset))
+    pending: list = []
+    users = 0
+    for user_id, user_rows in groupby(rows, key=lambda r: r.user_id):
+        pending.append(merge(read(user_id), user_id, user_rows, now))
+        users += 1
+        if len(pending) >= WRITE_CHUNK:
+            write(pending)
+            pending = []
+    if pending:
+        write(pending)
+    return users
+
+
+class _Cache:
+    """user_id -> the user's document as written (BSON), at most `limit` bytes, least recent out."""
+
+    def __init__(self, limit: int):
+        self.limit, self.size = limit, 0
+        self.docs: OrderedDict = OrderedDict()
+
+    def get(self, user_id: str) -> dict | None:
+        data = self.docs.get(user_id)
+        if data is None:
+            return None
+        self.docs.move_to_end(user_id)
+        return bson.decode(data)
+
+    def put(self, user_id: str, doc: dict) -> None:
+        data = bson.encode(doc)
+        old = self.docs.pop(user_id, None)
+        self.size += len(data) - (len(old) if old is not None else 0)
+        self.docs[user_id] = data
+        while self.size > self.limit and self.docs:
+            _, dropped = self.docs.popitem(last=False)
+            self.size -= len(dropped)
 
 
 def merge(stored: dict | None, user_id: str, rows, now: datetime) -> dict:

@@ -6,8 +6,13 @@ are cut, and a replayed merge must change nothing. The sizes kept are made small
 cuts happen on the generated traffic."""
 from __future__ import annotations
 
+import random
+import zlib
 from datetime import datetime
+from typing import NamedTuple
 from unittest import mock
+
+import bson
 
 from hypothesis import HealthCheck, given, note, settings as hsettings, strategies as st
 
@@ -115,3 +120,79 @@ def test_an_events_corrected_session_reaches_the_document():
     assert run.store.events["e1"][0] != first_id  # the correction happened
     assert shown(run) == expected(run)
     assert {e["event_id"]: e["session_id"] for e in run.store.activity["u1"]["events"]}["e1"] == run.store.events["e1"][0]
+
+
+class Message(NamedTuple):
+    """A store-lane message as the activity query collects it: an OutputRow, its user, its place."""
+    kind: str
+    id: str
+    doc: str | None
+    session_id: str | None
+    seconds_since_prev: float | None
+    is_late: bool | None
+    status: str | None
+    first_write: bool | None
+    user_id: str
+    kafka_partition: int
+    kafka_offset: int
+
+
+def _messages(steps, partitions: int = 3) -> list[Message]:
+    """The rows in the order the sessions batches sent them, each in the partition of its key (the
+    document's _id), at the next offset there."""
+    offsets = [0] * partitions
+    out = []
+    for user, rows in steps:
+        for r in rows:
+            p = zlib.crc32(r.id.encode()) % partitions
+            out.append(Message(r.kind, r.id, r.doc, r.session_id, r.seconds_since_prev, r.is_late, r.status,
+                               r.first_write, user, p, offsets[p]))
+            offsets[p] += 1
+    return out
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_activity_batches_cut_anywhere_in_each_partition_and_replayed_give_the_same_documents(data):
+    """The activity query's batches end at any offset of each partition (its own trigger, not the
+    sessions batches'), a batch may be applied twice (a replay), and documents go through BSON
+    (naive dates back from the store): the documents are those of the per-step merge."""
+    events = data.draw(traffic(), label="events in arrival order")
+    batches = data.draw(batch_cuts(events), label="batch sizes")
+    with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
+            mock.patch.object(user_activity, "SESSIONS_KEPT", SESSIONS_KEPT):
+        steps: list = []
+        run = in_batches([])
+        original = run._run
+
+        def recording(user, step):
+            steps.append((user, [r for r in _rows(step, run.docs, user) if r.kind in user_activity.KINDS]))
+            original(user, step)
+
+        run._run = recording
+        run.run(batches)
+        messages = _messages(steps)
+        by_partition = {p: [m for m in messages if m.kafka_partition == p] for p in range(3)}
+        cuts = {p: sorted(data.draw(st.lists(st.integers(0, len(ms)), max_size=4), label=f"cuts of {p}")) + [len(ms)]
+                for p, ms in by_partition.items()}
+        rounds = max(len(c) for c in cuts.values())
+        stored: dict = {}
+
+        def read(user_id):
+            return bson.decode(stored[user_id]) if user_id in stored else None
+
+        def write(docs):
+            stored.update({d["_id"]: bson.encode(d) for d in docs})
+
+        start = {p: 0 for p in by_partition}
+        for k in range(rounds):
+            batch = []
+            for p, ms in by_partition.items():
+                end = cuts[p][k] if k < len(cuts[p]) else len(ms)
+                batch += ms[start[p]:end]
+                start[p] = end
+            random.Random(k).shuffle(batch)  # collect() gives no order: apply_rows sorts
+            for _ in range(1 + data.draw(st.integers(0, 1), label=f"batch {k} replayed")):
+                user_activity.apply_rows(batch, read, write, _NOW)
+        assert {u: bson.decode(d) for u, d in stored.items()} == \
+            {u: bson.decode(bson.encode(d)) for u, d in run.store.activity.items()}

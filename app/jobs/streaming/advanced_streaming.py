@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [(q.name, q.exception()) for q in queries if q.exception() is not None]
     if config.available_now and not failed and not stopping.is_set():
         failed = drain(queries, stopping, log)
+        # a query that failed while another drained (it is no longer active: drain skipped it)
+        failed += [(q.name, q.exception()) for q in queries
+                   if q.exception() is not None and q.name not in {name for name, _ in failed}]
     for q in queries:  # one query down means the job is down: never run half-alive
         if q.isActive:
             q.stop()
