@@ -73,6 +73,9 @@ class AppConfig:
     state_operator: str = TRANSFORM_WITH_STATE
     # Profiles, scores and risk alerts (DESIGN.md §11, §12)
     profiles: bool = True
+    # the activity query and user_activity (app/sinks/user_activity.py): per-user API reads by _id,
+    # for a store that scans any other filter (FerretDB); off: those endpoints use the indexes
+    user_activity: bool = False
     profile_rules_file: str = str(DEFAULT_PROFILE_RULES_FILE)
     alerts_topic: str = "behavior_alerts"
     # Triggers and experiments (DESIGN.md §13, §14)
@@ -284,6 +287,7 @@ _SETTINGS = {
     "LEAN_ARROW": ("lean_arrow", _bool),
     "STATE_OPERATOR": ("state_operator", str),
     "PROFILES": ("profiles", _bool),
+    "USER_ACTIVITY": ("user_activity", _bool),
     "PROFILE_RULES_FILE": ("profile_rules_file", str),
     "ALERTS_TOPIC": ("alerts_topic", str),
     "TRIGGERS": ("triggers", _bool),

@@ -300,7 +300,7 @@ LEFT_FILE = "profiles_left"
 # batch (an earlier one wrote them itself, with its sums tagged by the batch id alone)
 STORE_LANE_FILE = "store_lane_from"
 # in CHECKPOINT_DIR: the activity query has seen everything the checkpoint's sessions query sent
-# (a checkpoint from before it has users whose history is only in the collections)
+# (USER_ACTIVITY was on from its first batch; else some users' history is only in the collections)
 ACTIVITY_FILE = "activity_complete"
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
@@ -337,7 +337,8 @@ def check_checkpoint(config: AppConfig) -> None:
     Path(config.checkpoint_dir, OPERATOR_FILE).write_text(config.state_operator + "\n")
     Path(config.checkpoint_dir, LEFT_FILE).write_text("the state keeps an expired user's profile\n")
     Path(config.checkpoint_dir, STORE_LANE_FILE).write_text("0\n")
-    Path(config.checkpoint_dir, ACTIVITY_FILE).write_text("user_activity holds every user's newest events\n")
+    if config.user_activity:  # turned on later, it starts where the store lane's retention lets it
+        Path(config.checkpoint_dir, ACTIVITY_FILE).write_text("user_activity holds every user's newest events\n")
 
 
 def _check_store_lane(config: AppConfig, query: Path) -> None:
@@ -416,6 +417,8 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
     ensure_store_topic(spark, config)  # before the sessions query's first write could auto-create it
     sessions = _start(writer, checkpoint, config)
     store_query = start_store_query(spark, config, store, rules, checkpoint)
+    if not config.user_activity:
+        return [sessions, store_query]
     activity_query = start_activity_query(spark, config, store, checkpoint)
     return [sessions, store_query, activity_query]
 

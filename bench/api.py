@@ -60,7 +60,8 @@ ALERTS_TOPIC, ACTIONS_TOPIC = PREFIX + "alerts", PREFIX + "actions"
 JOB_SCRIPT = "app/jobs/streaming/advanced_streaming.py"
 # The job's side outputs stay in this benchmark's own topics; experiments as `make demo` runs them,
 # so that /v1/experiments and the personalization's variants have something to read.
-JOB_ENV = {"ALERTS_TOPIC": ALERTS_TOPIC, "ACTIONS_TOPIC": ACTIONS_TOPIC, "HEALTH_PORT": "0",
+# USER_ACTIVITY: the job keeps the per-user documents the API reads by _id on FerretDB
+JOB_ENV = {"ALERTS_TOPIC": ALERTS_TOPIC, "ACTIONS_TOPIC": ACTIONS_TOPIC, "HEALTH_PORT": "0", "USER_ACTIVITY": "true",
            "EXPERIMENTS_FILE": str(ROOT / "app" / "rules" / "experiments_v1.yaml")}
 LIVE_SEED = 11  # the paced producer's sessions: not the preload's (seed 7), whose event ids they would repeat
 GOAL_P99_MS = 25.0

@@ -81,7 +81,7 @@ def make_shared_run(stack: dict, tmp: Path) -> SharedRun:
     topics = job_topics(database)
     assert topics["EXPERIMENTS_FILE"] == str(EXAMPLE_EXPERIMENTS)
     started = datetime.now(timezone.utc)
-    result = run_job(job_env(stack, topic, database, tmp / "ckpt", SESSION_GAP=SESSION_GAP,
+    result = run_job(job_env(stack, topic, database, tmp / "ckpt", SESSION_GAP=SESSION_GAP, USER_ACTIVITY="on",
                              WATERMARK_DELAY=WATERMARK_DELAY, **topics))
     ended = datetime.now(timezone.utc)
     intent, _ = read_intent(tmp / "intent.jsonl")

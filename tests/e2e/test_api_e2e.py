@@ -291,6 +291,7 @@ def test_user_activity_lists_the_users_events_newest_first_with_filters(api_run)
     assert [_ms(e["event_timestamp"]) for e in body["events"]] == [e["ms"] for e in mine][:kept]  # ties: any order
     assert {e["event_id"] for e in body["events"]} <= {e["event_id"] for e in mine}
     assert len(body["events"]) == min(kept, len(mine))
+    assert body["complete"] == (len(mine) < kept)
     assert body["by_event_type"] == dict(sorted(Counter(e["event_type"] for e in body["events"]).items()))
     assert body["summary"]["total_events"] == len(mine)
     stored = {d["_id"]: d["session_id"] for d in api_run["db"].enriched_events.find({"user_id": user})}
@@ -302,6 +303,26 @@ def test_user_activity_lists_the_users_events_newest_first_with_filters(api_run)
     middle = mine[kept // 2]["ms"]
     late = _get(api_run, "/v1/activity", user_id=user, start=_iso(middle), limit=1000)
     assert late["count"] == sum(1 for e in mine[:kept] if e["ms"] >= middle)
+
+
+def test_without_a_complete_user_activity_the_per_user_endpoints_read_the_collections(api_run):
+    """A job on a checkpoint from before user_activity marks it incomplete: the API answers from
+    enriched_events and user_behavior_segments, the same events and sessions."""
+    db, data = api_run["db"], api_run["input"]
+    assert db.stream_progress.find_one({"_id": "activity"})["complete"] is True
+    user = Counter(e["user_id"] for e in data.events).most_common(1)[0][0]
+    kept = _get(api_run, "/v1/activity", user_id=user, limit=1000)
+    sessions = _get(api_run, "/v1/sessions/metrics", user_id=user)
+    db.stream_progress.update_one({"_id": "activity"}, {"$set": {"complete": False}})
+    try:
+        scanned = _get(api_run, "/v1/activity", user_id=user, limit=1000)
+        scanned_sessions = _get(api_run, "/v1/sessions/metrics", user_id=user)
+    finally:
+        db.stream_progress.update_one({"_id": "activity"}, {"$set": {"complete": True}})
+    assert "kept" not in scanned and "kept" not in scanned_sessions
+    assert sorted(e["event_id"] for e in scanned["events"]) == sorted(e["event_id"] for e in kept["events"])
+    assert sorted(s["session_id"] for s in scanned_sessions["sessions"]) == \
+        sorted(s["session_id"] for s in sessions["sessions"])
 
 
 def test_a_users_session_metrics_are_the_users_session_documents(api_run):
