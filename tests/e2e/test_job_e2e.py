@@ -82,7 +82,8 @@ def test_kill_9_at_several_points_then_restart_equals_an_uninterrupted_run(stack
     generate(stack["bootstrap"], topic, "--sessions", "400", "--bad-ratio", "0.02", "--seed", "5",
              "--spread-minutes", "240", "--start-minutes-ago", "300", "--duplicate-ratio", "0.05",
              "--fraud", "0.03", "--bots", "0.02")
-    small_batches = {"MAX_OFFSETS_PER_TRIGGER": "100"}  # per partition: 300 records a batch
+    small_batches = {"MAX_OFFSETS_PER_TRIGGER": "100",  # per partition: 300 records a batch
+                     "USER_ACTIVITY": "on", "ACTIVITY_INTERVAL": "2s"}  # user_activity compared too
     reference, crashed = topic + "_ref", topic + "_crash"
     try:  # each run with an experiment, sending its alerts and actions to topics of its own
         run_job(job_env(stack, topic, reference, tmp_path / "ckpt_ref", **small_batches, **job_topics(reference)))
@@ -106,6 +107,7 @@ def test_kill_9_at_several_points_then_restart_equals_an_uninterrupted_run(stack
 
         expected, actual = snapshot(stack["mongodb_uri"], reference), snapshot(stack["mongodb_uri"], crashed)
         assert expected["experiment_results"] and expected["topic:alerts"] and expected["topic:actions"]
+        assert expected["user_activity"]
         for name in expected:  # collections, and the distinct alert and execution ids on the topics
             assert len(actual[name]) == len(expected[name]), name
             assert actual[name] == expected[name], name
