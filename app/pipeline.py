@@ -27,7 +27,7 @@ from app.sinks.mongo import Store
 from app.sinks.profiles import StoredProfiles, ensure_profile_indexes
 from app.sinks.store_lane import (STORE_QUERY, StoreBatchWriter, aggregate_messages, publish_aggregates, store_messages,
                                   store_source)
-from app.sinks.user_activity import ACTIVITY_QUERY, ActivityBatchWriter
+from app.sinks.user_activity import ACTIVITY_QUERY, STATUS_ID as ACTIVITY_STATUS_ID, ActivityBatchWriter
 
 log = logging.getLogger("behavior.sink")
 QUERY_NAME = "sessions"
@@ -417,7 +417,8 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
     ensure_store_topic(spark, config)  # before the sessions query's first write could auto-create it
     sessions = _start(writer, checkpoint, config)
     store_query = start_store_query(spark, config, store, rules, checkpoint)
-    if not config.user_activity:
+    if not config.user_activity:  # the API must not read documents nobody keeps now (user_activity.STATUS_ID)
+        store.retrying(out.PROGRESS, lambda: store.db()[out.PROGRESS].delete_one({"_id": ACTIVITY_STATUS_ID}))
         return [sessions, store_query]
     activity_query = start_activity_query(spark, config, store, checkpoint)
     return [sessions, store_query, activity_query]

@@ -23,6 +23,8 @@ def generated_run(stack, mongo, tmp_path_factory):
     topic = database = "e2e_gen_" + uuid.uuid4().hex[:10]
     generate(stack["bootstrap"], topic, "--sessions", "60", "--bad-ratio", "0.05", "--seed", "11",
              "--intent-file", str(tmp / "intent.jsonl"))
+    # as a run with USER_ACTIVITY on would have left it: this run (off) must take it back
+    mongo[database].stream_progress.insert_one({"_id": "activity", "complete": True})
     result = run_job(job_env(stack, topic, database, tmp / "ckpt"))
     sessions, malformed = read_intent(tmp / "intent.jsonl")
     yield {"db": mongo[database], "topic": topic, "sessions": sessions, "malformed": malformed, "log": result.stdout}
@@ -41,6 +43,14 @@ def test_malformed_records_are_quarantined_with_their_reason_and_good_ones_proce
         assert doc["raw_size"] > 0 and doc["kafka_topic"] == topic
     assert db.quarantined_events.count_documents({}) == len(malformed)
     assert db.enriched_events.count_documents({}) == sum(s["events"] for s in generated_run["sessions"])
+
+
+def test_a_job_without_user_activity_withdraws_its_complete_marker(generated_run):
+    """USER_ACTIVITY turned off: user_activity is no longer kept, so the API must read the
+    collections (it trusts the documents only under stream_progress `activity`: complete)."""
+    db = generated_run["db"]
+    assert db.stream_progress.find_one({"_id": "activity"}) is None
+    assert db.user_activity.count_documents({}) == 0
 
 
 def test_the_real_rees46_sample_matches_a_direct_computation(stack, mongo, tmp_path):
