@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import zlib
 from datetime import datetime
-from typing import NamedTuple
 from unittest import mock
 
 import bson
@@ -47,6 +46,20 @@ def shown(run) -> dict:
             for user, doc in run.store.activity.items()}
 
 
+def _recorded(batches):
+    """The run, and each state step's user_activity rows (user, rows) in the order it emitted them."""
+    steps: list = []
+    run = in_batches([])
+    original = run._run
+
+    def recording(user, step):
+        steps.append((user, [r for r in _rows(step, run.docs, user) if r.kind in user_activity.KINDS]))
+        original(user, step)
+
+    run._run = recording
+    return run.run(batches), steps
+
+
 def _index(run, events) -> None:
     run.docs_user = {e.event_id: e.user_id for e in events}
     run.event_ms = {e.event_id: e.event_ms for e in events}
@@ -77,16 +90,7 @@ def test_merging_a_batch_again_changes_nothing(data):
     batches = data.draw(batch_cuts(events), label="batch sizes")
     with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
             mock.patch.object(user_activity, "SESSIONS_KEPT", SESSIONS_KEPT):
-        steps: list = []
-        run = in_batches([])
-        original = run._run
-
-        def recording(user, step):
-            steps.append((user, [r for r in _rows(step, run.docs, user) if r.kind in user_activity.KINDS]))
-            original(user, step)
-
-        run._run = recording
-        run.run(batches)
+        run, steps = _recorded(batches)
         final = dict(run.store.activity)
         replay_from = data.draw(st.integers(0, max(len(steps) - 1, 0)), label="replayed from step")
         docs: dict = {}
@@ -122,22 +126,7 @@ def test_an_events_corrected_session_reaches_the_document():
     assert {e["event_id"]: e["session_id"] for e in run.store.activity["u1"]["events"]}["e1"] == run.store.events["e1"][0]
 
 
-class Message(NamedTuple):
-    """A store-lane message as the activity query collects it: an OutputRow, its user, its place."""
-    kind: str
-    id: str
-    doc: str | None
-    session_id: str | None
-    seconds_since_prev: float | None
-    is_late: bool | None
-    status: str | None
-    first_write: bool | None
-    user_id: str
-    kafka_partition: int
-    kafka_offset: int
-
-
-def _messages(steps, partitions: int = 3) -> list[Message]:
+def _messages(steps, partitions: int = 3) -> list[user_activity.Row]:
     """The rows in the order the sessions batches sent them, each in the partition of its key (the
     document's _id), at the next offset there."""
     offsets = [0] * partitions
@@ -145,7 +134,7 @@ def _messages(steps, partitions: int = 3) -> list[Message]:
     for user, rows in steps:
         for r in rows:
             p = zlib.crc32(r.id.encode()) % partitions
-            out.append(Message(r.kind, r.id, r.doc, r.session_id, r.seconds_since_prev, r.is_late, r.status,
+            out.append(user_activity.Row(r.kind, r.id, r.doc, r.session_id, r.seconds_since_prev, r.is_late, r.status,
                                r.first_write, user, p, offsets[p]))
             offsets[p] += 1
     return out
@@ -161,16 +150,7 @@ def test_activity_batches_cut_anywhere_in_each_partition_and_replayed_give_the_s
     batches = data.draw(batch_cuts(events), label="batch sizes")
     with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
             mock.patch.object(user_activity, "SESSIONS_KEPT", SESSIONS_KEPT):
-        steps: list = []
-        run = in_batches([])
-        original = run._run
-
-        def recording(user, step):
-            steps.append((user, [r for r in _rows(step, run.docs, user) if r.kind in user_activity.KINDS]))
-            original(user, step)
-
-        run._run = recording
-        run.run(batches)
+        run, steps = _recorded(batches)
         messages = _messages(steps)
         by_partition = {p: [m for m in messages if m.kafka_partition == p] for p in range(3)}
         cuts = {p: sorted(data.draw(st.lists(st.integers(0, len(ms)), max_size=4), label=f"cuts of {p}")) + [len(ms)]
