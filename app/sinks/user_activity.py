@@ -29,7 +29,8 @@ import bson
 from pymongo import ReplaceOne
 
 from app.sessions.tracker import archived_id
-from app.sinks.collections import PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
+from app.sinks import live_feed
+from app.sinks.collections import LIVE_FEED, PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
 from app.sinks.mongo import Store
 
 ACTIVITY_QUERY = "activity"
@@ -45,6 +46,7 @@ SESSION_FIELDS = ("user_session", "behavior_segment", "segment_color", "segment_
                   "experiments", "rule_version")
 WRITE_CHUNK = 200
 CACHE_BYTES = 256 * 1024 * 1024  # the documents the driver keeps, as BSON
+FEED_CACHE_BYTES = 64 * 1024 * 1024  # live_feed's buckets and hour indexes, the same way
 STATUS_ID = "activity"  # in stream_progress: {complete: bool} (see ActivityBatchWriter)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -74,7 +76,7 @@ class ActivityBatchWriter:
             self.store.retrying(PROGRESS, lambda: db[PROGRESS].replace_one(
                 {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete}, upsert=True))
             self.marked = True
-        table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS))
+        table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS, *live_feed.KINDS))
                  .select(*Row._fields[:-3], F.get_json_object("doc", "$.user_id").alias("user_id"),
                          "kafka_partition", "kafka_offset")
                  .filter(F.col("user_id").isNotNull()).toArrow())
@@ -130,20 +132,8 @@ def _serve(conn, store: Store) -> None:
     """The merger process: Arrow tables in, the number of users written (or the error) out."""
     import pyarrow as pa
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cache = _Cache(CACHE_BYTES)
-    coll = store.db()[USER_ACTIVITY]
-
-    def read(user_id: str) -> dict | None:
-        cached = cache.get(user_id)
-        if cached is not None:
-            return cached
-        return store.retrying(USER_ACTIVITY, lambda: coll.find_one({"_id": user_id}))
-
-    def write(docs: list[dict]) -> None:
-        store.retrying(USER_ACTIVITY, lambda: coll.bulk_write(
-            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False))
-        for d in docs:  # what the store holds now
-            cache.put(d["_id"], d)
+    users = _Documents(store, USER_ACTIVITY, CACHE_BYTES)
+    feeds = _Documents(store, LIVE_FEED, FEED_CACHE_BYTES)
 
     while True:
         try:
@@ -153,7 +143,12 @@ def _serve(conn, store: Store) -> None:
         try:
             table = pa.ipc.open_stream(data).read_all()
             rows = [Row(**r) for r in table.to_pylist()]
-            conn.send(("ok", apply_rows(rows, read, write, datetime.now(timezone.utc))))
+            now = datetime.now(timezone.utc)
+            written = apply_rows([r for r in rows if r.kind in KINDS], users.read, users.write, now)
+            feed_rows = sorted((r for r in rows if r.kind in live_feed.KINDS),
+                               key=lambda r: (r.kafka_partition, r.kafka_offset))
+            live_feed.apply_rows(feed_rows, feeds.read, feeds.write, now)
+            conn.send(("ok", written))
         except Exception as exc:  # noqa: BLE001 (sent back: the driver fails the batch with it)
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -174,6 +169,27 @@ def apply_rows(rows: list, read, write, now: datetime) -> int:
     if pending:
         write(pending)
     return users
+
+
+class _Documents:
+    """One collection's documents as the merger reads and writes them: by _id, through the cache."""
+
+    def __init__(self, store: Store, name: str, cache_bytes: int):
+        self.store, self.name = store, name
+        self.coll = store.db()[name]
+        self.cache = _Cache(cache_bytes)
+
+    def read(self, _id: str) -> dict | None:
+        cached = self.cache.get(_id)
+        if cached is not None:
+            return cached
+        return self.store.retrying(self.name, lambda: self.coll.find_one({"_id": _id}))
+
+    def write(self, docs: list[dict]) -> None:
+        self.store.retrying(self.name, lambda: self.coll.bulk_write(
+            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False))
+        for d in docs:  # what the store holds now
+            self.cache.put(d["_id"], d)
 
 
 class _Cache:

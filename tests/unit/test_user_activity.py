@@ -134,8 +134,8 @@ def _messages(steps, partitions: int = 3) -> list[user_activity.Row]:
     for user, rows in steps:
         for r in rows:
             p = zlib.crc32(r.id.encode()) % partitions
-            out.append(user_activity.Row(r.kind, r.id, r.doc, r.session_id, r.seconds_since_prev, r.is_late, r.status,
-                               r.first_write, user, p, offsets[p]))
+            out.append(user_activity.Row(r.kind, r.id, r.doc, r.session_id, r.seconds_since_prev, r.is_late,
+                                         r.status, r.first_write, user, p, offsets[p]))
             offsets[p] += 1
     return out
 
