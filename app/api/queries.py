@@ -296,8 +296,8 @@ def trigger_executions(db, user_id, trigger, start, end, limit: int) -> dict:
 
 def _from_feed(db, feed, filters: dict, start, end, limit: int) -> list[dict] | None:
     """The feed's answer, or None: the job does not keep it (USER_ACTIVITY off, or a checkpoint from
-    before it), or a truncated hour left it short (live_feed.read)."""
-    if not activity_complete(db):
+    before it or before live_feed), or a truncated hour left it short (live_feed.read)."""
+    if not (db[C.PROGRESS].find_one({"_id": ACTIVITY_STATUS_ID}) or {}).get("feed_complete"):
         return None
     return live_feed.read(db[C.LIVE_FEED], feed, filters, start, end, limit)
 

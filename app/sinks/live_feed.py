@@ -18,8 +18,10 @@ an item the cut drops is older than every kept one for good, and a replayed one 
 dropped again (app/sinks/exactly_once.py 14). A read walks the key's hours newest first and takes
 the matching items until `limit`: exact, since a bucket holds its hour's newest items and
 limit <= KEPT. Only when a truncated bucket runs out before `limit` (filters applied on top of
-the key, or a range ending inside the hour) can older items of that hour be missing; the read
-says so and the API reads the collection instead.
+the key: a user's with a type, severity or trigger; or a range bound inside the hour) can older
+items of that hour be missing; the read says so and the API reads the collection instead.
+The feed trails the collections by up to ACTIVITY_INTERVAL (more while the activity query
+catches up). Each key's hour list grows by one entry per hour with an item (8,760 a year).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from app.sinks.collections import execution_document
 from app.sinks.profiles import alert_document
 
 KINDS = ("alert", "action")
-KEPT = 1000  # = the API's MAX_LIMIT: any limit is answered from one bucket's items
+KEPT = 1000  # >= the API's MAX_LIMIT (a test holds them so): any limit is answered from one bucket's items
+WRITE_CHUNK = 50  # documents per bulk write (a bucket is up to KEPT items)
 HOUR = timedelta(hours=1)
 
 
@@ -43,9 +46,10 @@ class Feed(NamedTuple):
     keys: tuple      # the filter names a bucket can hold, most specific first
 
 
+# A user's buckets come first: with user_id among the filters, the walk reads only the user's hours.
 ALERTS = Feed("alerts", "alert", "first_event_time", "alert_id",
-              (("alert_type", "severity"), ("alert_type",), ("severity",), ("user_id",), ()))
-EXECUTIONS = Feed("executions", "action", "event_time", "execution_id", (("trigger",), ("user_id",), ()))
+              (("user_id",), ("alert_type", "severity"), ("alert_type",), ("severity",), ()))
+EXECUTIONS = Feed("executions", "action", "event_time", "execution_id", (("user_id",), ("trigger",), ()))
 FEEDS = {f.kind: f for f in (ALERTS, EXECUTIONS)}
 
 
@@ -93,7 +97,7 @@ def apply_rows(rows, read, write, now: datetime) -> int:
     for _id, (feed, key, hour, items) in fresh.items():
         stored = read(_id)
         merged = merge_bucket(stored, _id, hour, items.values(), feed)
-        if merged != stored:
+        if not _same(stored, merged, feed):  # a replayed or redelivered item changes nothing
             changed.append(merged)
         hours_of.setdefault(index_id(feed, key), set()).add(_utc(hour))
     for _id, hours in hours_of.items():
@@ -101,9 +105,14 @@ def apply_rows(rows, read, write, now: datetime) -> int:
         known = {_utc(h) for h in (stored or {}).get("hours", [])}
         if not hours <= known:
             changed.append({"_id": _id, "hours": sorted(known | hours, reverse=True)})
-    if changed:
-        write(changed)
+    for start in range(0, len(changed), WRITE_CHUNK):
+        write(changed[start:start + WRITE_CHUNK])
     return len(changed)
+
+
+def _same(stored: dict | None, merged: dict, feed: Feed) -> bool:
+    return (stored is not None and bool(stored.get("truncated")) == merged["truncated"]
+            and [i[feed.id] for i in stored["items"]] == [i[feed.id] for i in merged["items"]])
 
 
 def merge_bucket(stored: dict | None, _id: str, hour: datetime, items, feed: Feed) -> dict:
@@ -127,20 +136,27 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
     key = [[n, given[n]] for n in names]
     rest = {n: v for n, v in given.items() if n not in names}
     index = coll.find_one({"_id": index_id(feed, key)}) or {}
+    start, end = start and _utc(start), end and _utc(end)
     items: list[dict] = []
-    for hour in index.get("hours", []):
+    for hour in index.get("hours", []):  # newest first
         hour = _utc(hour)
-        if (end is not None and hour >= _utc(end)) or (start is not None and hour + HOUR <= _utc(start)):
+        if start is not None and hour + HOUR <= start:
+            break
+        if end is not None and hour >= end:
             continue
         bucket = coll.find_one({"_id": bucket_id(feed, key, hour)}) or {}
-        for item in bucket.get("items", []):
+        kept = bucket.get("items", [])
+        for item in kept:
             when = _utc(item[feed.time])
-            if ((start is None or when >= _utc(start)) and (end is None or when < _utc(end))
+            if ((start is None or when >= start) and (end is None or when < end)
                     and all(item.get(n) == v for n, v in rest.items())):
                 items.append(item)
                 if len(items) >= limit:
                     return items
         if bucket.get("truncated"):
+            # what the hour dropped is older than all it kept: missing only if some of it may be in range
+            if start is not None and kept and _utc(kept[-1][feed.time]) < start:
+                return items
             return None
     return items
 

@@ -60,12 +60,12 @@ class ActivityBatchWriter:
     no read; only this query writes user_activity. `complete`: the checkpoint's sessions query
     sent everything through the store lane since its first batch (pipeline.ACTIVITY_FILE);
     recorded in stream_progress (`_id: activity`) for the query API, which reads the collections
-    instead while it is not."""
+    instead while it is not; `feed_complete` the same for live_feed (pipeline.FEED_FILE)."""
 
-    def __init__(self, store: Store, run_id, complete: bool):
+    def __init__(self, store: Store, run_id, complete: bool, feed_complete: bool = False):
         self.store = store
         self.run_id = run_id  # () -> the sessions query's id
-        self.complete = complete
+        self.complete, self.feed_complete = complete, feed_complete
         self.merger = _Merger(store)
         self.marked = False
 
@@ -74,12 +74,13 @@ class ActivityBatchWriter:
         if not self.marked:
             db = self.store.db()
             self.store.retrying(PROGRESS, lambda: db[PROGRESS].replace_one(
-                {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete}, upsert=True))
+                {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete, "feed_complete": self.feed_complete},
+                upsert=True))
             self.marked = True
         table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS, *live_feed.KINDS))
                  .select(*Row._fields[:-3], F.get_json_object("doc", "$.user_id").alias("user_id"),
                          "kafka_partition", "kafka_offset")
-                 .filter(F.col("user_id").isNotNull()).toArrow())
+                 .filter(F.col("user_id").isNotNull() | F.col("kind").isin(*live_feed.KINDS)).toArrow())
         if table.num_rows:
             self.merger.apply(table)
 
@@ -94,7 +95,7 @@ class Row(NamedTuple):
     is_late: bool | None
     status: str | None
     first_write: bool | None
-    user_id: str
+    user_id: str | None  # (an alert's or action's, always set today, is not needed: live_feed)
     kafka_partition: int
     kafka_offset: int
 
