@@ -89,7 +89,7 @@ ENDPOINTS = [
     ("/v1/alerts?user_id={user}", "live_feed", "the same, of the user: " + BY_ID),
     ("/v1/trigger-executions?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_ID),
     ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_ID),
-    ("/v1/act-now", "user_behavior_segments", "status=active, newest first (one read): " + SCAN),
+    ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_ID),
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
     ("/v1/sessions/metrics", "segment_distribution", WHOLE),
     ("/v1/sessions/metrics?user_id={user}", "user_activity", "the user's newest sessions: " + BY_ID),

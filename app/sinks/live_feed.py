@@ -1,4 +1,5 @@
-"""live_feed: the newest alerts and trigger executions of each hour, kept by the job's activity
+"""live_feed: the newest alerts and trigger executions of each hour (and the open sessions by
+urgency: app/sinks/open_sessions.py), kept by the job's activity
 query (app/sinks/user_activity.py runs it) from the store lane's alert and action messages, so
 /v1/alerts and /v1/trigger-executions read documents by _id: the only read FerretDB 1.24 does
 not scan for (DESIGN.md §15). Kept only with USER_ACTIVITY on, and read by the API only while

@@ -26,10 +26,10 @@ from itertools import groupby
 from typing import NamedTuple
 
 import bson
-from pymongo import ReplaceOne
+from pymongo import DeleteOne, ReplaceOne
 
 from app.sessions.tracker import archived_id
-from app.sinks import live_feed
+from app.sinks import live_feed, open_sessions
 from app.sinks.collections import LIVE_FEED, PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
 from app.sinks.mongo import Store
 
@@ -145,7 +145,9 @@ def _serve(conn, store: Store) -> None:
             table = pa.ipc.open_stream(data).read_all()
             rows = [Row(**r) for r in table.to_pylist()]
             now = datetime.now(timezone.utc)
-            written = apply_rows([r for r in rows if r.kind in KINDS], users.read, users.write, now)
+            changes = open_sessions.Changes()
+            written = apply_rows([r for r in rows if r.kind in KINDS], users.read, users.write, now, changes.user)
+            changes.apply(feeds.read, feeds.write, feeds.delete)
             feed_rows = sorted((r for r in rows if r.kind in live_feed.KINDS),
                                key=lambda r: (r.kafka_partition, r.kafka_offset))
             live_feed.apply_rows(feed_rows, feeds.read, feeds.write, now)
@@ -154,15 +156,19 @@ def _serve(conn, store: Store) -> None:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def apply_rows(rows: list, read, write, now: datetime) -> int:
+def apply_rows(rows: list, read, write, now: datetime, merged=None) -> int:
     """Rows of any number of sessions batches -> each user's document merged with the user's rows
     in message order (by Kafka partition and offset: one document's messages are in one partition,
-    in order), written in chunks of WRITE_CHUNK. Returns the users written."""
+    in order), written in chunks of WRITE_CHUNK; merged(before, after) sees each user's document
+    before and after (open_sessions.Changes.user). Returns the users written."""
     rows = sorted(rows, key=lambda r: (r.user_id, r.kafka_partition, r.kafka_offset))
     pending: list = []
     users = 0
     for user_id, user_rows in groupby(rows, key=lambda r: r.user_id):
-        pending.append(merge(read(user_id), user_id, user_rows, now))
+        before = read(user_id)
+        pending.append(merge(before, user_id, user_rows, now))
+        if merged is not None:
+            merged(before, pending[-1])
         users += 1
         if len(pending) >= WRITE_CHUNK:
             write(pending)
@@ -192,6 +198,11 @@ class _Documents:
         for d in docs:  # what the store holds now
             self.cache.put(d["_id"], d)
 
+    def delete(self, ids: list[str]) -> None:
+        self.store.retrying(self.name, lambda: self.coll.bulk_write([DeleteOne({"_id": i}) for i in ids], ordered=False))
+        for i in ids:
+            self.cache.drop(i)
+
 
 class _Cache:
     """user_id -> the user's document as written (BSON), at most `limit` bytes, least recent out."""
@@ -206,6 +217,10 @@ class _Cache:
             return None
         self.docs.move_to_end(user_id)
         return bson.decode(data)
+
+    def drop(self, user_id: str) -> None:
+        old = self.docs.pop(user_id, None)
+        self.size -= len(old) if old is not None else 0
 
     def put(self, user_id: str, doc: dict) -> None:
         data = bson.encode(doc)

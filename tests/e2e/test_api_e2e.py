@@ -19,7 +19,7 @@ import pytest
 from pymongo import MongoClient
 
 from app.sessions.tracker import session_id_of
-from app.sinks import live_feed
+from app.sinks import live_feed, open_sessions
 from app.sinks.user_activity import EVENTS_KEPT
 from tests.conftest import ROOT, eventually
 from tests.e2e.shared_run import SESSION_GAP, WATERMARK_DELAY
@@ -450,14 +450,27 @@ def test_alerts_and_executions_from_live_feed_equal_the_collections_answers(api_
                {k: v for k, v in by_id[d[feed.id]].items() if k not in wall_clock} for d in feed_all)
 
 
-def test_act_now_lists_the_open_sessions_most_urgent_first(api_run):
-    data = api_run["input"]
+@pytest.mark.parametrize("feed_complete", [True, False], ids=["live_feed", "collection"])
+def test_act_now_lists_the_open_sessions_most_urgent_first(api_run, feed_complete):
+    """From live_feed's open-session buckets (the activity query complete) and from the
+    collection's (status, session_end) index: the same answer, from the input."""
+    data, db = api_run["input"], api_run["db"]
+    assert db.stream_progress.find_one({"_id": "activity"})["feed_complete"] is True
+    assert db.live_feed.find_one({"_id": open_sessions.INDEX_ID})["buckets"], "no open-session buckets"
     latest = max(s.end for s in data.active.values())
     recent = [(sid, s) for sid, s in data.active.items() if s.end >= latest - HOUR_MS]
-    body = _get(api_run, "/v1/act-now", hours=1, limit=1000)
+    db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": feed_complete}})
+    try:
+        body = _get(api_run, "/v1/act-now", hours=1, limit=1000)
+        first = _get(api_run, "/v1/act-now", hours=1, limit=3)
+    finally:
+        db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": True}})
     assert {s["session_id"] for s in body["sessions"]} == {sid for sid, _ in recent}
     assert [(PRIORITY[s["behavior_segment"]], -_ms(s["session_end"])) for s in body["sessions"]] == sorted(
         (PRIORITY[s.segment], -s.end) for _, s in recent)  # most urgent first; ties in any order
+    assert [(s["behavior_segment"], s["session_end"]) for s in first["sessions"]] == [
+        (s["behavior_segment"], s["session_end"]) for s in body["sessions"][:3]]
+    assert _ms(body["since"]) == latest - HOUR_MS
 
 
 def test_health_reports_the_jobs_last_batch(api_run):
