@@ -302,6 +302,9 @@ STORE_LANE_FILE = "store_lane_from"
 # in CHECKPOINT_DIR: the activity query has seen everything the checkpoint's sessions query sent
 # (USER_ACTIVITY was on from its first batch; else some users' history is only in the collections)
 ACTIVITY_FILE = "activity_complete"
+# in CHECKPOINT_DIR: the same for live_feed (the activity query has filed every alert and action:
+# a checkpoint from before live_feed has skipped them)
+FEED_FILE = "live_feed_complete"
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
 
@@ -339,6 +342,7 @@ def check_checkpoint(config: AppConfig) -> None:
     Path(config.checkpoint_dir, STORE_LANE_FILE).write_text("0\n")
     if config.user_activity:  # turned on later, it starts where the store lane's retention lets it
         Path(config.checkpoint_dir, ACTIVITY_FILE).write_text("user_activity holds every user's newest events\n")
+        Path(config.checkpoint_dir, FEED_FILE).write_text("live_feed holds every alert and execution\n")
 
 
 def _check_store_lane(config: AppConfig, query: Path) -> None:
@@ -455,7 +459,8 @@ def start_activity_query(spark: SparkSession, config: AppConfig, store: Store,
     checkpoint = str(Path(config.checkpoint_dir, ACTIVITY_QUERY))
     writer = (messages.writeStream.queryName(ACTIVITY_QUERY)
               .foreachBatch(ActivityBatchWriter(store, lambda: run_id_of(sessions_checkpoint),
-                                                complete=Path(config.checkpoint_dir, ACTIVITY_FILE).is_file()))
+                                                complete=Path(config.checkpoint_dir, ACTIVITY_FILE).is_file(),
+                                                feed_complete=Path(config.checkpoint_dir, FEED_FILE).is_file()))
               .option("checkpointLocation", checkpoint)
               .trigger(processingTime=f"{int(config.activity_interval_s * 1000)} milliseconds"))
     return writer.start()

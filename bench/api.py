@@ -67,8 +67,8 @@ LIVE_SEED = 11  # the paced producer's sessions: not the preload's (seed 7), who
 GOAL_P99_MS = 25.0
 QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10}
 FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 30}
-COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "event_counts_hourly", "segment_distribution",
-               "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions", "user_profiles",
+COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "live_feed", "event_counts_hourly",
+               "segment_distribution", "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions", "user_profiles",
                "conversion_funnel", "experiment_results", "stream_progress")
 # path -> what it reads (app/api/queries.py). FerretDB 1.24 (SQLite) uses an index only for _id
 # equality: any other filter or sort reads the whole collection.
@@ -84,9 +84,12 @@ ENDPOINTS = [
     ("/v1/anomalies", "event_counts_hourly, segment_distribution", "first/last hour + hour ranges: " + SCAN),
     ("/v1/users/segments?min_engagement=50", "user_profiles", "engagement_score >= 50, sorted: " + SCAN),
     ("/v1/experiments", "experiment_results", WHOLE),
-    ("/v1/alerts?limit=100", "behavior_alerts", "sorted by first_event_time: " + SCAN),
-    ("/v1/trigger-executions?limit=100", "trigger_executions", "sorted by event_time: " + SCAN),
-    ("/v1/act-now", "user_behavior_segments", "status=active, newest first (one read): " + SCAN),
+    ("/v1/alerts?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_ID),
+    ("/v1/alerts?severity=high", "live_feed", "the same, of severity=high: " + BY_ID),
+    ("/v1/alerts?user_id={user}", "live_feed", "the same, of the user: " + BY_ID),
+    ("/v1/trigger-executions?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_ID),
+    ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_ID),
+    ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_ID),
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
     ("/v1/sessions/metrics", "segment_distribution", WHOLE),
     ("/v1/sessions/metrics?user_id={user}", "user_activity", "the user's newest sessions: " + BY_ID),

@@ -27,7 +27,7 @@ MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:" + os.environ.
 OUTPUTS = ("user_behavior_segments", "segment_distribution", "conversion_funnel", "enriched_events",
            "quarantined_events", "user_profiles", "behavior_alerts", "trigger_executions",
            "event_counts_hourly", "session_paths", "retention_cohorts",  # these three: what the API reads
-           "experiment_results", "user_activity")
+           "experiment_results", "user_activity", "live_feed")
 # What reached Kafka: each run's alerts and actions go to topics named after its database (see
 # job_topics); a replay may send a message twice (at-least-once), so the distinct ids are compared.
 TOPIC_IDS = {"alerts": "alert_id", "actions": "execution_id"}
@@ -198,8 +198,7 @@ def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) 
     client = MongoClient(uri)
     try:
         db = client[database]
-        out = {name: [{k: v for k, v in doc.items() if k not in VOLATILE}
-                      for doc in db[name].find().sort("_id", 1)] for name in OUTPUTS}
+        out = {name: [_stable(doc) for doc in db[name].find().sort("_id", 1)] for name in OUTPUTS}
     finally:
         client.close()
     for kind, id_field in TOPIC_IDS.items():
@@ -207,6 +206,12 @@ def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) 
                                                                                              bootstrap)})
     out["topic:segments"] = latest_session_messages(topic_values(f"{database}_segments", bootstrap))
     return out
+
+
+def _stable(doc: dict) -> dict:
+    """A document without its wall-clock fields, also in the documents of its lists (live_feed's items)."""
+    return {k: [_stable(i) if isinstance(i, dict) else i for i in v] if isinstance(v, list) else v
+            for k, v in doc.items() if k not in VOLATILE}
 
 
 def latest_session_messages(values: list[bytes]) -> list[dict]:

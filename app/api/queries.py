@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from app.api import analytics as A
 from app.api.bounds import WINDOW, capped
-from app.sinks import collections as C
+from app.sinks import collections as C, live_feed, open_sessions
 from app.sinks.profiles import ALERTS, PROFILES
 from app.sinks.user_activity import (EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT,
                                     STATUS_ID as ACTIVITY_STATUS_ID)
@@ -270,21 +270,41 @@ def segment_distribution(db, hours: float, start, end, segment: str | None) -> d
 
 
 def alerts(db, user_id, alert_type, severity, start, end, limit: int) -> dict:
-    query = _range("first_event_time", start, end)
-    for name, value in (("user_id", user_id), ("alert_type", alert_type), ("severity", severity)):
-        if value is not None:
-            query[name] = value
-    docs = list(db[ALERTS].find(query).sort("first_event_time", DESCENDING).limit(limit))
-    return {"count": len(docs), "alerts": [{"alert_id": d.pop("_id"), **d} for d in docs]}
+    """The newest alerts, by first_event_time: from live_feed's hour buckets (reads by _id) while
+    the activity query keeps them, else behavior_alerts' indexes."""
+    filters = {"user_id": user_id, "alert_type": alert_type, "severity": severity}
+    docs = _from_feed(db, live_feed.ALERTS, filters, start, end, limit)
+    if docs is None:
+        query = _range("first_event_time", start, end)
+        query.update({name: value for name, value in filters.items() if value is not None})
+        docs = [{"alert_id": d.pop("_id"), **d}
+                for d in db[ALERTS].find(query).sort("first_event_time", DESCENDING).limit(limit)]
+    return {"count": len(docs), "alerts": docs}
 
 
 def trigger_executions(db, user_id, trigger, start, end, limit: int) -> dict:
-    query = _range("event_time", start, end)
-    for name, value in (("user_id", user_id), ("trigger", trigger)):
-        if value is not None:
-            query[name] = value
-    docs = list(db[C.EXECUTIONS].find(query).sort("event_time", DESCENDING).limit(limit))
-    return {"count": len(docs), "executions": [{"execution_id": d.pop("_id"), **d} for d in docs]}
+    """The newest trigger executions, by event_time: as alerts, from live_feed or trigger_executions."""
+    filters = {"user_id": user_id, "trigger": trigger}
+    docs = _from_feed(db, live_feed.EXECUTIONS, filters, start, end, limit)
+    if docs is None:
+        query = _range("event_time", start, end)
+        query.update({name: value for name, value in filters.items() if value is not None})
+        docs = [{"execution_id": d.pop("_id"), **d}
+                for d in db[C.EXECUTIONS].find(query).sort("event_time", DESCENDING).limit(limit)]
+    return {"count": len(docs), "executions": docs}
+
+
+def _from_feed(db, feed, filters: dict, start, end, limit: int) -> list[dict] | None:
+    """The feed's answer, or None: the job does not keep it (USER_ACTIVITY off, or a checkpoint from
+    before it or before live_feed), or a truncated hour left it short (live_feed.read)."""
+    if not _feed_complete(db):
+        return None
+    return live_feed.read(db[C.LIVE_FEED], feed, filters, start, end, limit)
+
+
+def _feed_complete(db) -> bool:
+    """Whether the activity query has filed every alert, execution and open session of its run."""
+    return bool((db[C.PROGRESS].find_one({"_id": ACTIVITY_STATUS_ID}) or {}).get("feed_complete"))
 
 
 def experiment_results(db, experiment: str | None) -> dict:
@@ -297,7 +317,14 @@ def experiment_results(db, experiment: str | None) -> dict:
 
 def act_now(db, hours: float, limit: int) -> dict:
     """Active sessions of the last `hours` of event time, the most urgent first (action_priority,
-    then the newest): the (status, session_end) index bounds the read."""
+    then the newest): from live_feed's open-session buckets (by _id) while the activity query keeps
+    them, then each session by _id; else the (status, session_end) index bounds the read (the
+    newest ACT_NOW_SCAN open sessions)."""
+    if _feed_complete(db):
+        since, ids = open_sessions.act_now(db[C.LIVE_FEED], hours, limit)
+        docs = [d for d in (db[C.SEGMENTS].find_one({"_id": i}, {n: 1 for n in SESSION_FIELDS}) for i in ids)
+                if d is not None]
+        return {"since": since, "count": len(docs), "sessions": [{"session_id": d.pop("_id"), **d} for d in docs]}
     # One read, newest first: the window is measured from the newest open session it returns.
     docs = list(db[C.SEGMENTS].find({"status": "active"}, {n: 1 for n in SESSION_FIELDS})
                 .sort("session_end", DESCENDING).limit(ACT_NOW_SCAN))

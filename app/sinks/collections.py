@@ -31,11 +31,12 @@ PATHS = "session_paths"
 RETENTION = "retention_cohorts"
 RETENTION_USERS = "retention_users"
 USER_ACTIVITY = "user_activity"        # app/sinks/user_activity.py: a user's newest events and sessions
+LIVE_FEED = "live_feed"                # app/sinks/live_feed.py: each hour's newest alerts and executions
 RAPID_ACTION_SECONDS = 2.0
 # Everything the job writes: what --reset-output drops.
 OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS,
            "user_profiles", "behavior_alerts", EXECUTIONS, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION,
-           RETENTION_USERS, USER_ACTIVITY)
+           RETENTION_USERS, USER_ACTIVITY, LIVE_FEED)
 # additive sums tagged with the run (query id) that made them
 AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION)
 

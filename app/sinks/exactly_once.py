@@ -88,6 +88,20 @@ twice leaves what writing them once leaves:
    back above what it keeps (events and closed sessions do not change their times), and open
    sessions are never dropped, so the document is what the uncut collections show, however the
    batches of either query are cut (tests/unit/test_user_activity.py).
+14. live_feed (app/sinks/live_feed.py; what /v1/alerts and /v1/trigger-executions read by _id):
+   the activity query also files each alert and action into hour buckets (all, and per filter
+   value), insert-or-ignore by id as behavior_alerts and trigger_executions take them. Alerts and
+   executions never change, so a bucket is the newest KEPT distinct items of its hour: an item a
+   bucket drops is older than every one it keeps, and the kept ones only get newer, so a
+   replayed or redelivered item is ignored or dropped again, and any cut of the batches leaves
+   the same buckets and hour lists (tests/unit/test_live_feed.py). The wall-clock field
+   (detected_at, executed_at) is the activity query's, from the first copy it saw. The same
+   collection holds the open sessions by (action_priority, hour of session_end) for /v1/act-now
+   (app/sinks/open_sessions.py): the activity query files each user's open sessions as the
+   user's document has them before and after the batch (all of them: 13 never cuts open
+   sessions), removing a session from where its old version was and adding it where its new one
+   is, and deletes a bucket once empty; so the buckets are a function of the open sessions alone
+   (the properties of tests/unit/test_event_time.py compare them too).
 
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).

@@ -26,10 +26,11 @@ from itertools import groupby
 from typing import NamedTuple
 
 import bson
-from pymongo import ReplaceOne
+from pymongo import DeleteOne, ReplaceOne
 
 from app.sessions.tracker import archived_id
-from app.sinks.collections import PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
+from app.sinks import live_feed, open_sessions
+from app.sinks.collections import LIVE_FEED, PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
 from app.sinks.mongo import Store
 
 ACTIVITY_QUERY = "activity"
@@ -45,6 +46,7 @@ SESSION_FIELDS = ("user_session", "behavior_segment", "segment_color", "segment_
                   "experiments", "rule_version")
 WRITE_CHUNK = 200
 CACHE_BYTES = 256 * 1024 * 1024  # the documents the driver keeps, as BSON
+FEED_CACHE_BYTES = 64 * 1024 * 1024  # live_feed's buckets and hour indexes, the same way
 STATUS_ID = "activity"  # in stream_progress: {complete: bool} (see ActivityBatchWriter)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -58,12 +60,12 @@ class ActivityBatchWriter:
     no read; only this query writes user_activity. `complete`: the checkpoint's sessions query
     sent everything through the store lane since its first batch (pipeline.ACTIVITY_FILE);
     recorded in stream_progress (`_id: activity`) for the query API, which reads the collections
-    instead while it is not."""
+    instead while it is not; `feed_complete` the same for live_feed (pipeline.FEED_FILE)."""
 
-    def __init__(self, store: Store, run_id, complete: bool):
+    def __init__(self, store: Store, run_id, complete: bool, feed_complete: bool = False):
         self.store = store
         self.run_id = run_id  # () -> the sessions query's id
-        self.complete = complete
+        self.complete, self.feed_complete = complete, feed_complete
         self.merger = _Merger(store)
         self.marked = False
 
@@ -72,12 +74,13 @@ class ActivityBatchWriter:
         if not self.marked:
             db = self.store.db()
             self.store.retrying(PROGRESS, lambda: db[PROGRESS].replace_one(
-                {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete}, upsert=True))
+                {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete, "feed_complete": self.feed_complete},
+                upsert=True))
             self.marked = True
-        table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS))
+        table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS, *live_feed.KINDS))
                  .select(*Row._fields[:-3], F.get_json_object("doc", "$.user_id").alias("user_id"),
                          "kafka_partition", "kafka_offset")
-                 .filter(F.col("user_id").isNotNull()).toArrow())
+                 .filter(F.col("user_id").isNotNull() | F.col("kind").isin(*live_feed.KINDS)).toArrow())
         if table.num_rows:
             self.merger.apply(table)
 
@@ -92,7 +95,7 @@ class Row(NamedTuple):
     is_late: bool | None
     status: str | None
     first_write: bool | None
-    user_id: str
+    user_id: str | None  # (an alert's or action's, always set today, is not needed: live_feed)
     kafka_partition: int
     kafka_offset: int
 
@@ -130,20 +133,8 @@ def _serve(conn, store: Store) -> None:
     """The merger process: Arrow tables in, the number of users written (or the error) out."""
     import pyarrow as pa
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cache = _Cache(CACHE_BYTES)
-    coll = store.db()[USER_ACTIVITY]
-
-    def read(user_id: str) -> dict | None:
-        cached = cache.get(user_id)
-        if cached is not None:
-            return cached
-        return store.retrying(USER_ACTIVITY, lambda: coll.find_one({"_id": user_id}))
-
-    def write(docs: list[dict]) -> None:
-        store.retrying(USER_ACTIVITY, lambda: coll.bulk_write(
-            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False))
-        for d in docs:  # what the store holds now
-            cache.put(d["_id"], d)
+    users = _Documents(store, USER_ACTIVITY, CACHE_BYTES)
+    feeds = _Documents(store, LIVE_FEED, FEED_CACHE_BYTES)
 
     while True:
         try:
@@ -153,20 +144,31 @@ def _serve(conn, store: Store) -> None:
         try:
             table = pa.ipc.open_stream(data).read_all()
             rows = [Row(**r) for r in table.to_pylist()]
-            conn.send(("ok", apply_rows(rows, read, write, datetime.now(timezone.utc))))
+            now = datetime.now(timezone.utc)
+            changes = open_sessions.Changes()
+            written = apply_rows([r for r in rows if r.kind in KINDS], users.read, users.write, now, changes.user)
+            changes.apply(feeds.read, feeds.write, feeds.delete)
+            feed_rows = sorted((r for r in rows if r.kind in live_feed.KINDS),
+                               key=lambda r: (r.kafka_partition, r.kafka_offset))
+            live_feed.apply_rows(feed_rows, feeds.read, feeds.write, now)
+            conn.send(("ok", written))
         except Exception as exc:  # noqa: BLE001 (sent back: the driver fails the batch with it)
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def apply_rows(rows: list, read, write, now: datetime) -> int:
+def apply_rows(rows: list, read, write, now: datetime, merged=None) -> int:
     """Rows of any number of sessions batches -> each user's document merged with the user's rows
     in message order (by Kafka partition and offset: one document's messages are in one partition,
-    in order), written in chunks of WRITE_CHUNK. Returns the users written."""
+    in order), written in chunks of WRITE_CHUNK; merged(before, after) sees each user's document
+    before and after (open_sessions.Changes.user). Returns the users written."""
     rows = sorted(rows, key=lambda r: (r.user_id, r.kafka_partition, r.kafka_offset))
     pending: list = []
     users = 0
     for user_id, user_rows in groupby(rows, key=lambda r: r.user_id):
-        pending.append(merge(read(user_id), user_id, user_rows, now))
+        before = read(user_id)
+        pending.append(merge(before, user_id, user_rows, now))
+        if merged is not None:
+            merged(before, pending[-1])
         users += 1
         if len(pending) >= WRITE_CHUNK:
             write(pending)
@@ -174,6 +176,32 @@ def apply_rows(rows: list, read, write, now: datetime) -> int:
     if pending:
         write(pending)
     return users
+
+
+class _Documents:
+    """One collection's documents as the merger reads and writes them: by _id, through the cache."""
+
+    def __init__(self, store: Store, name: str, cache_bytes: int):
+        self.store, self.name = store, name
+        self.coll = store.db()[name]
+        self.cache = _Cache(cache_bytes)
+
+    def read(self, _id: str) -> dict | None:
+        cached = self.cache.get(_id)
+        if cached is not None:
+            return cached
+        return self.store.retrying(self.name, lambda: self.coll.find_one({"_id": _id}))
+
+    def write(self, docs: list[dict]) -> None:
+        self.store.retrying(self.name, lambda: self.coll.bulk_write(
+            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False))
+        for d in docs:  # what the store holds now
+            self.cache.put(d["_id"], d)
+
+    def delete(self, ids: list[str]) -> None:
+        self.store.retrying(self.name, lambda: self.coll.bulk_write([DeleteOne({"_id": i}) for i in ids], ordered=False))
+        for i in ids:
+            self.cache.drop(i)
 
 
 class _Cache:
@@ -189,6 +217,10 @@ class _Cache:
             return None
         self.docs.move_to_end(user_id)
         return bson.decode(data)
+
+    def drop(self, user_id: str) -> None:
+        old = self.docs.pop(user_id, None)
+        self.size -= len(old) if old is not None else 0
 
     def put(self, user_id: str, doc: dict) -> None:
         data = bson.encode(doc)

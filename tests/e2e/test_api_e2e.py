@@ -19,6 +19,7 @@ import pytest
 from pymongo import MongoClient
 
 from app.sessions.tracker import session_id_of
+from app.sinks import live_feed, open_sessions
 from app.sinks.user_activity import EVENTS_KEPT
 from tests.conftest import ROOT, eventually
 from tests.e2e.shared_run import SESSION_GAP, WATERMARK_DELAY
@@ -401,14 +402,75 @@ def test_alerts_executions_experiments_and_user_segments_equal_what_the_job_stor
     assert len(db.user_profiles.distinct("_id")) == len(final_users)
 
 
-def test_act_now_lists_the_open_sessions_most_urgent_first(api_run):
-    data = api_run["input"]
+@pytest.mark.parametrize("feed, filters", [
+    (live_feed.ALERTS, {}), (live_feed.ALERTS, {"severity": "high"}), (live_feed.ALERTS, {"pair": True}),
+    (live_feed.ALERTS, {"user": True, "severity": True}), (live_feed.ALERTS, {"range": True}),
+    (live_feed.EXECUTIONS, {}), (live_feed.EXECUTIONS, {"user": True}),
+    (live_feed.EXECUTIONS, {"trigger": "abandoned_cart_email", "range": True})])
+def test_alerts_and_executions_from_live_feed_equal_the_collections_answers(api_run, feed, filters):
+    """With the activity query complete the API reads live_feed's hour buckets by _id (the feed
+    answers itself: not None); marked incomplete, it reads the collection: the same items, newest first."""
+    db = api_run["db"]
+    assert db.stream_progress.find_one({"_id": "activity"})["feed_complete"] is True
+    path, field = ("/v1/alerts", "alerts") if feed is live_feed.ALERTS else ("/v1/trigger-executions", "executions")
+    coll = db.behavior_alerts if feed is live_feed.ALERTS else db.trigger_executions
+    params = {k: v for k, v in filters.items() if isinstance(v, str)}
+    if filters.get("pair"):  # the commonest alert_type with severity
+        params["alert_type"], params["severity"] = Counter((d["alert_type"], d["severity"])
+                                                           for d in coll.find()).most_common(1)[0][0]
+    if filters.get("severity") is True:  # the user's commonest severity, of the user with most alerts
+        params["user_id"] = Counter(d["user_id"] for d in coll.find()).most_common(1)[0][0]
+        params["severity"] = Counter(d["severity"] for d in coll.find({"user_id": params["user_id"]})).most_common(
+            1)[0][0]
+    elif filters.get("user"):
+        params["user_id"] = Counter(d["user_id"] for d in coll.find(params)).most_common(1)[0][0]
+    if filters.get("range"):  # from the first matching item's time to just after the middle one's
+        times = sorted({d[feed.time] for d in coll.find(params)})
+        params["start"] = times[0].replace(tzinfo=timezone.utc).isoformat()
+        params["end"] = (times[len(times) // 2] + timedelta(milliseconds=1)).replace(tzinfo=timezone.utc).isoformat()
+    direct = live_feed.read(db.live_feed, feed, {k: v for k, v in params.items() if k not in ("start", "end")},
+                            *(params.get(k) and datetime.fromisoformat(params[k]) for k in ("start", "end")), 1000)
+    assert direct, f"live_feed could not answer {params} itself"
+    answers = []
+    for complete in (True, False):
+        db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": complete}})
+        try:
+            answers.append([_get(api_run, path, **params, limit=limit)[field] for limit in (1000, 3)])
+        finally:
+            db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": True}})
+    (feed_all, feed_3), (coll_all, coll_3) = answers
+    assert feed_all and len(feed_all) < 1000, f"{len(feed_all)} items for {params}"
+    assert [d[feed.id] for d in feed_all] == [d[feed.id] for d in direct]
+    assert {d[feed.id] for d in feed_all} == {d[feed.id] for d in coll_all}
+    assert [d[feed.time] for d in feed_all] == [d[feed.time] for d in coll_all]  # newest first (ties: any order)
+    assert [d[feed.time] for d in feed_3] == [d[feed.time] for d in coll_3]
+    wall_clock = ("detected_at", "executed_at")  # when the activity query / the store query filed it
+    by_id = {d[feed.id]: d for d in coll_all}
+    assert all({k: v for k, v in d.items() if k not in wall_clock} ==
+               {k: v for k, v in by_id[d[feed.id]].items() if k not in wall_clock} for d in feed_all)
+
+
+@pytest.mark.parametrize("feed_complete", [True, False], ids=["live_feed", "collection"])
+def test_act_now_lists_the_open_sessions_most_urgent_first(api_run, feed_complete):
+    """From live_feed's open-session buckets (the activity query complete) and from the
+    collection's (status, session_end) index: the same answer, from the input."""
+    data, db = api_run["input"], api_run["db"]
+    assert db.stream_progress.find_one({"_id": "activity"})["feed_complete"] is True
+    assert db.live_feed.find_one({"_id": open_sessions.INDEX_ID})["buckets"], "no open-session buckets"
     latest = max(s.end for s in data.active.values())
     recent = [(sid, s) for sid, s in data.active.items() if s.end >= latest - HOUR_MS]
-    body = _get(api_run, "/v1/act-now", hours=1, limit=1000)
+    db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": feed_complete}})
+    try:
+        body = _get(api_run, "/v1/act-now", hours=1, limit=1000)
+        first = _get(api_run, "/v1/act-now", hours=1, limit=3)
+    finally:
+        db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": True}})
     assert {s["session_id"] for s in body["sessions"]} == {sid for sid, _ in recent}
     assert [(PRIORITY[s["behavior_segment"]], -_ms(s["session_end"])) for s in body["sessions"]] == sorted(
         (PRIORITY[s.segment], -s.end) for _, s in recent)  # most urgent first; ties in any order
+    assert [(s["behavior_segment"], s["session_end"]) for s in first["sessions"]] == [
+        (s["behavior_segment"], s["session_end"]) for s in body["sessions"][:3]]
+    assert _ms(body["since"]) == latest - HOUR_MS
 
 
 def test_health_reports_the_jobs_last_batch(api_run):

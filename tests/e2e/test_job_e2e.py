@@ -117,7 +117,7 @@ def test_kill_9_at_several_points_then_restart_equals_an_uninterrupted_run(stack
 
         expected, actual = snapshot(stack["mongodb_uri"], reference), snapshot(stack["mongodb_uri"], crashed)
         assert expected["experiment_results"] and expected["topic:alerts"] and expected["topic:actions"]
-        assert expected["user_activity"]
+        assert expected["user_activity"] and expected["live_feed"]
         for name in expected:  # collections, and the distinct alert and execution ids on the topics
             assert len(actual[name]) == len(expected[name]), name
             assert actual[name] == expected[name], name

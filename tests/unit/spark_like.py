@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from app.sessions.stateful import _rows
 from app.sessions.tracker import Event, Outputs, SessionSettings, Step, archived_id, process_events, process_timeout
-from app.sinks import user_activity
+from app.sinks import open_sessions, user_activity
 
 
 @dataclass
@@ -32,13 +32,14 @@ class Store:
     late: Counter = field(default_factory=Counter)            # event_id -> late arrivals
     closed_writes: Counter = field(default_factory=Counter)  # _id -> closed documents written (1 at most)
     activity: dict = field(default_factory=dict)   # user_id -> user_activity document (app/sinks/user_activity.py)
+    open_feed: dict = field(default_factory=dict)  # live_feed's open-session documents (app/sinks/open_sessions.py)
 
     def outputs(self) -> dict:
         """Everything a user of the job sees, to compare two runs with. Of a profile, its figures
         and live pointers: its `epoch` and `base` say which state entry wrote it, and an entry
         that left the store (its last session closed) comes back as a new epoch on the stored base."""
         return {"sessions": self.sessions, "events": self.events, "alerts": self.alerts, "actions": self.actions,
-                "activity": self.activity,
+                "activity": self.activity, "open_feed": self.open_feed,
                 "profiles": {user: ({k: v for k, v in p["totals"].items() if k != "epoch"}, p["live"])
                              for user, p in self.profiles.items()}}
 
@@ -127,7 +128,12 @@ class SparkLike:
         # the store query merges each user's rows of a batch into the user's document, in order
         rows = [r for r in _rows(step, self.docs, user) if r.kind in user_activity.KINDS]
         if rows:
-            store.activity[user] = user_activity.merge(store.activity.get(user), user, rows, _NOW)
+            before = store.activity.get(user)
+            store.activity[user] = user_activity.merge(before, user, rows, _NOW)
+            changes = open_sessions.Changes()
+            changes.user(before, store.activity[user])
+            changes.apply(store.open_feed.get, lambda docs: store.open_feed.update({d["_id"]: d for d in docs}),
+                          lambda ids: [store.open_feed.pop(i) for i in ids])
 
 
 _NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)

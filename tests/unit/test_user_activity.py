@@ -15,7 +15,8 @@ import bson
 
 from hypothesis import HealthCheck, given, note, settings as hsettings, strategies as st
 
-from app.sinks import user_activity
+from app import aggregates as A
+from app.sinks import open_sessions, user_activity
 from tests.unit.spark_like import _NOW, _rows
 from tests.unit.test_event_time import DAY, assert_same_outputs, ev, batch_cuts, in_batches, one_batch, traffic
 
@@ -74,12 +75,33 @@ def test_the_document_is_what_the_uncut_collections_show_however_the_batches_are
     with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
             mock.patch.object(user_activity, "SESSIONS_KEPT", SESSIONS_KEPT):
         reference, run = one_batch(events), in_batches(batches)
-        assert_same_outputs(reference, run)  # user_activity among them
+        assert_same_outputs(reference, run)  # user_activity and live_feed's open sessions among them
         for driver in (reference, run):
+            assert open_buckets(driver) == expected_open_buckets(driver)  # sessions still open
             driver.advance(max(e.event_ms for e in events) + 2 * DAY)
             _index(driver, events)
             assert shown(driver) == expected(driver)
+            assert open_buckets(driver) == expected_open_buckets(driver) == {}
         assert_same_outputs(reference, run)
+
+
+def expected_open_buckets(run) -> dict:
+    """(priority, hour) -> the open session ids, from the run's uncut session documents."""
+    out: dict = {}
+    for doc in run.store.sessions.values():
+        if doc["status"] == "active":
+            end = A.to_datetime(doc["session_end"]) if isinstance(doc["session_end"], int) else doc["session_end"]
+            key = (doc.get("action_priority") or open_sessions.NO_PRIORITY, end.replace(minute=0, second=0, microsecond=0))
+            out.setdefault(key, set()).add(doc["_id"])
+    return out
+
+
+def open_buckets(run) -> dict:
+    index = run.store.open_feed.get(open_sessions.INDEX_ID, {"buckets": []})
+    assert {(b["priority"], b["hour"]) for b in index["buckets"]} == {
+        (d["priority"], d["hour"]) for _id, d in run.store.open_feed.items() if _id != open_sessions.INDEX_ID}
+    return {(d["priority"], d["hour"]): {m["session_id"] for m in d["members"]}
+            for _id, d in run.store.open_feed.items() if _id != open_sessions.INDEX_ID}
 
 
 @hsettings(max_examples=60, deadline=None)
@@ -134,8 +156,8 @@ def _messages(steps, partitions: int = 3) -> list[user_activity.Row]:
     for user, rows in steps:
         for r in rows:
             p = zlib.crc32(r.id.encode()) % partitions
-            out.append(user_activity.Row(r.kind, r.id, r.doc, r.session_id, r.seconds_since_prev, r.is_late, r.status,
-                               r.first_write, user, p, offsets[p]))
+            out.append(user_activity.Row(r.kind, r.id, r.doc, r.session_id, r.seconds_since_prev, r.is_late,
+                                         r.status, r.first_write, user, p, offsets[p]))
             offsets[p] += 1
     return out
 

@@ -1,0 +1,170 @@
+"""live_feed: the newest alerts and trigger executions of each hour (and the open sessions by
+urgency: app/sinks/open_sessions.py), kept by the job's activity
+query (app/sinks/user_activity.py runs it) from the store lane's alert and action messages, so
+/v1/alerts and /v1/trigger-executions read documents by _id: the only read FerretDB 1.24 does
+not scan for (DESIGN.md §15). Kept only with USER_ACTIVITY on, and read by the API only while
+the activity query is complete (its stream_progress marker); otherwise the API reads the
+collections through their indexes.
+
+    feed "alerts" (behavior_alerts, by first_event_time), "executions" (trigger_executions, by event_time);
+    a key: the filter values the bucket holds: [] (all), [[alert_type, X]], [[severity, Y]],
+        [[alert_type, X], [severity, Y]], [[user_id, U]]; [[trigger, T]], [[user_id, U]]
+    {_id: [feed, key, hour], items: [the KEPT newest of the hour, by (time, id), newest first],
+     truncated: whether the hour has had more than KEPT}
+    {_id: [feed, key], hours: [every hour with an item, newest first]}
+
+Alerts and executions are insert-or-ignore by id and never change (as in their collections), so
+a bucket is the KEPT newest distinct items of its hour, whatever the batch cuts and replays were:
+an item the cut drops is older than every kept one for good, and a replayed one is ignored or
+dropped again (app/sinks/exactly_once.py 14). A read walks the key's hours newest first and takes
+the matching items until `limit`: exact, since a bucket holds its hour's newest items and
+limit <= KEPT. Only when a truncated bucket runs out before `limit` (filters applied on top of
+the key: a user's with a type, severity or trigger; or a range bound inside the hour) can older
+items of that hour be missing; the read says so and the API reads the collection instead.
+The feed trails the collections by up to ACTIVITY_INTERVAL (more while the activity query
+catches up). Each key's hour list grows by one entry per hour with an item (8,760 a year).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
+
+from app.sinks.collections import execution_document
+from app.sinks.profiles import alert_document
+
+KINDS = ("alert", "action")
+KEPT = 1000  # >= the API's MAX_LIMIT (a test holds them so): any limit is answered from one bucket's items
+WRITE_CHUNK = 50  # documents per bulk write (a bucket is up to KEPT items)
+HOUR = timedelta(hours=1)
+
+
+class Feed(NamedTuple):
+    name: str
+    kind: str        # the store lane's row kind
+    time: str        # the field it is ordered and bucketed by
+    id: str          # the item's id field (the collection's _id)
+    keys: tuple      # the filter names a bucket can hold, most specific first
+
+
+# A user's buckets come first: with user_id among the filters, the walk reads only the user's hours.
+ALERTS = Feed("alerts", "alert", "first_event_time", "alert_id",
+              (("user_id",), ("alert_type", "severity"), ("alert_type",), ("severity",), ()))
+EXECUTIONS = Feed("executions", "action", "event_time", "execution_id", (("user_id",), ("trigger",), ()))
+FEEDS = {f.kind: f for f in (ALERTS, EXECUTIONS)}
+
+
+def item_of(kind: str, row, now: datetime) -> dict:
+    """An alert or action row -> the document its collection holds (the same function writes
+    it there), its _id named as the API names it."""
+    doc = (alert_document if kind == "alert" else execution_document)(row, now)
+    return {FEEDS[kind].id: doc.pop("_id"), **doc}
+
+
+def bucket_id(feed: Feed, key: list, hour: datetime) -> str:
+    return json.dumps([feed.name, key, _utc(hour).isoformat()], separators=(",", ":"))
+
+
+def index_id(feed: Feed, key: list) -> str:
+    return json.dumps([feed.name, key], separators=(",", ":"))
+
+
+def _key(item: dict, names: tuple) -> list:
+    return [[n, item.get(n)] for n in names]
+
+
+def _order(feed: Feed):
+    return lambda item: (_utc(item[feed.time]), item[feed.id])
+
+
+def apply_rows(rows, read, write, now: datetime) -> int:
+    """Alert and action rows (any order of batches; kind, doc) -> the buckets and hour indexes they
+    touch, merged with what is stored (read(_id) -> doc | None), written with write(docs) when they
+    changed. Returns the documents written."""
+    fresh: dict[str, tuple[Feed, list, datetime, dict]] = {}  # bucket _id -> (feed, key, hour, {id: item})
+    for row in rows:
+        feed = FEEDS.get(row.kind)
+        if feed is None:
+            continue
+        item = item_of(row.kind, row, now)
+        hour = _floor_hour(item[feed.time])
+        for names in feed.keys:
+            key = _key(item, names)
+            if any(value is None for _, value in key):
+                continue
+            _, _, _, items = fresh.setdefault(bucket_id(feed, key, hour), (feed, key, hour, {}))
+            items.setdefault(item[feed.id], item)  # insert-or-ignore: the first copy stays
+    changed, hours_of = [], {}
+    for _id, (feed, key, hour, items) in fresh.items():
+        stored = read(_id)
+        merged = merge_bucket(stored, _id, hour, items.values(), feed)
+        if not _same(stored, merged, feed):  # a replayed or redelivered item changes nothing
+            changed.append(merged)
+        hours_of.setdefault(index_id(feed, key), set()).add(_utc(hour))
+    for _id, hours in hours_of.items():
+        stored = read(_id)
+        known = {_utc(h) for h in (stored or {}).get("hours", [])}
+        if not hours <= known:
+            changed.append({"_id": _id, "hours": sorted(known | hours, reverse=True)})
+    for start in range(0, len(changed), WRITE_CHUNK):
+        write(changed[start:start + WRITE_CHUNK])
+    return len(changed)
+
+
+def _same(stored: dict | None, merged: dict, feed: Feed) -> bool:
+    return (stored is not None and bool(stored.get("truncated")) == merged["truncated"]
+            and [i[feed.id] for i in stored["items"]] == [i[feed.id] for i in merged["items"]])
+
+
+def merge_bucket(stored: dict | None, _id: str, hour: datetime, items, feed: Feed) -> dict:
+    """A bucket after `items`: insert-or-ignore by id, the KEPT newest by (time, id)."""
+    kept = {i[feed.id]: i for i in (stored or {}).get("items", [])}
+    for item in items:
+        kept.setdefault(item[feed.id], item)
+    ordered = sorted(kept.values(), key=_order(feed), reverse=True)
+    # A dropped item is older than every kept one, and the kept ones only get newer: it never returns.
+    truncated = bool((stored or {}).get("truncated")) or len(ordered) > KEPT
+    return {"_id": _id, "hour": _utc(hour), "items": ordered[:KEPT], "truncated": truncated}
+
+
+def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime | None,
+         limit: int) -> list[dict] | None:
+    """The newest `limit` items matching `filters` (name -> value, None: any) with start <= time <
+    end, newest first, from the buckets of the most specific key the filters give; None when a
+    truncated bucket ran out before `limit` (the caller reads the collection)."""
+    given = {n: v for n, v in filters.items() if v is not None}
+    names = next(names for names in feed.keys if set(names) <= set(given))
+    key = [[n, given[n]] for n in names]
+    rest = {n: v for n, v in given.items() if n not in names}
+    index = coll.find_one({"_id": index_id(feed, key)}) or {}
+    start, end = start and _utc(start), end and _utc(end)
+    items: list[dict] = []
+    for hour in index.get("hours", []):  # newest first
+        hour = _utc(hour)
+        if start is not None and hour + HOUR <= start:
+            break
+        if end is not None and hour >= end:
+            continue
+        bucket = coll.find_one({"_id": bucket_id(feed, key, hour)}) or {}
+        kept = bucket.get("items", [])
+        for item in kept:
+            when = _utc(item[feed.time])
+            if ((start is None or when >= start) and (end is None or when < end)
+                    and all(item.get(n) == v for n, v in rest.items())):
+                items.append(item)
+                if len(items) >= limit:
+                    return items
+        if bucket.get("truncated"):
+            # what the hour dropped is older than all it kept: missing only if some of it may be in range
+            if start is not None and kept and _utc(kept[-1][feed.time]) < start:
+                return items
+            return None
+    return items
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return _utc(value).replace(minute=0, second=0, microsecond=0)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

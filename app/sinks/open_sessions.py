@@ -1,0 +1,112 @@
+"""Open sessions by urgency, in live_feed, for /v1/act-now on FerretDB (reads by _id only): the
+activity query (app/sinks/user_activity.py) sees each user's open sessions before and after every
+batch (a user_activity document holds all of them), and files the difference here.
+
+    {_id: ["open", priority, hour], members: [{session_id, session_end, user_id}, ...]}
+        every open session of that action_priority (99: none) whose session_end is in that hour
+    {_id: ["open"], buckets: [{priority, hour, newest}, ...]}: the non-empty ones, with their
+        newest session_end (an empty bucket, and an empty index, are deleted)
+
+Both are functions of the set of open sessions alone, so no batch cut or replay changes them
+(app/sinks/exactly_once.py 14): a session is filed where its latest version puts it and removed
+when it closes or is retracted. Entries are small (an id, a time, a user); the API reads the
+sessions it picks by _id from user_behavior_segments.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+INDEX_ID = json.dumps(["open"])
+NO_PRIORITY = 99  # as /v1/act-now ranks a session without action_priority
+HOUR = timedelta(hours=1)
+
+
+def bucket_id(priority: int, hour: datetime) -> str:
+    return json.dumps(["open", priority, _utc(hour).isoformat()], separators=(",", ":"))
+
+
+def open_sessions(doc: dict | None) -> dict:
+    """A user_activity document -> session_id -> (priority, session_end) of its open sessions."""
+    return {s["session_id"]: (s.get("action_priority") or NO_PRIORITY, _utc(s["session_end"]))
+            for s in (doc or {}).get("sessions", []) if s["status"] == "active"}
+
+
+class Changes:
+    """The batch's moves: what left each bucket and what each holds anew (session -> its entry)."""
+
+    def __init__(self):
+        self.removed: dict = {}  # (priority, hour) -> {session_id}
+        self.added: dict = {}    # (priority, hour) -> {session_id: entry}
+
+    def user(self, before: dict | None, after: dict) -> None:
+        """One user's document before and after the batch's merge."""
+        old, new = open_sessions(before), open_sessions(after)
+        for session_id, (priority, end) in old.items():
+            if new.get(session_id) != (priority, end):
+                self.removed.setdefault((priority, _floor_hour(end)), set()).add(session_id)
+        for session_id, (priority, end) in new.items():
+            if old.get(session_id) != (priority, end):
+                self.added.setdefault((priority, _floor_hour(end)), {})[session_id] = {
+                    "session_id": session_id, "session_end": end, "user_id": after["_id"]}
+
+    def apply(self, read, write, delete) -> int:
+        """The touched buckets and the index, merged with what is stored: written, or deleted once
+        empty (so they depend on the open sessions alone); returns the documents changed."""
+        touched = set(self.removed) | set(self.added)
+        if not touched:
+            return 0
+        docs, empty, newest = [], [], {}
+        for priority, hour in sorted(touched):
+            _id = bucket_id(priority, hour)
+            members = {m["session_id"]: m for m in (read(_id) or {}).get("members", [])}
+            for session_id in self.removed.get((priority, hour), ()):
+                members.pop(session_id, None)
+            members.update(self.added.get((priority, hour), {}))
+            ordered = sorted(members.values(), key=lambda m: (_utc(m["session_end"]), m["session_id"]), reverse=True)
+            if ordered:
+                docs.append({"_id": _id, "priority": priority, "hour": hour, "members": ordered})
+            else:
+                empty.append(_id)
+            newest[(priority, hour)] = _utc(ordered[0]["session_end"]) if ordered else None
+        index = {(b["priority"], _utc(b["hour"])): _utc(b["newest"]) for b in (read(INDEX_ID) or {}).get("buckets", [])}
+        index.update(newest)
+        buckets = [{"priority": p, "hour": h, "newest": n} for (p, h), n in sorted(index.items()) if n is not None]
+        if buckets:
+            docs.append({"_id": INDEX_ID, "buckets": buckets})
+        else:
+            empty.append(INDEX_ID)
+        if docs:
+            write(docs)
+        if empty:
+            delete(empty)
+        return len(docs) + len(empty)
+
+
+def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[str]]:
+    """The open sessions within `hours` of the newest one's end, most urgent priority first, then
+    the newest: (since, session ids). No index: no open session."""
+    index = coll.find_one({"_id": INDEX_ID}) or {}
+    buckets = [(b["priority"], _utc(b["hour"]), _utc(b["newest"])) for b in index.get("buckets", [])]
+    if not buckets:
+        return None, []
+    since = max(newest for _, _, newest in buckets) - timedelta(hours=hours)
+    picked: list[str] = []
+    for priority, hour, _ in sorted(buckets, key=lambda b: (b[0], -b[1].timestamp())):
+        if hour + HOUR <= since:
+            continue
+        for m in (coll.find_one({"_id": bucket_id(priority, hour)}) or {}).get("members", []):
+            if _utc(m["session_end"]) < since:
+                break  # newest first
+            picked.append(m["session_id"])
+            if len(picked) >= limit:
+                return since, picked
+    return since, picked
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return _utc(value).replace(minute=0, second=0, microsecond=0)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

@@ -1,0 +1,180 @@
+"""live_feed (app/sinks/live_feed.py): each hour's newest alerts and trigger executions, read by _id.
+
+The buckets must not depend on how the rows were cut into batches, replayed or redelivered, and
+a read must answer what the collection's indexed query answers (the newest `limit` matches),
+or say it cannot. KEPT is made small here, so the hours overflow on the generated rows."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+from unittest import mock
+
+import bson
+from hypothesis import given, note, settings as hsettings, strategies as st
+
+from app.sinks import live_feed
+
+KEPT = 3
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+_NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
+MINUTE_MS = 60_000
+
+
+def _alert(i: int, minute: int, alert_type: str, severity: str, user: str):
+    ms = int(T0.timestamp() * 1000) + minute * MINUTE_MS
+    return SimpleNamespace(kind="alert", doc=json.dumps({
+        "alert_id": f"a{i}", "alert_type": alert_type, "severity": severity, "user_id": user, "session_id": f"{user}-s",
+        "first_event_ms": ms, "event_ms": ms + 1000, "evidence": {"n": i}, "rule_version": "v1"}))
+
+
+def _action(i: int, minute: int, trigger: str, user: str):
+    ms = int(T0.timestamp() * 1000) + minute * MINUTE_MS
+    return SimpleNamespace(kind="action", doc=json.dumps({
+        "execution_id": f"x{i}", "trigger": trigger, "user_id": user, "session_id": f"{user}-s", "event_ms": ms,
+        "action": "email", "variant": None}))
+
+
+@st.composite
+def feed_rows(draw):
+    """Alerts and actions over a few hours (ties in time included), some redelivered."""
+    n = draw(st.integers(1, 40))
+    rows = []
+    for i in range(n):
+        minute = draw(st.integers(0, 200))
+        user = draw(st.sampled_from(["u1", "u2", "u3"]))
+        if draw(st.booleans()):
+            rows.append(_alert(i, minute, draw(st.sampled_from(["BOT", "FRAUD"])),
+                               draw(st.sampled_from(["low", "high"])), user))
+        else:
+            rows.append(_action(i, minute, draw(st.sampled_from(["cart", "win"])), user))
+    redelivered = draw(st.lists(st.sampled_from(rows), max_size=10))
+    order = draw(st.permutations(rows + redelivered))
+    return rows, order
+
+
+class BsonStore:
+    """Documents as FerretDB gives them back: through BSON (naive UTC datetimes)."""
+
+    def __init__(self):
+        self.docs: dict = {}
+
+    def read(self, _id):
+        data = self.docs.get(_id)
+        return None if data is None else bson.decode(data)
+
+    def write(self, docs):
+        for d in docs:
+            self.docs[d["_id"]] = bson.encode(d)
+
+    def find_one(self, query):
+        return self.read(query["_id"])
+
+
+def _applied(batches, clock: bool = False) -> BsonStore:
+    """The batches applied in order; with `clock`, batch i runs at _NOW + i seconds."""
+    store = BsonStore()
+    for i, rows in enumerate(batches):
+        live_feed.apply_rows(rows, store.read, store.write, _NOW + timedelta(seconds=i if clock else 0))
+    return store
+
+
+def _without_wall_clock(store: BsonStore) -> dict:
+    docs = {k: bson.decode(v) for k, v in store.docs.items()}
+    for doc in docs.values():
+        for item in doc.get("items", []):
+            item.pop("detected_at", None), item.pop("executed_at", None)
+    return docs
+
+
+def _cuts(data, rows) -> list[list]:
+    batches, i = [], 0
+    while i < len(rows):
+        size = data.draw(st.integers(1, 8), label="batch size")
+        batches.append(rows[i:i + size])
+        i += size
+    return batches
+
+
+def _reference(rows, feed, filters, start, end, limit) -> list[str]:
+    """What the collection's query answers: distinct items, matching, newest `limit` by time (then id)."""
+    items = {}
+    for row in rows:
+        if row.kind == feed.kind:
+            item = live_feed.item_of(row.kind, row, _NOW)
+            items.setdefault(item[feed.id], item)
+    matching = [i for i in items.values()
+                if all(v is None or i[n] == v for n, v in filters.items())
+                and (start is None or i[feed.time] >= start) and (end is None or i[feed.time] < end)]
+    matching.sort(key=lambda i: (i[feed.time], i[feed.id]), reverse=True)
+    return [i[feed.id] for i in matching[:limit]]
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(data=st.data(), drawn=feed_rows())
+def test_the_buckets_are_the_same_however_the_rows_are_cut_replayed_or_redelivered(data, drawn):
+    rows, arrival = drawn
+    with mock.patch.object(live_feed, "KEPT", KEPT):
+        whole = _applied([rows])
+        batches = _cuts(data, arrival)
+        replayed = data.draw(st.lists(st.integers(0, len(batches) - 1), max_size=3), label="replayed batches")
+        for b in replayed:  # a batch applied again right after itself, as a replay does
+            batches.insert(b + 1, batches[b])
+        note(f"{len(rows)} rows, {len(batches)} batches")
+        cut = _applied(batches, clock=True)
+        assert _without_wall_clock(cut) == _without_wall_clock(whole)
+        first_seen = {}  # id -> the clock of the first batch that carried it: its copy stays
+        for i, batch in enumerate(batches):
+            for row in batch:
+                first_seen.setdefault(json.loads(row.doc).get("alert_id") or json.loads(row.doc)["execution_id"],
+                                      (_NOW + timedelta(seconds=i)).replace(tzinfo=None))
+        for data_ in cut.docs.values():
+            for item in bson.decode(data_).get("items", []):
+                assert item.get("detected_at", item.get("executed_at")) == \
+                    first_seen[item.get("alert_id") or item["execution_id"]]
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(data=st.data(), drawn=feed_rows())
+def test_a_read_answers_what_the_collection_answers_or_says_it_cannot(data, drawn):
+    rows, arrival = drawn
+    with mock.patch.object(live_feed, "KEPT", KEPT):
+        store = _applied(_cuts(data, arrival))
+        feed = data.draw(st.sampled_from([live_feed.ALERTS, live_feed.EXECUTIONS]), label="feed")
+        names = ("user_id", "alert_type", "severity") if feed is live_feed.ALERTS else ("user_id", "trigger")
+        values = {"user_id": ["u1", "u2"], "alert_type": ["BOT", "FRAUD"], "severity": ["low", "high"],
+                  "trigger": ["cart", "win"]}
+        filters = {n: data.draw(st.sampled_from([None, *values[n]]), label=n) for n in names}
+        start, end = (data.draw(st.one_of(st.none(), st.integers(0, 200).map(
+            lambda m: T0 + timedelta(minutes=m))), label=label) for label in ("start", "end"))
+        limit = data.draw(st.integers(1, KEPT), label="limit")
+        got = live_feed.read(store, feed, filters, start, end, limit)
+        want = _reference(rows, feed, filters, start, end, limit)
+        if got is not None:
+            assert [i[feed.id] for i in got] == want
+        else:  # only where the walk ran out of an overflowed hour of its key
+            names = next(n for n in feed.keys if set(n) <= {k for k, v in filters.items() if v is not None})
+            key = [[n, filters[n]] for n in names]
+            overflowed = [h for h in (store.read(live_feed.index_id(feed, key)) or {}).get("hours", [])
+                          if store.read(live_feed.bucket_id(feed, key, h))["truncated"]]
+            assert overflowed, "no overflowed hour, yet the read gave up"
+            assert any(v is not None for v in filters.values()) or start is not None or end is not None
+
+
+def test_a_bucket_holds_as_many_items_as_the_api_may_ask_for():
+    from app.api.settings import MAX_LIMIT
+    assert live_feed.KEPT >= MAX_LIMIT
+
+
+def test_an_item_is_its_collection_document_and_a_bucket_reads_back_as_stored():
+    """The read gives what the collection holds (the same document function wrote it), and an
+    hour's overflow is recorded."""
+    rows = [_alert(i, 5, "BOT", "high", "u1") for i in range(KEPT + 2)]
+    with mock.patch.object(live_feed, "KEPT", KEPT):
+        store = _applied([rows])
+        got = live_feed.read(store, live_feed.ALERTS, {"alert_type": "BOT"}, None, None, KEPT)
+        bucket = store.read(live_feed.bucket_id(live_feed.ALERTS, [["alert_type", "BOT"]], T0))
+    assert [i["alert_id"] for i in got] == ["a4", "a3", "a2"]
+    assert bucket["truncated"] is True
+    assert got[0]["evidence"] == {"n": 4} and got[0]["detected_at"] == _NOW.replace(tzinfo=None)
+    assert got[0]["first_event_time"] == (T0 + timedelta(minutes=5)).replace(tzinfo=None) and "_id" not in got[0]
