@@ -11,6 +11,7 @@ collections through their indexes.
         [[alert_type, X], [severity, Y]], [[user_id, U]]; [[trigger, T]], [[user_id, U]]
     {_id: [feed, key, hour], items: [the KEPT newest of the hour, by (time, id), newest first],
      truncated: whether the hour has had more than KEPT}
+    {_id: [feed, key, hour, "head"], items: [the bucket's HEAD newest], more: it holds more}
     {_id: [feed, key], hours: [every hour with an item, newest first]}
 
 Alerts and executions are insert-or-ignore by id and never change (as in their collections), so
@@ -35,6 +36,7 @@ from app.sinks.profiles import alert_document
 
 KINDS = ("alert", "action")
 KEPT = 1000  # >= the API's MAX_LIMIT (a test holds them so): any limit is answered from one bucket's items
+HEAD = 100  # the newest items of a bucket, also kept on their own (head_of): the API's default limit
 WRITE_CHUNK = 50  # documents per bulk write (a bucket is up to KEPT items)
 HOUR = timedelta(hours=1)
 
@@ -98,8 +100,11 @@ def apply_rows(rows, read, write, now: datetime) -> int:
     for _id, (feed, key, hour, items) in fresh.items():
         stored = read(_id)
         merged = merge_bucket(stored, _id, hour, items.values(), feed)
-        if not _same(stored, merged, feed):  # a replayed or redelivered item changes nothing
-            changed.append(merged)
+        head = head_of(merged)
+        # a replayed or redelivered item changes nothing (the head is checked too: a batch cut
+        # short between the two writes leaves them apart until its replay)
+        if not (_same(stored, merged, feed) and _same(read(head["_id"]), head, feed, "more")):
+            changed += [merged, head]
         hours_of.setdefault(index_id(feed, key), set()).add(_utc(hour))
     for _id, hours in hours_of.items():
         stored = read(_id)
@@ -111,8 +116,19 @@ def apply_rows(rows, read, write, now: datetime) -> int:
     return len(changed)
 
 
-def _same(stored: dict | None, merged: dict, feed: Feed) -> bool:
-    return (stored is not None and bool(stored.get("truncated")) == merged["truncated"]
+def head_of(bucket: dict) -> dict:
+    """The bucket's newest HEAD items, a document of their own: a read of up to HEAD items decodes
+    this (an execution is ~1 KB, so a full bucket is ~1 MB); `more`: the bucket holds more."""
+    return {"_id": head_id(bucket["_id"]), "items": bucket["items"][:HEAD],
+            "more": len(bucket["items"]) > HEAD or bucket["truncated"]}
+
+
+def head_id(bucket_id_: str) -> str:
+    return json.dumps([*json.loads(bucket_id_), "head"], separators=(",", ":"))
+
+
+def _same(stored: dict | None, merged: dict, feed: Feed, flag: str = "truncated") -> bool:
+    return (stored is not None and bool(stored.get(flag)) == merged[flag]
             and [i[feed.id] for i in stored["items"]] == [i[feed.id] for i in merged["items"]])
 
 
@@ -145,9 +161,16 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
             break
         if end is not None and hour >= end:
             continue
-        bucket = coll.find_one({"_id": bucket_id(feed, key, hour)}) or {}
-        kept = bucket.get("items", [])
-        for item in kept:
+        _id = bucket_id(feed, key, hour)
+        head = bucket = coll.find_one({"_id": head_id(_id)}) or {}  # (a head has no `truncated`)
+        kept, i = head.get("items", []), 0
+        while i < len(kept) or (bucket is head and head.get("more")):
+            if i == len(kept):  # past the head: the whole bucket
+                bucket = coll.find_one({"_id": _id}) or {}
+                kept = bucket.get("items", [])
+                if i >= len(kept):
+                    break
+            item, i = kept[i], i + 1
             when = _utc(item[feed.time])
             if ((start is None or when >= start) and (end is None or when < end)
                     and all(item.get(n) == v for n, v in rest.items())):

@@ -15,7 +15,7 @@ from hypothesis import given, note, settings as hsettings, strategies as st
 
 from app.sinks import live_feed
 
-KEPT = 3
+KEPT, HEAD = 3, 2
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 _NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
 MINUTE_MS = 60_000
@@ -114,7 +114,7 @@ def _reference(rows, feed, filters, start, end, limit) -> list[str]:
 @given(data=st.data(), drawn=feed_rows())
 def test_the_buckets_are_the_same_however_the_rows_are_cut_replayed_or_redelivered(data, drawn):
     rows, arrival = drawn
-    with mock.patch.object(live_feed, "KEPT", KEPT):
+    with mock.patch.object(live_feed, "KEPT", KEPT), mock.patch.object(live_feed, "HEAD", HEAD):
         whole = _applied([rows])
         batches = _cuts(data, arrival)
         replayed = data.draw(st.lists(st.integers(0, len(batches) - 1), max_size=3), label="replayed batches")
@@ -138,7 +138,7 @@ def test_the_buckets_are_the_same_however_the_rows_are_cut_replayed_or_redeliver
 @given(data=st.data(), drawn=feed_rows())
 def test_a_read_answers_what_the_collection_answers_or_says_it_cannot(data, drawn):
     rows, arrival = drawn
-    with mock.patch.object(live_feed, "KEPT", KEPT):
+    with mock.patch.object(live_feed, "KEPT", KEPT), mock.patch.object(live_feed, "HEAD", HEAD):
         store = _applied(_cuts(data, arrival))
         feed = data.draw(st.sampled_from([live_feed.ALERTS, live_feed.EXECUTIONS]), label="feed")
         names = ("user_id", "alert_type", "severity") if feed is live_feed.ALERTS else ("user_id", "trigger")
@@ -170,7 +170,7 @@ def test_an_item_is_its_collection_document_and_a_bucket_reads_back_as_stored():
     """The read gives what the collection holds (the same document function wrote it), and an
     hour's overflow is recorded."""
     rows = [_alert(i, 5, "BOT", "high", "u1") for i in range(KEPT + 2)]
-    with mock.patch.object(live_feed, "KEPT", KEPT):
+    with mock.patch.object(live_feed, "KEPT", KEPT), mock.patch.object(live_feed, "HEAD", HEAD):
         store = _applied([rows])
         got = live_feed.read(store, live_feed.ALERTS, {"alert_type": "BOT"}, None, None, KEPT)
         bucket = store.read(live_feed.bucket_id(live_feed.ALERTS, [["alert_type", "BOT"]], T0))
