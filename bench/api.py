@@ -85,8 +85,8 @@ ENDPOINTS = [
     ("/v1/users/segments?min_engagement=50", "user_profiles", "engagement_score >= 50, sorted: " + SCAN),
     ("/v1/experiments", "experiment_results", WHOLE),
     ("/v1/alerts?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_ID),
-    ("/v1/alerts?severity=high", "live_feed", "the same, of severity=high: " + BY_ID),
-    ("/v1/alerts?user_id={user}", "live_feed", "the same, of the user: " + BY_ID),
+    ("/v1/alerts?severity={severity}", "live_feed", "the same, of one severity: " + BY_ID),
+    ("/v1/alerts?user_id={alert_user}", "live_feed", "the same, of a user with alerts: " + BY_ID),
     ("/v1/trigger-executions?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_ID),
     ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_ID),
     ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_ID),
@@ -493,6 +493,9 @@ def analytics(args) -> dict:
         db["user_profiles"].find_one({}, {"_id": 1})
     user = user_doc["_id"] if user_doc else "0"
     result["user_id"] = user
+    # the filtered alert calls ask for what exists: the user and severity of the newest alert
+    alert = db["behavior_alerts"].find_one({}, {"user_id": 1, "severity": 1}, sort=[("first_event_time", -1)]) or {}
+    alert_user, severity = alert.get("user_id", user), alert.get("severity", "high")
     api = Api("api-analytics", EVENTS_DB)
     rows = []
     try:
@@ -500,7 +503,7 @@ def analytics(args) -> dict:
         result["api_ready_s"] = round(api.wait_ready(), 1)
         conn = [None]
         for template, reads, how in ENDPOINTS:
-            path = template.format(user=user)
+            path = template.format(user=user, alert_user=alert_user, severity=severity)
             warm = []
             for _ in range(args.warmup_calls):
                 seconds, status, size = _call(conn, api.port, api.key, path, args.analytics_timeout)
