@@ -74,6 +74,7 @@ COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "li
 # equality: any other filter or sort reads the whole collection.
 SCAN, WHOLE = "filter/sort: a scan on FerretDB", "reads all of it"
 BY_ID = "one document by _id"
+BY_IDS = "documents by _id only"
 ENDPOINTS = [
     ("/v1/funnel", "conversion_funnel", WHOLE),
     ("/v1/segments/distribution?hours=24", "segment_distribution", "latest window + window_start range: " + SCAN),
@@ -84,12 +85,12 @@ ENDPOINTS = [
     ("/v1/anomalies", "event_counts_hourly, segment_distribution", "first/last hour + hour ranges: " + SCAN),
     ("/v1/users/segments?min_engagement=50", "user_profiles", "engagement_score >= 50, sorted: " + SCAN),
     ("/v1/experiments", "experiment_results", WHOLE),
-    ("/v1/alerts?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_ID),
-    ("/v1/alerts?severity={severity}", "live_feed", "the same, of one severity: " + BY_ID),
-    ("/v1/alerts?user_id={alert_user}", "live_feed", "the same, of a user with alerts: " + BY_ID),
-    ("/v1/trigger-executions?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_ID),
-    ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_ID),
-    ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_ID),
+    ("/v1/alerts?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_IDS),
+    ("/v1/alerts?severity={severity}", "live_feed", "the same, of one severity: " + BY_IDS),
+    ("/v1/alerts?user_id={alert_user}", "live_feed", "the same, of a user with alerts: " + BY_IDS),
+    ("/v1/trigger-executions?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_IDS),
+    ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_IDS),
+    ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_IDS),
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
     ("/v1/sessions/metrics", "segment_distribution", WHOLE),
     ("/v1/sessions/metrics?user_id={user}", "user_activity", "the user's newest sessions: " + BY_ID),
