@@ -80,6 +80,7 @@ class Changes:
             write(docs)
         if empty:
             delete(empty)
+        self.removed, self.added = {}, {}  # made: the next batch of users starts anew
         return len(docs) + len(empty)
 
 

@@ -45,6 +45,7 @@ SESSION_FIELDS = ("user_session", "behavior_segment", "segment_color", "segment_
                   "cart_count", "purchase_count", "total_amount", "engagement_rate", "event_path", "recommendations",
                   "experiments", "rule_version")
 WRITE_CHUNK = 200
+FLUSH_USERS = 2000  # users merged between open-session moves (merge_batch): their documents wait in memory
 CACHE_BYTES = 256 * 1024 * 1024  # the documents the driver keeps, as BSON
 FEED_CACHE_BYTES = 64 * 1024 * 1024  # live_feed's buckets and hour indexes, the same way
 STATUS_ID = "activity"  # in stream_progress: {complete: bool} (see ActivityBatchWriter)
@@ -144,22 +145,35 @@ def _serve(conn, store: Store) -> None:
         try:
             table = pa.ipc.open_stream(data).read_all()
             rows = [Row(**r) for r in table.to_pylist()]
-            now = datetime.now(timezone.utc)
-            changes = open_sessions.Changes()
-            written = apply_rows([r for r in rows if r.kind in KINDS], users.read, users.write, now, changes.user)
-            changes.apply(feeds.read, feeds.write, feeds.delete)
-            feed_rows = sorted((r for r in rows if r.kind in live_feed.KINDS),
-                               key=lambda r: (r.kafka_partition, r.kafka_offset))
-            live_feed.apply_rows(feed_rows, feeds.read, feeds.write, now)
-            conn.send(("ok", written))
+            conn.send(("ok", merge_batch(rows, users, feeds, datetime.now(timezone.utc))))
         except Exception as exc:  # noqa: BLE001 (sent back: the driver fails the batch with it)
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def apply_rows(rows: list, read, write, now: datetime, merged=None) -> int:
+def merge_batch(rows: list, users, feeds, now: datetime) -> int:
+    """One activity batch (Rows) into user_activity (`users`: read/write) and live_feed (`feeds`:
+    read/write/delete). Each FLUSH_USERS users' open-session moves (open_sessions.Changes) are
+    made before those users' documents are written: a batch cut short anywhere is replayed onto
+    the stored documents, so a move whose user document was not written is made again, and a
+    move made twice puts the session where it was put once; a user document written already
+    moves nothing again. Returns the users written."""
+    changes = open_sessions.Changes()
+
+    def write(pending: list) -> None:
+        changes.apply(feeds.read, feeds.write, feeds.delete)
+        for start in range(0, len(pending), WRITE_CHUNK):
+            users.write(pending[start:start + WRITE_CHUNK])
+
+    written = apply_rows([r for r in rows if r.kind in KINDS], users.read, write, now, changes.user, FLUSH_USERS)
+    feed_rows = sorted((r for r in rows if r.kind in live_feed.KINDS), key=lambda r: (r.kafka_partition, r.kafka_offset))
+    live_feed.apply_rows(feed_rows, feeds.read, feeds.write, now)
+    return written
+
+
+def apply_rows(rows: list, read, write, now: datetime, merged=None, chunk: int = WRITE_CHUNK) -> int:
     """Rows of any number of sessions batches -> each user's document merged with the user's rows
     in message order (by Kafka partition and offset: one document's messages are in one partition,
-    in order), written in chunks of WRITE_CHUNK; merged(before, after) sees each user's document
+    in order), written in chunks of `chunk`; merged(before, after) sees each user's document
     before and after (open_sessions.Changes.user). Returns the users written."""
     rows = sorted(rows, key=lambda r: (r.user_id, r.kafka_partition, r.kafka_offset))
     pending: list = []
@@ -170,7 +184,7 @@ def apply_rows(rows: list, read, write, now: datetime, merged=None) -> int:
         if merged is not None:
             merged(before, pending[-1])
         users += 1
-        if len(pending) >= WRITE_CHUNK:
+        if len(pending) >= chunk:
             write(pending)
             pending = []
     if pending:

@@ -198,3 +198,75 @@ def test_activity_batches_cut_anywhere_in_each_partition_and_replayed_give_the_s
                 user_activity.apply_rows(batch, read, write, _NOW)
         assert {u: bson.decode(d) for u, d in stored.items()} == \
             {u: bson.decode(bson.encode(d)) for u, d in run.store.activity.items()}
+
+
+class _Crash(Exception):
+    pass
+
+
+class _Collection:
+    """A collection as the merger sees it (read / write / delete by _id, through BSON) that, once
+    armed, applies a prefix of one write and raises: the merger process cut short mid-batch."""
+
+    def __init__(self):
+        self.docs: dict = {}
+        self.crash_at: tuple[int, int] | None = None  # (the write call to cut, documents it applies)
+        self.calls = 0
+
+    def read(self, _id):
+        return bson.decode(self.docs[_id]) if _id in self.docs else None
+
+    def _cut(self, items):
+        self.calls += 1
+        if self.crash_at is not None and self.calls == self.crash_at[0]:
+            return items[:self.crash_at[1]], True
+        return items, False
+
+    def write(self, docs):
+        docs, crash = self._cut(docs)
+        self.docs.update({d["_id"]: bson.encode(d) for d in docs})
+        if crash:
+            raise _Crash
+
+    def delete(self, ids):
+        ids, crash = self._cut(ids)
+        for i in ids:
+            self.docs.pop(i, None)
+        if crash:
+            raise _Crash
+
+    def decoded(self) -> dict:
+        return {k: bson.decode(v) for k, v in self.docs.items()}
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_an_activity_batch_cut_short_anywhere_and_replayed_leaves_the_same_documents(data):
+    """The merger dies in any write of a batch (user documents, open-session buckets, live_feed),
+    after any part of it; the batch is replayed onto what was stored: the user documents and the
+    open-session buckets are those of the run without the crash (exactly_once.py 13, 14)."""
+    events = data.draw(traffic(), label="events in arrival order")
+    batches = data.draw(batch_cuts(events), label="batch sizes")
+    with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
+            mock.patch.object(user_activity, "SESSIONS_KEPT", SESSIONS_KEPT), \
+            mock.patch.object(user_activity, "WRITE_CHUNK", 1), mock.patch.object(user_activity, "FLUSH_USERS", 2):
+        run, steps = _recorded(batches)
+        messages = _messages(steps)
+        size = data.draw(st.integers(1, max(len(messages), 1)), label="activity batch size")
+        activity_batches = [messages[i:i + size] for i in range(0, len(messages), size)]
+        users, feeds = _Collection(), _Collection()
+        crashed = data.draw(st.integers(0, len(activity_batches) - 1), label="batch cut short")
+        for k, batch in enumerate(activity_batches):
+            if k == crashed:
+                victim = data.draw(st.sampled_from([users, feeds]), label="collection")
+                victim.calls = 0
+                victim.crash_at = (data.draw(st.integers(1, 6), label="write call"),
+                                   data.draw(st.integers(0, 3), label="documents applied"))
+                try:
+                    user_activity.merge_batch(batch, users, feeds, _NOW)
+                except _Crash:
+                    note(f"cut short in batch {k}")
+                victim.crash_at = None
+            user_activity.merge_batch(batch, users, feeds, _NOW)  # (again: the replay)
+        assert users.decoded() == {u: bson.decode(bson.encode(d)) for u, d in run.store.activity.items()}
+        assert feeds.decoded() == {k: bson.decode(bson.encode(d)) for k, d in run.store.open_feed.items()}
