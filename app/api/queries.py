@@ -322,8 +322,9 @@ def act_now(db, hours: float, limit: int) -> dict:
     newest ACT_NOW_SCAN open sessions)."""
     if _feed_complete(db):
         since, ids = open_sessions.act_now(db[C.LIVE_FEED], hours, limit)
+        # (user_behavior_segments is the store query's, which may be a batch ahead of the feed)
         docs = [d for d in (db[C.SEGMENTS].find_one({"_id": i}, {n: 1 for n in SESSION_FIELDS}) for i in ids)
-                if d is not None]
+                if d is not None and d["status"] == "active"]
         return {"since": since, "count": len(docs), "sessions": [{"session_id": d.pop("_id"), **d} for d in docs]}
     # One read, newest first: the window is measured from the newest open session it returns.
     docs = list(db[C.SEGMENTS].find({"status": "active"}, {n: 1 for n in SESSION_FIELDS})
@@ -332,7 +333,7 @@ def act_now(db, hours: float, limit: int) -> dict:
         return {"since": None, "count": 0, "sessions": []}
     since = docs[0]["session_end"] - timedelta(hours=hours)
     docs = [d for d in docs if d["session_end"] >= since]
-    docs.sort(key=lambda d: (d.get("action_priority") or 99, -d["session_end"].timestamp()))
+    docs.sort(key=lambda d: (open_sessions.priority_of(d), -d["session_end"].timestamp()))
     return {"since": since, "count": len(docs[:limit]),
             "sessions": [{"session_id": d.pop("_id"), **d} for d in docs[:limit]]}
 

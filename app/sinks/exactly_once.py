@@ -96,7 +96,7 @@ twice leaves what writing them once leaves:
    replayed or redelivered item is ignored or dropped again, and any cut of the batches leaves
    the same buckets and hour lists (tests/unit/test_live_feed.py). The wall-clock field
    (detected_at, executed_at) is the activity query's, from the first copy it saw. The same
-   collection holds the open sessions by (action_priority, hour of session_end) for /v1/act-now
+   collection holds the open sessions by (action_priority, minute of session_end) for /v1/act-now
    (app/sinks/open_sessions.py): the activity query files each user's open sessions as the
    user's document has them before and after the batch (all of them: 13 never cuts open
    sessions), removing a session from where its old version was and adding it where its new one

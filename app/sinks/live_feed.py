@@ -155,6 +155,18 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
     index = coll.find_one({"_id": index_id(feed, key)}) or {}
     start, end = start and _utc(start), end and _utc(end)
     items: list[dict] = []
+
+    def take(candidates: list) -> bool:
+        """The matching ones onto `items`, newest first; True once there are `limit`."""
+        for item in candidates:
+            when = _utc(item[feed.time])
+            if ((start is None or when >= start) and (end is None or when < end)
+                    and all(item.get(n) == v for n, v in rest.items())):
+                items.append(item)
+                if len(items) >= limit:
+                    return True
+        return False
+
     for hour in index.get("hours", []):  # newest first
         hour = _utc(hour)
         if start is not None and hour + HOUR <= start:
@@ -162,21 +174,21 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
         if end is not None and hour >= end:
             continue
         _id = bucket_id(feed, key, hour)
-        head = bucket = coll.find_one({"_id": head_id(_id)}) or {}  # (a head has no `truncated`)
-        kept, i = head.get("items", []), 0
-        while i < len(kept) or (bucket is head and head.get("more")):
-            if i == len(kept):  # past the head: the whole bucket
-                bucket = coll.find_one({"_id": _id}) or {}
-                kept = bucket.get("items", [])
-                if i >= len(kept):
-                    break
-            item, i = kept[i], i + 1
-            when = _utc(item[feed.time])
-            if ((start is None or when >= start) and (end is None or when < end)
-                    and all(item.get(n) == v for n, v in rest.items())):
-                items.append(item)
-                if len(items) >= limit:
-                    return items
+        head = coll.find_one({"_id": head_id(_id)})
+        if head is not None:
+            if take(head["items"]):
+                return items
+            if not head["more"]:
+                continue  # the hour's items were all in its head
+            if start is not None and head["items"] and _utc(head["items"][-1][feed.time]) < start:
+                return items  # the rest of the hour, and the hours after it, are older still
+        bucket = coll.find_one({"_id": _id}) or {}
+        kept = bucket.get("items", [])
+        # past the head by (time, id), not by position: the activity query may have rewritten
+        # both between the two reads (a missing head: the whole bucket)
+        last = _order(feed)(head["items"][-1]) if head is not None and head["items"] else None
+        if take([i for i in kept if last is None or _order(feed)(i) < last]):
+            return items
         if bucket.get("truncated"):
             # what the hour dropped is older than all it kept: missing only if some of it may be in range
             if start is not None and kept and _utc(kept[-1][feed.time]) < start:

@@ -86,22 +86,25 @@ def test_the_document_is_what_the_uncut_collections_show_however_the_batches_are
 
 
 def expected_open_buckets(run) -> dict:
-    """(priority, hour) -> the open session ids, from the run's uncut session documents."""
+    """(priority, minute) -> the open session ids, from the run's uncut session documents."""
     out: dict = {}
     for doc in run.store.sessions.values():
         if doc["status"] == "active":
             end = A.to_datetime(doc["session_end"]) if isinstance(doc["session_end"], int) else doc["session_end"]
-            key = (doc.get("action_priority") or open_sessions.NO_PRIORITY, end.replace(minute=0, second=0, microsecond=0))
+            key = (open_sessions.priority_of(doc), end.replace(second=0, microsecond=0))
             out.setdefault(key, set()).add(doc["_id"])
     return out
 
 
 def open_buckets(run) -> dict:
     index = run.store.open_feed.get(open_sessions.INDEX_ID, {"buckets": []})
-    assert {(b["priority"], b["hour"]) for b in index["buckets"]} == {
-        (d["priority"], d["hour"]) for _id, d in run.store.open_feed.items() if _id != open_sessions.INDEX_ID}
-    return {(d["priority"], d["hour"]): {m["session_id"] for m in d["members"]}
-            for _id, d in run.store.open_feed.items() if _id != open_sessions.INDEX_ID}
+    buckets = {_id: d for _id, d in run.store.open_feed.items() if _id != open_sessions.INDEX_ID}
+    assert [(b["priority"], b["slot"], b["newest"]) for b in index["buckets"]] == sorted(
+        (d["priority"], d["slot"], d["members"][0]["session_end"]) for d in buckets.values())
+    for d in buckets.values():  # newest first; each member where its session's latest version is
+        assert d["members"] == sorted(d["members"], key=lambda m: (m["session_end"], m["session_id"]), reverse=True)
+        assert all(m["session_end"].replace(second=0, microsecond=0) == d["slot"] for m in d["members"])
+    return {(d["priority"], d["slot"]): {m["session_id"] for m in d["members"]} for d in buckets.values()}
 
 
 @hsettings(max_examples=60, deadline=None)
