@@ -50,7 +50,7 @@ helm-check: setup  ## lint, render and schema-check the helm chart (default + pr
 bench-stack: up  ## raw rates of the stack: FerretDB inserts/upserts, Kafka produce (python vs Java)
 	$(PY) bench/stack_rates.py
 
-bench: up  ## the benchmark (~30 min): throughput, upper bound, baseline, latency, scaling -> bench/results
+bench: up  ## the benchmark (~55 min on 2 cores): throughput, upper bound, baseline, latency, scaling -> bench/results
 	$(PY) -m bench.run --profile full
 
 bench-profiles: up  ## profiles and alerts: the job with them on vs off (one run each), alert latency at 1,000/s -> bench/results/profiles.*
