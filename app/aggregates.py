@@ -33,6 +33,15 @@ def window_start_ms(session_end_ms: int) -> int:
     return session_end_ms - session_end_ms % WINDOW_MS
 
 
+def utc(value: datetime) -> datetime:
+    """A stored datetime (naive UTC, as BSON gives it back) or an aware one -> aware, in UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def floor_hour(value: datetime) -> datetime:
+    return utc(value).replace(minute=0, second=0, microsecond=0)
+
+
 def to_datetime(ms: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Iterable, Mapping
+
+from app.aggregates import floor_hour, utc  # noqa: F401 (the endpoints' arithmetic: A.utc, A.floor_hour)
 
 HOUR = timedelta(hours=1)
 EVENT_METRICS = ("events", "views", "carts", "purchases")
@@ -16,14 +18,6 @@ _TYPE_METRIC = {"view": "views", "cart": "carts", "purchase": "purchases"}
 
 def _rate(numerator: float, denominator: float) -> float:
     return round(100.0 * numerator / denominator, 2) if denominator else 0.0
-
-
-def utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def floor_hour(value: datetime) -> datetime:
-    return utc(value).replace(minute=0, second=0, microsecond=0)
 
 
 def frequency(docs: Iterable[Mapping], interval: str) -> dict:

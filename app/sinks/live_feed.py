@@ -28,9 +28,10 @@ catches up). Each key's hour list grows by one entry per hour with an item (8,76
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
+from app.aggregates import floor_hour, utc
 from app.sinks.collections import execution_document
 from app.sinks.profiles import alert_document
 
@@ -64,7 +65,7 @@ def item_of(kind: str, row, now: datetime) -> dict:
 
 
 def bucket_id(feed: Feed, key: list, hour: datetime) -> str:
-    return json.dumps([feed.name, key, _utc(hour).isoformat()], separators=(",", ":"))
+    return json.dumps([feed.name, key, utc(hour).isoformat()], separators=(",", ":"))
 
 
 def index_id(feed: Feed, key: list) -> str:
@@ -76,7 +77,7 @@ def _key(item: dict, names: tuple) -> list:
 
 
 def _order(feed: Feed):
-    return lambda item: (_utc(item[feed.time]), item[feed.id])
+    return lambda item: (utc(item[feed.time]), item[feed.id])
 
 
 def apply_rows(rows, read, write, now: datetime) -> int:
@@ -89,7 +90,7 @@ def apply_rows(rows, read, write, now: datetime) -> int:
         if feed is None:
             continue
         item = item_of(row.kind, row, now)
-        hour = _floor_hour(item[feed.time])
+        hour = floor_hour(item[feed.time])
         for names in feed.keys:
             key = _key(item, names)
             if any(value is None for _, value in key):
@@ -105,10 +106,10 @@ def apply_rows(rows, read, write, now: datetime) -> int:
         # short between the two writes leaves them apart until its replay)
         if not (_same(stored, merged, feed) and _same(read(head["_id"]), head, feed, "more")):
             changed += [merged, head]
-        hours_of.setdefault(index_id(feed, key), set()).add(_utc(hour))
+        hours_of.setdefault(index_id(feed, key), set()).add(utc(hour))
     for _id, hours in hours_of.items():
         stored = read(_id)
-        known = {_utc(h) for h in (stored or {}).get("hours", [])}
+        known = {utc(h) for h in (stored or {}).get("hours", [])}
         if not hours <= known:
             changed.append({"_id": _id, "hours": sorted(known | hours, reverse=True)})
     for start in range(0, len(changed), WRITE_CHUNK):
@@ -140,7 +141,7 @@ def merge_bucket(stored: dict | None, _id: str, hour: datetime, items, feed: Fee
     ordered = sorted(kept.values(), key=_order(feed), reverse=True)
     # A dropped item is older than every kept one, and the kept ones only get newer: it never returns.
     truncated = bool((stored or {}).get("truncated")) or len(ordered) > KEPT
-    return {"_id": _id, "hour": _utc(hour), "items": ordered[:KEPT], "truncated": truncated}
+    return {"_id": _id, "hour": utc(hour), "items": ordered[:KEPT], "truncated": truncated}
 
 
 def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime | None,
@@ -153,13 +154,13 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
     key = [[n, given[n]] for n in names]
     rest = {n: v for n, v in given.items() if n not in names}
     index = coll.find_one({"_id": index_id(feed, key)}) or {}
-    start, end = start and _utc(start), end and _utc(end)
+    start, end = start and utc(start), end and utc(end)
     items: list[dict] = []
 
     def take(candidates: list) -> bool:
         """The matching ones onto `items`, newest first; True once there are `limit`."""
         for item in candidates:
-            when = _utc(item[feed.time])
+            when = utc(item[feed.time])
             if ((start is None or when >= start) and (end is None or when < end)
                     and all(item.get(n) == v for n, v in rest.items())):
                 items.append(item)
@@ -168,7 +169,7 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
         return False
 
     for hour in index.get("hours", []):  # newest first
-        hour = _utc(hour)
+        hour = utc(hour)
         if start is not None and hour + HOUR <= start:
             break
         if end is not None and hour >= end:
@@ -180,7 +181,7 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
                 return items
             if not head["more"]:
                 continue  # the hour's items were all in its head
-            if start is not None and head["items"] and _utc(head["items"][-1][feed.time]) < start:
+            if start is not None and head["items"] and utc(head["items"][-1][feed.time]) < start:
                 return items  # the rest of the hour, and the hours after it, are older still
         bucket = coll.find_one({"_id": _id}) or {}
         kept = bucket.get("items", [])
@@ -191,15 +192,7 @@ def read(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
             return items
         if bucket.get("truncated"):
             # what the hour dropped is older than all it kept: missing only if some of it may be in range
-            if start is not None and kept and _utc(kept[-1][feed.time]) < start:
+            if start is not None and kept and utc(kept[-1][feed.time]) < start:
                 return items
             return None
     return items
-
-
-def _floor_hour(value: datetime) -> datetime:
-    return _utc(value).replace(minute=0, second=0, microsecond=0)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

@@ -17,7 +17,9 @@ sessions it picks by _id from user_behavior_segments.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
+
+from app.aggregates import utc
 
 INDEX_ID = json.dumps(["open"])
 NO_PRIORITY = 99  # as /v1/act-now ranks a session without action_priority
@@ -25,12 +27,12 @@ SLOT = timedelta(minutes=1)
 
 
 def bucket_id(priority: int, slot: datetime) -> str:
-    return json.dumps(["open", priority, _utc(slot).isoformat()], separators=(",", ":"))
+    return json.dumps(["open", priority, utc(slot).isoformat()], separators=(",", ":"))
 
 
 def open_sessions(doc: dict | None) -> dict:
     """A user_activity document -> session_id -> (priority, session_end) of its open sessions."""
-    return {s["session_id"]: (priority_of(s), _utc(s["session_end"]))
+    return {s["session_id"]: (priority_of(s), utc(s["session_end"]))
             for s in (doc or {}).get("sessions", []) if s["status"] == "active"}
 
 
@@ -70,13 +72,13 @@ class Changes:
             for session_id in self.removed.get((priority, slot), ()):
                 members.pop(session_id, None)
             members.update(self.added.get((priority, slot), {}))
-            ordered = sorted(members.values(), key=lambda m: (_utc(m["session_end"]), m["session_id"]), reverse=True)
+            ordered = sorted(members.values(), key=lambda m: (utc(m["session_end"]), m["session_id"]), reverse=True)
             if ordered:
                 docs.append({"_id": _id, "priority": priority, "slot": slot, "members": ordered})
             else:
                 empty.append(_id)
-            newest[(priority, slot)] = _utc(ordered[0]["session_end"]) if ordered else None
-        index = {(b["priority"], _utc(b["slot"])): _utc(b["newest"]) for b in (read(INDEX_ID) or {}).get("buckets", [])}
+            newest[(priority, slot)] = utc(ordered[0]["session_end"]) if ordered else None
+        index = {(b["priority"], utc(b["slot"])): utc(b["newest"]) for b in (read(INDEX_ID) or {}).get("buckets", [])}
         index.update(newest)
         buckets = [{"priority": p, "slot": t, "newest": n} for (p, t), n in sorted(index.items()) if n is not None]
         if buckets:
@@ -95,7 +97,7 @@ def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[str]]
     """The open sessions within `hours` of the newest one's end, most urgent priority first, then
     the newest: (since, session ids). No index: no open session."""
     index = coll.find_one({"_id": INDEX_ID}) or {}
-    buckets = [(b["priority"], _utc(b["slot"]), _utc(b["newest"])) for b in index.get("buckets", [])]
+    buckets = [(b["priority"], utc(b["slot"]), utc(b["newest"])) for b in index.get("buckets", [])]
     if not buckets:
         return None, []
     since = max(newest for _, _, newest in buckets) - timedelta(hours=hours)
@@ -104,7 +106,7 @@ def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[str]]
         if slot + SLOT <= since:
             continue
         for m in (coll.find_one({"_id": bucket_id(priority, slot)}) or {}).get("members", []):
-            if _utc(m["session_end"]) < since:
+            if utc(m["session_end"]) < since:
                 break  # newest first
             picked.append(m["session_id"])
             if len(picked) >= limit:
@@ -113,8 +115,4 @@ def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[str]]
 
 
 def _floor_slot(value: datetime) -> datetime:
-    return _utc(value).replace(second=0, microsecond=0)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return utc(value).replace(second=0, microsecond=0)

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import bson
 from pymongo import DeleteOne, ReplaceOne
 
+from app.aggregates import utc
 from app.sessions.tracker import archived_id
 from app.sinks import live_feed, open_sessions
 from app.sinks.collections import LIVE_FEED, PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
@@ -238,8 +239,8 @@ class _Cache:
 
     def put(self, user_id: str, doc: dict) -> None:
         data = bson.encode(doc)
-        old = self.docs.pop(user_id, None)
-        self.size += len(data) - (len(old) if old is not None else 0)
+        self.drop(user_id)
+        self.size += len(data)
         self.docs[user_id] = data
         while self.size > self.limit and self.docs:
             _, dropped = self.docs.popitem(last=False)
@@ -265,21 +266,19 @@ def merge(stored: dict | None, user_id: str, rows, now: datetime) -> dict:
             doc = session_document(row, now)
             old = sessions.get(doc["_id"])
             if row.first_write and old is not None and old["status"] == "closed" \
-                    and _utc(old["session_end"]) < _utc(doc["session_start"]):
+                    and utc(old["session_end"]) < utc(doc["session_start"]):
                 archived = archived_id(doc["_id"], _millis(old["session_start"]))
                 sessions[archived] = {**old, "session_id": archived}
             sessions[doc["_id"]] = {"session_id": doc["_id"], **{n: doc.get(n) for n in SESSION_FIELDS}}
-    kept_events = sorted(events.values(), key=lambda e: (_utc(e["event_timestamp"]), e["event_id"]),
+    kept_events = sorted(events.values(), key=lambda e: (utc(e["event_timestamp"]), e["event_id"]),
                          reverse=True)[:EVENTS_KEPT]
-    by_end = sorted(sessions.values(), key=lambda s: (_utc(s["session_end"]), s["session_id"]), reverse=True)
+    by_end = sorted(sessions.values(), key=lambda s: (utc(s["session_end"]), s["session_id"]), reverse=True)
     closed = {s["session_id"] for s in [s for s in by_end if s["status"] == "closed"][:SESSIONS_KEPT]}
     kept_sessions = [s for s in by_end if s["status"] != "closed" or s["session_id"] in closed]
     return {"_id": user_id, "events": kept_events, "sessions": kept_sessions}
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def _millis(value: datetime) -> int:
-    return (_utc(value) - _EPOCH) // timedelta(milliseconds=1)
+    return (utc(value) - _EPOCH) // timedelta(milliseconds=1)

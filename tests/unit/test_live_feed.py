@@ -14,6 +14,7 @@ import bson
 from hypothesis import given, note, settings as hsettings, strategies as st
 
 from app.sinks import live_feed
+from tests.unit.bson_store import BsonStore
 
 KEPT, HEAD = 3, 2
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -53,24 +54,6 @@ def feed_rows(draw, minutes: int = 200):
     return rows, order
 
 
-class BsonStore:
-    """Documents as FerretDB gives them back: through BSON (naive UTC datetimes)."""
-
-    def __init__(self):
-        self.docs: dict = {}
-
-    def read(self, _id):
-        data = self.docs.get(_id)
-        return None if data is None else bson.decode(data)
-
-    def write(self, docs):
-        for d in docs:
-            self.docs[d["_id"]] = bson.encode(d)
-
-    def find_one(self, query):
-        return self.read(query["_id"])
-
-
 def _applied(batches, clock: bool = False) -> BsonStore:
     """The batches applied in order; with `clock`, batch i runs at _NOW + i seconds."""
     store = BsonStore()
@@ -80,7 +63,7 @@ def _applied(batches, clock: bool = False) -> BsonStore:
 
 
 def _without_wall_clock(store: BsonStore) -> dict:
-    docs = {k: bson.decode(v) for k, v in store.docs.items()}
+    docs = store.decoded()
     for doc in docs.values():
         for item in doc.get("items", []):
             item.pop("detected_at", None), item.pop("executed_at", None)

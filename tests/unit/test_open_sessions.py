@@ -7,30 +7,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import bson
 from hypothesis import given, settings as hsettings, strategies as st
 
 from app.sinks import open_sessions
+from tests.unit.bson_store import BsonStore
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
-
-
-class BsonStore:
-    def __init__(self):
-        self.docs: dict = {}
-
-    def read(self, _id):
-        return bson.decode(self.docs[_id]) if _id in self.docs else None
-
-    def write(self, docs):
-        self.docs.update({d["_id"]: bson.encode(d) for d in docs})
-
-    def delete(self, ids):
-        for i in ids:
-            del self.docs[i]
-
-    def find_one(self, query):
-        return self.read(query["_id"])
 
 
 def _user_doc(user: str, sessions: dict) -> dict:

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, note, settings as hsettings, strategi
 
 from app import aggregates as A
 from app.sinks import open_sessions, user_activity
+from tests.unit.bson_store import BsonStore
 from tests.unit.spark_like import _NOW, _rows
 from tests.unit.test_event_time import DAY, assert_same_outputs, ev, batch_cuts, in_batches, one_batch, traffic
 
@@ -207,39 +208,27 @@ class _Crash(Exception):
     pass
 
 
-class _Collection:
-    """A collection as the merger sees it (read / write / delete by _id, through BSON) that, once
-    armed, applies a prefix of one write and raises: the merger process cut short mid-batch."""
+class _Collection(BsonStore):
+    """A BsonStore that, once armed, applies a prefix of one write (or delete) and raises: the
+    merger process cut short mid-batch."""
 
     def __init__(self):
-        self.docs: dict = {}
+        super().__init__()
         self.crash_at: tuple[int, int] | None = None  # (the write call to cut, documents it applies)
         self.calls = 0
 
-    def read(self, _id):
-        return bson.decode(self.docs[_id]) if _id in self.docs else None
-
-    def _cut(self, items):
+    def _cut(self, items, apply) -> None:
         self.calls += 1
         if self.crash_at is not None and self.calls == self.crash_at[0]:
-            return items[:self.crash_at[1]], True
-        return items, False
+            apply(items[:self.crash_at[1]])
+            raise _Crash
+        apply(items)
 
     def write(self, docs):
-        docs, crash = self._cut(docs)
-        self.docs.update({d["_id"]: bson.encode(d) for d in docs})
-        if crash:
-            raise _Crash
+        self._cut(docs, super().write)
 
     def delete(self, ids):
-        ids, crash = self._cut(ids)
-        for i in ids:
-            self.docs.pop(i, None)
-        if crash:
-            raise _Crash
-
-    def decoded(self) -> dict:
-        return {k: bson.decode(v) for k, v in self.docs.items()}
+        self._cut(ids, super().delete)
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

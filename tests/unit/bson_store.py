@@ -1,0 +1,26 @@
+"""A collection as the job's merger and the API see it, in memory: documents by _id through BSON
+(naive UTC datetimes back, as FerretDB gives them), read / write / delete / find_one by _id."""
+from __future__ import annotations
+
+import bson
+
+
+class BsonStore:
+    def __init__(self):
+        self.docs: dict = {}
+
+    def read(self, _id):
+        return bson.decode(self.docs[_id]) if _id in self.docs else None
+
+    def write(self, docs):
+        self.docs.update({d["_id"]: bson.encode(d) for d in docs})
+
+    def delete(self, ids):
+        for i in ids:
+            self.docs.pop(i, None)
+
+    def find_one(self, query):
+        return self.read(query["_id"])
+
+    def decoded(self) -> dict:
+        return {k: bson.decode(v) for k, v in self.docs.items()}
