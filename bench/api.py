@@ -68,8 +68,8 @@ GOAL_P99_MS = 25.0
 QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10}
 FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 30}
 COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "live_feed", "event_counts_hourly",
-               "segment_distribution", "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions", "user_profiles",
-               "conversion_funnel", "experiment_results", "stream_progress")
+               "segment_distribution", "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions",
+               "user_profiles", "conversion_funnel", "experiment_results", "stream_progress")
 # path -> what it reads (app/api/queries.py). FerretDB 1.24 (SQLite) uses an index only for _id
 # equality: any other filter or sort reads the whole collection.
 SCAN, WHOLE = "filter/sort: a scan on FerretDB", "reads all of it"
