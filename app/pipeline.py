@@ -305,6 +305,9 @@ ACTIVITY_FILE = "activity_complete"
 # in CHECKPOINT_DIR: the same for live_feed (the activity query has filed every alert and action:
 # a checkpoint from before live_feed has skipped them)
 FEED_FILE = "live_feed_complete"
+# in CHECKPOINT_DIR: the same for the leaderboard (every profile row's rank filed: a checkpoint
+# from before it has filed none)
+RANK_FILE = "leaderboard_complete"
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
 
@@ -343,6 +346,7 @@ def check_checkpoint(config: AppConfig) -> None:
     if config.user_activity:  # turned on later, it starts where the store lane's retention lets it
         Path(config.checkpoint_dir, ACTIVITY_FILE).write_text("user_activity holds every user's newest events\n")
         Path(config.checkpoint_dir, FEED_FILE).write_text("live_feed holds every alert and execution\n")
+        Path(config.checkpoint_dir, RANK_FILE).write_text("live_feed ranks every user with a profile\n")
 
 
 def _check_store_lane(config: AppConfig, query: Path) -> None:
@@ -424,7 +428,7 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
     if not config.user_activity:  # the API must not read documents nobody keeps now (user_activity.STATUS_ID)
         store.retrying(out.PROGRESS, lambda: store.db()[out.PROGRESS].delete_one({"_id": ACTIVITY_STATUS_ID}))
         return [sessions, store_query]
-    activity_query = start_activity_query(spark, config, store, checkpoint)
+    activity_query = start_activity_query(spark, config, store, checkpoint, rules.profiles)
     return [sessions, store_query, activity_query]
 
 
@@ -451,7 +455,7 @@ ACTIVITY_MAX_OFFSETS = 50_000  # store-lane messages per activity batch: its row
 
 
 def start_activity_query(spark: SparkSession, config: AppConfig, store: Store,
-                         sessions_checkpoint: str) -> StreamingQuery:
+                         sessions_checkpoint: str, profile_rules: dict | None = None) -> StreamingQuery:
     """The activity query: STORE_TOPIC into user_activity (app/sinks/user_activity.py), every
     ACTIVITY_INTERVAL; main() drains it after the store query with --available-now."""
     messages = store_source(spark, config.kafka_bootstrap_servers, config.store_lane_topic,
@@ -460,7 +464,9 @@ def start_activity_query(spark: SparkSession, config: AppConfig, store: Store,
     writer = (messages.writeStream.queryName(ACTIVITY_QUERY)
               .foreachBatch(ActivityBatchWriter(store, lambda: run_id_of(sessions_checkpoint),
                                                 complete=Path(config.checkpoint_dir, ACTIVITY_FILE).is_file(),
-                                                feed_complete=Path(config.checkpoint_dir, FEED_FILE).is_file()))
+                                                feed_complete=Path(config.checkpoint_dir, FEED_FILE).is_file(),
+                                                rank_complete=Path(config.checkpoint_dir, RANK_FILE).is_file(),
+                                                profile_rules=profile_rules))
               .option("checkpointLocation", checkpoint)
               .trigger(processingTime=f"{int(config.activity_interval_s * 1000)} milliseconds"))
     return writer.start()

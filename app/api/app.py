@@ -145,8 +145,8 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
     @app.get("/v1/users/segments", tags=["users"], **v1)
     def user_segments(segment: Segment, min_engagement: Annotated[float, Query(ge=0, le=100)] = 0.0,
                       limit: Limit = 100):
-        """Users whose engagement score is at least min_engagement, most engaged first, with their
-        last segment, scores and pattern."""
+        """Users whose engagement score is at least min_engagement, most engaged first (then by
+        user_id), with their last segment, scores and pattern."""
         return Q.user_segments(db, min_engagement, segment, limit)
 
     @app.get("/v1/sessions/metrics", tags=["analytics"], **v1)

@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from app.api import analytics as A
 from app.api.bounds import WINDOW, capped
-from app.sinks import collections as C, live_feed, open_sessions
+from app.sinks import collections as C, leaderboard, live_feed, open_sessions
 from app.sinks.profiles import ALERTS, PROFILES
 from app.sinks.user_activity import (EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT,
                                     STATUS_ID as ACTIVITY_STATUS_ID)
@@ -139,13 +139,23 @@ def _matches(doc: dict, event_type: str | None, country: str | None, field: str,
 
 
 def user_segments(db, min_engagement: float, segment: str | None, limit: int) -> dict:
-    """Users at or above an engagement score, the most engaged first (index on engagement_score)."""
-    query: dict[str, Any] = {"engagement_score": {"$gte": min_engagement}}
-    if segment is not None:
-        query["last_segment"] = segment
+    """Users at or above an engagement score, the most engaged first, then by _id: picked from
+    live_feed's leaderboard while the activity query keeps it, then each profile by _id; else the
+    engagement_score index. (user_profiles is the store query's, which may be a batch ahead of
+    the leaderboard: a profile whose score or segment has moved since is left out.)"""
     fields = ("last_segment", *SCORES, "behavior_pattern", "sessions", "total_events", "total_revenue", "last_seen")
-    docs = db[PROFILES].find(query, {n: 1 for n in fields}).sort([("engagement_score", DESCENDING),
-                                                                  ("_id", ASCENDING)]).limit(limit)
+    projection = {n: 1 for n in fields}
+    if _rank_complete(db):
+        docs = [d for d in (db[PROFILES].find_one({"_id": i}, projection)
+                            for i in leaderboard.top(db[C.LIVE_FEED], min_engagement, segment, limit))
+                if d is not None and d.get("engagement_score", -1) >= min_engagement
+                and (segment is None or d.get("last_segment") == segment)]
+    else:
+        query: dict[str, Any] = {"engagement_score": {"$gte": min_engagement}}
+        if segment is not None:
+            query["last_segment"] = segment
+        docs = db[PROFILES].find(query, projection).sort([("engagement_score", DESCENDING),
+                                                          ("_id", ASCENDING)]).limit(limit)
     users = [{"user_id": d["_id"], **_pick(d, fields)} for d in docs]
     return {"min_engagement": min_engagement, "segment": segment, "count": len(users), "users": users}
 
@@ -305,6 +315,11 @@ def _from_feed(db, feed, filters: dict, start, end, limit: int) -> list[dict] | 
 def _feed_complete(db) -> bool:
     """Whether the activity query has filed every alert, execution and open session of its run."""
     return bool((db[C.PROGRESS].find_one({"_id": ACTIVITY_STATUS_ID}) or {}).get("feed_complete"))
+
+
+def _rank_complete(db) -> bool:
+    """Whether the activity query has filed every user's rank (the leaderboard) of its run."""
+    return bool((db[C.PROGRESS].find_one({"_id": ACTIVITY_STATUS_ID}) or {}).get("rank_complete"))
 
 
 def experiment_results(db, experiment: str | None) -> dict:

@@ -31,7 +31,7 @@ PATHS = "session_paths"
 RETENTION = "retention_cohorts"
 RETENTION_USERS = "retention_users"
 USER_ACTIVITY = "user_activity"        # app/sinks/user_activity.py: a user's newest events and sessions
-LIVE_FEED = "live_feed"                # app/sinks/live_feed.py: each hour's newest alerts and executions
+LIVE_FEED = "live_feed"                # app/sinks/live_feed.py, open_sessions.py, leaderboard.py: by _id for the API
 RAPID_ACTION_SECONDS = 2.0
 # Everything the job writes: what --reset-output drops.
 OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS,

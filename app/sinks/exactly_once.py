@@ -101,7 +101,12 @@ twice leaves what writing them once leaves:
    user's document has them before and after the batch (all of them: 13 never cuts open
    sessions), removing a session from where its old version was and adding it where its new one
    is, and deletes a bucket once empty; so the buckets are a function of the open sessions alone
-   (the properties of tests/unit/test_event_time.py compare them too).
+   (the properties of tests/unit/test_event_time.py compare them too). It holds the users by
+   engagement score for /v1/users/segments too (app/sinks/leaderboard.py): each user's rank
+   (score, last segment) is its newest profile row's (one key, so one partition: message order,
+   and a replayed batch's copies come before any later batch's), kept in the user's document,
+   and filed the same way, into pages that are sets of ids: a function of the users' ranks alone
+   (tests/unit/test_leaderboard.py; test_user_activity.py for cuts, replays and crashes).
 
 A new checkpoint is a new run_id: its aggregates would add to another run's sums, so a new
 checkpoint needs a fresh database (`make reset`).

@@ -5,7 +5,9 @@ sessions, kept by the job's third query, `activity`, from the store lane's messa
 FerretDB 1.24 does not scan for (DESIGN.md §15).
 
     {_id: user_id, events: [EVENTS_KEPT newest, by (event_timestamp, event_id), newest first],
-     sessions: [every active session + the SESSIONS_KEPT newest closed ones, by (session_end, id), newest first]}
+     sessions: [every active session + the SESSIONS_KEPT newest closed ones, by (session_end, id), newest first],
+     rank: {score, segment}: the engagement score and last segment of the user's newest profile
+           row (with profiles on), which app/sinks/leaderboard.py files}
 
 How a replay or another batch cut leaves the same document (app/sinks/exactly_once.py 13): each
 user's rows are merged into the stored document in message order, as
@@ -18,6 +20,7 @@ sessions (at most MAX_OPEN_SESSIONS per user) are never cut, as a retraction may
 """
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 from collections import OrderedDict
@@ -29,15 +32,17 @@ import bson
 from pymongo import DeleteOne, ReplaceOne
 
 from app.aggregates import utc
+from app.profiles.profile import profile_facts
+from app.profiles.rules import ProfileRules, parse_profile_rules
 from app.sessions.tracker import archived_id
-from app.sinks import live_feed, open_sessions
+from app.sinks import leaderboard, live_feed, open_sessions
 from app.sinks.collections import LIVE_FEED, PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
 from app.sinks.mongo import Store
 
 ACTIVITY_QUERY = "activity"
 EVENTS_KEPT = 100
 SESSIONS_KEPT = 100
-KINDS = ("event", "event_fix", "retract", "session")
+KINDS = ("event", "event_fix", "retract", "session", "profile")
 EVENT_FIELDS = ("event_type", "event_timestamp", "session_id", "product_id", "category_code", "brand", "price",
                 "country", "device_type", "is_late")
 # What /v1/sessions/metrics returns of a session (no wall-clock field: a replay writes the same document).
@@ -64,11 +69,12 @@ class ActivityBatchWriter:
     recorded in stream_progress (`_id: activity`) for the query API, which reads the collections
     instead while it is not; `feed_complete` the same for live_feed (pipeline.FEED_FILE)."""
 
-    def __init__(self, store: Store, run_id, complete: bool, feed_complete: bool = False):
+    def __init__(self, store: Store, run_id, complete: bool, feed_complete: bool = False,
+                 rank_complete: bool = False, profile_rules: dict | None = None):
         self.store = store
         self.run_id = run_id  # () -> the sessions query's id
-        self.complete, self.feed_complete = complete, feed_complete
-        self.merger = _Merger(store)
+        self.complete, self.feed_complete, self.rank_complete = complete, feed_complete, rank_complete
+        self.merger = _Merger(store, profile_rules)
         self.marked = False
 
     def __call__(self, batch, batch_id: int) -> None:
@@ -76,7 +82,8 @@ class ActivityBatchWriter:
         if not self.marked:
             db = self.store.db()
             self.store.retrying(PROGRESS, lambda: db[PROGRESS].replace_one(
-                {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete, "feed_complete": self.feed_complete},
+                {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete, "feed_complete": self.feed_complete,
+                                  "rank_complete": self.rank_complete},
                 upsert=True))
             self.marked = True
         table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS, *live_feed.KINDS))
@@ -107,8 +114,8 @@ class _Merger:
     keeping its cache between batches. The driver waits for each table (the batch commits after),
     without holding its interpreter lock; a failure there fails the batch."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, profile_rules: dict | None = None):
+        self.store, self.profile_rules = store, profile_rules
         self.conn = None
 
     def apply(self, table) -> int:
@@ -116,7 +123,7 @@ class _Merger:
         if self.conn is None:
             context = multiprocessing.get_context("spawn")
             self.conn, child = context.Pipe()
-            context.Process(target=_serve, args=(child, self.store), name="user-activity", daemon=True).start()
+            context.Process(target=_serve, args=(child, self.store, self.profile_rules), name="user-activity", daemon=True).start()
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table)
@@ -131,9 +138,10 @@ class _Merger:
         return value
 
 
-def _serve(conn, store: Store) -> None:
+def _serve(conn, store: Store, profile_rules: dict | None) -> None:
     """The merger process: Arrow tables in, the number of users written (or the error) out."""
     import pyarrow as pa
+    rank = None if profile_rules is None else ranker(parse_profile_rules(profile_rules))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     users = _Documents(store, USER_ACTIVITY, CACHE_BYTES)
     feeds = _Documents(store, LIVE_FEED, FEED_CACHE_BYTES)
@@ -146,32 +154,38 @@ def _serve(conn, store: Store) -> None:
         try:
             table = pa.ipc.open_stream(data).read_all()
             rows = [Row(**r) for r in table.to_pylist()]
-            conn.send(("ok", merge_batch(rows, users, feeds, datetime.now(timezone.utc))))
+            conn.send(("ok", merge_batch(rows, users, feeds, datetime.now(timezone.utc), rank)))
         except Exception as exc:  # noqa: BLE001 (sent back: the driver fails the batch with it)
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def merge_batch(rows: list, users, feeds, now: datetime) -> int:
+def merge_batch(rows: list, users, feeds, now: datetime, rank=None) -> int:
     """One activity batch (Rows) into user_activity (`users`: read/write) and live_feed (`feeds`:
-    read/write/delete). Each FLUSH_USERS users' open-session moves (open_sessions.Changes) are
-    made before those users' documents are written: a batch cut short anywhere is replayed onto
-    the stored documents, so a move whose user document was not written is made again, and a
-    move made twice puts the session where it was put once; a user document written already
-    moves nothing again. Returns the users written."""
-    changes = open_sessions.Changes()
+    read/write/delete); `rank`: a profile row -> the user's rank (`ranker`), None without profiles.
+    Each FLUSH_USERS users' moves (open sessions: open_sessions.Changes; ranks:
+    leaderboard.Changes) are made before those users' documents are written: a batch cut short
+    anywhere is replayed onto the stored documents, so a move whose user document was not written
+    is made again, and a move made twice puts the session or user where it was put once; a user
+    document written already moves nothing again. Returns the users written."""
+    sessions, ranks = open_sessions.Changes(), leaderboard.Changes()
+
+    def merged(before: dict | None, after: dict) -> None:
+        sessions.user(before, after)
+        ranks.user(before, after)
 
     def write(pending: list) -> None:
-        changes.apply(feeds.read, feeds.write, feeds.delete)
+        sessions.apply(feeds.read, feeds.write, feeds.delete)
+        ranks.apply(feeds.read, feeds.write, feeds.delete)
         for start in range(0, len(pending), WRITE_CHUNK):
             users.write(pending[start:start + WRITE_CHUNK])
 
-    written = apply_rows([r for r in rows if r.kind in KINDS], users.read, write, now, changes.user, FLUSH_USERS)
+    written = apply_rows([r for r in rows if r.kind in KINDS], users.read, write, now, merged, FLUSH_USERS, rank)
     feed_rows = sorted((r for r in rows if r.kind in live_feed.KINDS), key=lambda r: (r.kafka_partition, r.kafka_offset))
     live_feed.apply_rows(feed_rows, feeds.read, feeds.write, now)
     return written
 
 
-def apply_rows(rows: list, read, write, now: datetime, merged=None, chunk: int = WRITE_CHUNK) -> int:
+def apply_rows(rows: list, read, write, now: datetime, merged=None, chunk: int = WRITE_CHUNK, rank=None) -> int:
     """Rows of any number of sessions batches -> each user's document merged with the user's rows
     in message order (by Kafka partition and offset: one document's messages are in one partition,
     in order), written in chunks of `chunk`; merged(before, after) sees each user's document
@@ -181,7 +195,7 @@ def apply_rows(rows: list, read, write, now: datetime, merged=None, chunk: int =
     users = 0
     for user_id, user_rows in groupby(rows, key=lambda r: r.user_id):
         before = read(user_id)
-        pending.append(merge(before, user_id, user_rows, now))
+        pending.append(merge(before, user_id, user_rows, now, rank))
         if merged is not None:
             merged(before, pending[-1])
         users += 1
@@ -247,8 +261,10 @@ class _Cache:
             self.size -= len(dropped)
 
 
-def merge(stored: dict | None, user_id: str, rows, now: datetime) -> dict:
-    """The user's document after `rows` (OutputRow-like, in message order); `stored` may be None."""
+def merge(stored: dict | None, user_id: str, rows, now: datetime, rank=None) -> dict:
+    """The user's document after `rows` (OutputRow-like, in message order); `stored` may be None.
+    A profile row sets the user's `rank` (with `rank` given: profiles on), the newest one last."""
+    user_rank = (stored or {}).get("rank")
     events = {e["event_id"]: dict(e) for e in (stored or {}).get("events", [])}  # never changes `stored`
     sessions = {s["session_id"]: s for s in (stored or {}).get("sessions", [])}
     for row in rows:
@@ -262,6 +278,9 @@ def merge(stored: dict | None, user_id: str, rows, now: datetime) -> dict:
         elif row.kind == "retract":
             if sessions.get(row.id, {}).get("status") == "active":
                 del sessions[row.id]
+        elif row.kind == "profile":
+            if rank is not None:
+                user_rank = rank(row)
         elif row.kind == "session":
             doc = session_document(row, now)
             old = sessions.get(doc["_id"])
@@ -275,7 +294,17 @@ def merge(stored: dict | None, user_id: str, rows, now: datetime) -> dict:
     by_end = sorted(sessions.values(), key=lambda s: (utc(s["session_end"]), s["session_id"]), reverse=True)
     closed = {s["session_id"] for s in [s for s in by_end if s["status"] == "closed"][:SESSIONS_KEPT]}
     kept_sessions = [s for s in by_end if s["status"] != "closed" or s["session_id"] in closed]
-    return {"_id": user_id, "events": kept_events, "sessions": kept_sessions}
+    return {"_id": user_id, "events": kept_events, "sessions": kept_sessions,
+            **({} if user_rank is None else {"rank": user_rank})}
+
+
+def ranker(rules: ProfileRules):
+    """A profile row -> {score: its engagement score, segment: its last segment}: the figures the
+    store query writes to user_profiles (app/profiles/profile.py), for the leaderboard."""
+    def rank(row) -> dict:
+        totals = json.loads(row.doc)["totals"]
+        return {"score": profile_facts(totals, rules)["engagement_score"], "segment": totals.get("last_segment")}
+    return rank
 
 
 

@@ -19,7 +19,7 @@ import pytest
 from pymongo import MongoClient
 
 from app.sessions.tracker import session_id_of
-from app.sinks import live_feed, open_sessions
+from app.sinks import leaderboard, live_feed, open_sessions
 from app.sinks.user_activity import EVENTS_KEPT
 from tests.conftest import ROOT, eventually
 from tests.e2e.shared_run import SESSION_GAP, WATERMARK_DELAY
@@ -449,6 +449,29 @@ def test_alerts_and_executions_from_live_feed_equal_the_collections_answers(api_
     by_id = {d[feed.id]: d for d in coll_all}
     assert all({k: v for k, v in d.items() if k not in wall_clock} ==
                {k: v for k, v in by_id[d[feed.id]].items() if k not in wall_clock} for d in feed_all)
+
+
+@pytest.mark.parametrize("rank_complete", [True, False], ids=["live_feed", "collection"])
+def test_user_segments_lists_the_most_engaged_users_as_user_profiles_ranks_them(api_run, rank_complete):
+    """From live_feed's leaderboard (the activity query complete) and from the engagement_score
+    index: the profiles' order (score, then id), with each filter."""
+    db = api_run["db"]
+    assert db.stream_progress.find_one({"_id": "activity"})["rank_complete"] is True
+    assert db.live_feed.find_one({"_id": leaderboard.index_id(leaderboard.ALL)})["scores"], "no leaderboard"
+    profiles = sorted(db.user_profiles.find(), key=lambda p: (-p["engagement_score"], p["_id"]))
+    segment = Counter(p["last_segment"] for p in profiles).most_common(1)[0][0]
+    middle = profiles[len(profiles) // 2]["engagement_score"]
+    db.stream_progress.update_one({"_id": "activity"}, {"$set": {"rank_complete": rank_complete}})
+    try:
+        for params in ({}, {"limit": 3}, {"min_engagement": middle}, {"segment": segment},
+                       {"segment": segment, "min_engagement": middle, "limit": 5}):
+            got = _get(api_run, "/v1/users/segments", **{"limit": 1000, **params})["users"]
+            want = [p for p in profiles if p["engagement_score"] >= params.get("min_engagement", 0)
+                    and p["last_segment"] == params.get("segment", p["last_segment"])][:params.get("limit", 1000)]
+            assert [u["user_id"] for u in got] == [p["_id"] for p in want], params
+            assert [u["engagement_score"] for u in got] == [p["engagement_score"] for p in want]
+    finally:
+        db.stream_progress.update_one({"_id": "activity"}, {"$set": {"rank_complete": True}})
 
 
 @pytest.mark.parametrize("feed_complete", [True, False], ids=["live_feed", "collection"])

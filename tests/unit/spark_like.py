@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from app.sessions.stateful import _rows
 from app.sessions.tracker import Event, Outputs, SessionSettings, Step, archived_id, process_events, process_timeout
-from app.sinks import open_sessions, user_activity
+from app.sinks import leaderboard, open_sessions, user_activity
 
 
 @dataclass
@@ -32,7 +32,8 @@ class Store:
     late: Counter = field(default_factory=Counter)            # event_id -> late arrivals
     closed_writes: Counter = field(default_factory=Counter)  # _id -> closed documents written (1 at most)
     activity: dict = field(default_factory=dict)   # user_id -> user_activity document (app/sinks/user_activity.py)
-    open_feed: dict = field(default_factory=dict)  # live_feed's open-session documents (app/sinks/open_sessions.py)
+    open_feed: dict = field(default_factory=dict)  # live_feed's open-session and rank documents (open_sessions.py,
+    #                                                leaderboard.py)
 
     def outputs(self) -> dict:
         """Everything a user of the job sees, to compare two runs with. Of a profile, its figures
@@ -129,11 +130,13 @@ class SparkLike:
         rows = [r for r in _rows(step, self.docs, user) if r.kind in user_activity.KINDS]
         if rows:
             before = store.activity.get(user)
-            store.activity[user] = user_activity.merge(before, user, rows, _NOW)
-            changes = open_sessions.Changes()
-            changes.user(before, store.activity[user])
-            changes.apply(store.open_feed.get, lambda docs: store.open_feed.update({d["_id"]: d for d in docs}),
-                          lambda ids: [store.open_feed.pop(i) for i in ids])
+            rules = self.settings.profile_rules
+            store.activity[user] = user_activity.merge(before, user, rows, _NOW,
+                                                       rules and user_activity.ranker(rules))
+            for changes in (open_sessions.Changes(), leaderboard.Changes()):
+                changes.user(before, store.activity[user])
+                changes.apply(store.open_feed.get, lambda docs: store.open_feed.update({d["_id"]: d for d in docs}),
+                              lambda ids: [store.open_feed.pop(i) for i in ids])
 
 
 _NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)

@@ -6,9 +6,11 @@ are cut, and a replayed merge must change nothing. The sizes kept are made small
 cuts happen on the generated traffic."""
 from __future__ import annotations
 
+import json
 import random
 import zlib
 from datetime import datetime
+from types import SimpleNamespace
 from unittest import mock
 
 import bson
@@ -16,12 +18,14 @@ import bson
 from hypothesis import HealthCheck, given, note, settings as hsettings, strategies as st
 
 from app import aggregates as A
-from app.sinks import open_sessions, user_activity
+from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
+from app.sinks import leaderboard, open_sessions, user_activity
 from tests.unit.bson_store import BsonStore
 from tests.unit.spark_like import _NOW, _rows
 from tests.unit.test_event_time import DAY, assert_same_outputs, ev, batch_cuts, in_batches, one_batch, traffic
 
 EVENTS_KEPT, SESSIONS_KEPT = 12, 2
+RANK = user_activity.ranker(load_profile_rules(DEFAULT_PROFILE_RULES))  # as traffic()'s settings
 
 
 def expected(run) -> dict:
@@ -79,11 +83,24 @@ def test_the_document_is_what_the_uncut_collections_show_however_the_batches_are
         assert_same_outputs(reference, run)  # user_activity and live_feed's open sessions among them
         for driver in (reference, run):
             assert open_buckets(driver) == expected_open_buckets(driver)  # sessions still open
+            assert ranked(driver) == expected_ranks(driver)
             driver.advance(max(e.event_ms for e in events) + 2 * DAY)
             _index(driver, events)
             assert shown(driver) == expected(driver)
             assert open_buckets(driver) == expected_open_buckets(driver) == {}
         assert_same_outputs(reference, run)
+
+
+def expected_ranks(run) -> list:
+    """The users with a profile, the most engaged first, then by id: the user_profiles query's order."""
+    rank = user_activity.ranker(load_profile_rules(DEFAULT_PROFILE_RULES))
+    scores = {u: rank(SimpleNamespace(doc=json.dumps(p)))["score"] for u, p in run.store.profiles.items()}
+    return sorted(scores, key=lambda u: (-scores[u], u))
+
+
+def ranked(run) -> list:
+    """The leaderboard's answer over every user (live_feed's rank pages)."""
+    return leaderboard.top(SimpleNamespace(find_one=lambda q: run.store.open_feed.get(q["_id"])), 0, None, 10 ** 6)
 
 
 def expected_open_buckets(run) -> dict:
@@ -99,7 +116,8 @@ def expected_open_buckets(run) -> dict:
 
 def open_buckets(run) -> dict:
     index = run.store.open_feed.get(open_sessions.INDEX_ID, {"buckets": []})
-    buckets = {_id: d for _id, d in run.store.open_feed.items() if _id != open_sessions.INDEX_ID}
+    buckets = {_id: d for _id, d in run.store.open_feed.items()
+               if _id != open_sessions.INDEX_ID and json.loads(_id)[0] == "open"}
     assert [(b["priority"], b["slot"], b["newest"]) for b in index["buckets"]] == sorted(
         (d["priority"], d["slot"], d["members"][0]["session_end"]) for d in buckets.values())
     for d in buckets.values():  # newest first; each member where its session's latest version is
@@ -122,7 +140,7 @@ def test_merging_a_batch_again_changes_nothing(data):
         docs: dict = {}
         for user, rows in steps + steps[replay_from:]:
             if rows:
-                docs[user] = user_activity.merge(docs.get(user), user, rows, _NOW)
+                docs[user] = user_activity.merge(docs.get(user), user, rows, _NOW, RANK)
         assert docs == final
 
 
@@ -199,7 +217,7 @@ def test_activity_batches_cut_anywhere_in_each_partition_and_replayed_give_the_s
                 start[p] = end
             random.Random(k).shuffle(batch)  # collect() gives no order: apply_rows sorts
             for _ in range(1 + data.draw(st.integers(0, 1), label=f"batch {k} replayed")):
-                user_activity.apply_rows(batch, read, write, _NOW)
+                user_activity.apply_rows(batch, read, write, _NOW, rank=RANK)
         assert {u: bson.decode(d) for u, d in stored.items()} == \
             {u: bson.decode(bson.encode(d)) for u, d in run.store.activity.items()}
 
@@ -235,8 +253,8 @@ class _Collection(BsonStore):
 @given(data=st.data())
 def test_an_activity_batch_cut_short_anywhere_and_replayed_leaves_the_same_documents(data):
     """The merger dies in any write of a batch (user documents, open-session buckets, live_feed),
-    after any part of it; the batch is replayed onto what was stored: the user documents and the
-    open-session buckets are those of the run without the crash (exactly_once.py 13, 14)."""
+    after any part of it; the batch is replayed onto what was stored: the user documents, the
+    open-session buckets and the rank pages are those of the run without the crash (exactly_once.py 13, 14)."""
     events = data.draw(traffic(), label="events in arrival order")
     batches = data.draw(batch_cuts(events), label="batch sizes")
     with mock.patch.object(user_activity, "EVENTS_KEPT", EVENTS_KEPT), \
@@ -255,10 +273,10 @@ def test_an_activity_batch_cut_short_anywhere_and_replayed_leaves_the_same_docum
                 victim.crash_at = (data.draw(st.integers(1, 6), label="write call"),
                                    data.draw(st.integers(0, 3), label="documents applied"))
                 try:
-                    user_activity.merge_batch(batch, users, feeds, _NOW)
+                    user_activity.merge_batch(batch, users, feeds, _NOW, RANK)
                 except _Crash:
                     note(f"cut short in batch {k}")
                 victim.crash_at = None
-            user_activity.merge_batch(batch, users, feeds, _NOW)  # (again: the replay)
+            user_activity.merge_batch(batch, users, feeds, _NOW, RANK)  # (again: the replay)
         assert users.decoded() == {u: bson.decode(bson.encode(d)) for u, d in run.store.activity.items()}
         assert feeds.decoded() == {k: bson.decode(bson.encode(d)) for k, d in run.store.open_feed.items()}

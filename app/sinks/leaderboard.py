@@ -1,0 +1,117 @@
+"""Users by engagement score, in live_feed, for /v1/users/segments on FerretDB (reads by _id
+only): the activity query (app/sinks/user_activity.py) keeps each user's engagement score and last
+segment (`rank`, from the user's newest profile row) in the user's user_activity document, and
+files every change here, as open_sessions does for open sessions.
+
+    {_id: ["rank", key], scores: [{score, count, pages: [[prefix, count], ...]}, ...]}
+        the key's non-empty scores, highest first, each with its non-empty pages in prefix order
+    {_id: ["rank", key, score, prefix], members: [user_id, ...]}
+        the key's users of that score whose id starts with `prefix` (its first PREFIX characters),
+        ascending
+    key: ALL (every user with a profile) or a last_segment
+
+So the pages of a score, in prefix order, list its users in _id order, and the API's order, the
+most engaged first and then by _id (the user_profiles query's), is one walk from the top.
+Where a user is filed is a function of its id, score and segment alone, and a page is a set: the
+documents are a function of the users' latest ranks, whatever the batch cuts, and a move made
+twice is made once (app/sinks/exactly_once.py 14). The index's counts are taken from the pages
+it lists as written, so an index left behind by a crash is mended by the replay, which touches
+the same pages again. A page holds ~12 bytes a member: 16 MB at ~1,000,000 users of one score
+and segment whose ids share their first PREFIX characters (numeric ids spread over 90 prefixes).
+"""
+from __future__ import annotations
+
+import json
+
+ALL = "*"
+PREFIX = 2
+
+
+def index_id(key: str) -> str:
+    return json.dumps(["rank", key], separators=(",", ":"))
+
+
+def page_id(key: str, score: int, prefix: str) -> str:
+    return json.dumps(["rank", key, score, prefix], separators=(",", ":"))
+
+
+def rank_of(doc: dict | None) -> tuple[int, str | None] | None:
+    """A user_activity document -> the user's (engagement score, last segment), or None."""
+    rank = (doc or {}).get("rank")
+    return None if rank is None else (rank["score"], rank["segment"])
+
+
+def _places(rank: tuple[int, str | None] | None) -> set:
+    if rank is None:
+        return set()
+    score, segment = rank
+    return {(ALL, score)} | ({(segment, score)} if segment is not None else set())
+
+
+class Changes:
+    """The batch's moves: per (key, score, prefix), the users that left it and those that came."""
+
+    def __init__(self):
+        self.removed: dict = {}
+        self.added: dict = {}
+
+    def user(self, before: dict | None, after: dict) -> None:
+        """One user's document before and after the batch's merge."""
+        old, new = _places(rank_of(before)), _places(rank_of(after))
+        user_id = after["_id"]
+        for key, score in old - new:
+            self.removed.setdefault((key, score, user_id[:PREFIX]), set()).add(user_id)
+        for key, score in new - old:
+            self.added.setdefault((key, score, user_id[:PREFIX]), set()).add(user_id)
+
+    def apply(self, read, write, delete) -> int:
+        """The touched pages, merged with what is stored, then each touched key's index: written,
+        or deleted once empty. Returns the documents changed."""
+        touched = set(self.removed) | set(self.added)
+        if not touched:
+            return 0
+        docs, empty, sizes = [], [], {}
+        for key, score, prefix in sorted(touched, key=repr):
+            _id = page_id(key, score, prefix)
+            members = set((read(_id) or {}).get("members", []))
+            members -= self.removed.get((key, score, prefix), set())
+            members |= self.added.get((key, score, prefix), set())
+            if members:
+                docs.append({"_id": _id, "members": sorted(members)})
+            else:
+                empty.append(_id)
+            sizes.setdefault(key, {})[(score, prefix)] = len(members)
+        for key, changed in sorted(sizes.items()):
+            pages = {(s["score"], p): n for s in (read(index_id(key)) or {}).get("scores", []) for p, n in s["pages"]}
+            pages.update(changed)
+            scores: dict = {}
+            for (score, prefix), n in sorted(pages.items()):
+                if n:
+                    scores.setdefault(score, []).append([prefix, n])
+            if scores:
+                docs.append({"_id": index_id(key), "scores": [
+                    {"score": s, "count": sum(n for _, n in scores[s]), "pages": scores[s]}
+                    for s in sorted(scores, reverse=True)]})
+            else:
+                empty.append(index_id(key))
+        if docs:
+            write(docs)
+        if empty:
+            delete(empty)
+        self.removed, self.added = {}, {}  # made: the next batch of users starts anew
+        return len(docs) + len(empty)
+
+
+def top(coll, min_score: float, segment: str | None, limit: int) -> list[str]:
+    """The ids of the `limit` users of `segment` (None: any) with the highest engagement scores at
+    or above `min_score`, highest first, then by _id."""
+    key = ALL if segment is None else segment
+    picked: list[str] = []
+    for entry in (coll.find_one({"_id": index_id(key)}) or {}).get("scores", []):
+        if entry["score"] < min_score:
+            break
+        for prefix, _ in entry["pages"]:
+            picked.extend((coll.find_one({"_id": page_id(key, entry["score"], prefix)}) or {}).get("members", []))
+            if len(picked) >= limit:
+                return picked[:limit]
+    return picked
