@@ -3,7 +3,7 @@ only): the activity query (app/sinks/user_activity.py) keeps each user's engagem
 segment (`rank`, from the user's newest profile row) in the user's user_activity document, and
 files every change here, as open_sessions does for open sessions.
 
-    {_id: ["rank", key], scores: [{score, count, pages: [[prefix, count], ...]}, ...]}
+    {_id: ["rank", key], scores: [{score, count, pages: [{prefix, count}, ...]}, ...]}
         the key's non-empty scores, highest first, each with its non-empty pages in prefix order
     {_id: ["rank", key, score, prefix], members: [user_id, ...]}
         the key's users of that score whose id starts with `prefix` (its first PREFIX characters),
@@ -16,8 +16,9 @@ Where a user is filed is a function of its id, score and segment alone, and a pa
 documents are a function of the users' latest ranks, whatever the batch cuts, and a move made
 twice is made once (app/sinks/exactly_once.py 14). The index's counts are taken from the pages
 it lists as written, so an index left behind by a crash is mended by the replay, which touches
-the same pages again. A page holds ~12 bytes a member: 16 MB at ~1,000,000 users of one score
-and segment whose ids share their first PREFIX characters (numeric ids spread over 90 prefixes).
+the same pages again. (No list in a list: FerretDB 1.24 refuses nested arrays.) A page holds
+~12 bytes a member: 16 MB at ~1,000,000 users of one score and segment whose ids share their
+first PREFIX characters (numeric ids spread over 90 prefixes).
 """
 from __future__ import annotations
 
@@ -82,15 +83,16 @@ class Changes:
                 empty.append(_id)
             sizes.setdefault(key, {})[(score, prefix)] = len(members)
         for key, changed in sorted(sizes.items()):
-            pages = {(s["score"], p): n for s in (read(index_id(key)) or {}).get("scores", []) for p, n in s["pages"]}
+            pages = {(s["score"], p["prefix"]): p["count"]
+                     for s in (read(index_id(key)) or {}).get("scores", []) for p in s["pages"]}
             pages.update(changed)
             scores: dict = {}
             for (score, prefix), n in sorted(pages.items()):
                 if n:
-                    scores.setdefault(score, []).append([prefix, n])
+                    scores.setdefault(score, []).append({"prefix": prefix, "count": n})
             if scores:
                 docs.append({"_id": index_id(key), "scores": [
-                    {"score": s, "count": sum(n for _, n in scores[s]), "pages": scores[s]}
+                    {"score": s, "count": sum(p["count"] for p in scores[s]), "pages": scores[s]}
                     for s in sorted(scores, reverse=True)]})
             else:
                 empty.append(index_id(key))
@@ -110,8 +112,8 @@ def top(coll, min_score: float, segment: str | None, limit: int) -> list[str]:
     for entry in (coll.find_one({"_id": index_id(key)}) or {}).get("scores", []):
         if entry["score"] < min_score:
             break
-        for prefix, _ in entry["pages"]:
-            picked.extend((coll.find_one({"_id": page_id(key, entry["score"], prefix)}) or {}).get("members", []))
+        for page in entry["pages"]:
+            picked.extend((coll.find_one({"_id": page_id(key, entry["score"], page["prefix"])}) or {}).get("members", []))
             if len(picked) >= limit:
                 return picked[:limit]
     return picked

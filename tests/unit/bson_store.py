@@ -1,5 +1,6 @@
 """A collection as the job's merger and the API see it, in memory: documents by _id through BSON
-(naive UTC datetimes back, as FerretDB gives them), read / write / delete / find_one by _id."""
+(naive UTC datetimes back, as FerretDB gives them), read / write / delete / find_one by _id. Like
+FerretDB 1.24, it refuses a document with a list in a list."""
 from __future__ import annotations
 
 import bson
@@ -13,6 +14,8 @@ class BsonStore:
         return bson.decode(self.docs[_id]) if _id in self.docs else None
 
     def write(self, docs):
+        for d in docs:
+            _no_nested_arrays(d)
         self.docs.update({d["_id"]: bson.encode(d) for d in docs})
 
     def delete(self, ids):
@@ -24,3 +27,14 @@ class BsonStore:
 
     def decoded(self) -> dict:
         return {k: bson.decode(v) for k, v in self.docs.items()}
+
+
+def _no_nested_arrays(value, in_list: bool = False) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _no_nested_arrays(v)
+    elif isinstance(value, (list, tuple)):
+        if in_list:
+            raise ValueError("nested arrays are not supported (FerretDB 1.24)")
+        for v in value:
+            _no_nested_arrays(v, True)
