@@ -7,6 +7,11 @@
   with how many of them purchased and their revenue.
 - retention_cohorts: distinct users with a closed session starting in week k of their cohort
   (the ISO week of the user's first event, from the profile), per cohort x k.
+- daily_metrics: the same counted events, and the closed sessions with their revenue, per day of
+  event time in one document by _id (FerretDB 1.24 scans any other read), for /v1/events/frequency
+  and /v1/anomalies: `<day>|events|<country>` and `<day>|events|*` (all countries) hold
+  {hours: {"HH": {event_type: events}}}, `<day>|sessions` holds {hours: {"HH": {sessions_closed,
+  revenue}}} by session end; `range` the first and last hour counted.
 """
 from __future__ import annotations
 
@@ -45,6 +50,57 @@ def event_count_deltas(counts: Iterable[tuple[int, str, str | None, int]]) -> di
 def event_count_document(doc_id: str, delta: Mapping, sums: Mapping) -> dict:
     return {"_id": doc_id, "hour": to_datetime(delta["hour_ms"]), "event_type": delta["event_type"],
             "country": delta["country"], "events": sums["events"]}
+
+
+ALL_COUNTRIES = "*"
+DAILY_RANGE_ID = "range"
+DAILY_STATUS_ID = "daily_metrics"  # in stream_progress: {complete} (app/sinks/store_lane.py StoreBatchWriter)
+
+
+def day_id(day: datetime, part: str, country: str | None = None) -> str:
+    return f"{day.strftime('%Y-%m-%d')}|{part}" + ("" if country is None else f"|{country}")
+
+
+def daily_event_deltas(counts: Iterable[tuple[int, str, str | None, int]]) -> dict[str, dict]:
+    """(hour_ms, event_type, country, events) rows -> daily document id -> {day_ms, hours} to add."""
+    deltas: dict[str, dict] = {}
+    for hour_ms, event_type, country, events in counts:
+        day_ms = hour_ms - hour_ms % (24 * HOUR_MS)
+        hour = f"{(hour_ms - day_ms) // HOUR_MS:02d}"
+        for place in (country or UNKNOWN_COUNTRY, ALL_COUNTRIES):
+            delta = deltas.setdefault(day_id(to_datetime(day_ms), "events", place), {"day_ms": day_ms, "hours": {}})
+            slot = delta["hours"].setdefault(hour, {})
+            slot[event_type] = slot.get(event_type, 0) + events
+    return deltas
+
+
+def daily_session_deltas(closed: Iterable[Mapping]) -> dict[str, dict]:
+    """Closed sessions -> `<day>|sessions` -> {day_ms, hours: {HH: {sessions_closed, revenue}}} by session end."""
+    deltas: dict[str, dict] = {}
+    for s in closed:
+        hour_ms = hour_start_ms(s["session_end_ms"])
+        day_ms = hour_ms - hour_ms % (24 * HOUR_MS)
+        delta = deltas.setdefault(day_id(to_datetime(day_ms), "sessions"), {"day_ms": day_ms, "hours": {}})
+        slot = delta["hours"].setdefault(f"{(hour_ms - day_ms) // HOUR_MS:02d}", {"sessions_closed": 0, "revenue": 0.0})
+        slot["sessions_closed"] += 1
+        slot["revenue"] += s["total_amount"] or 0.0
+    return deltas
+
+
+def add_hours(previous: Mapping | None, delta: Mapping) -> dict:
+    """Hour -> name -> sum, added; revenue kept to the cent (as the rollups render it), so the sum
+    does not depend on how the batches grouped the sessions."""
+    out = {h: dict(v) for h, v in (previous or {}).items()}
+    for hour, sums in delta.items():
+        slot = out.setdefault(hour, {})
+        for name, value in sums.items():
+            total = slot.get(name, 0) + value
+            slot[name] = round(total, 2) if name == "revenue" else total
+    return dict(sorted(out.items()))
+
+
+def daily_document(doc_id: str, delta: Mapping, hours: Mapping) -> dict:
+    return {"_id": doc_id, "day": to_datetime(delta["day_ms"]), "hours": hours}
 
 
 def path_deltas(closed: Iterable[Mapping]) -> dict[str, dict]:

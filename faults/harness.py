@@ -26,7 +26,7 @@ BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:" + os.environ.
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:" + os.environ.get("MONGO_PORT", "27017") + "/")
 OUTPUTS = ("user_behavior_segments", "segment_distribution", "conversion_funnel", "enriched_events",
            "quarantined_events", "user_profiles", "behavior_alerts", "trigger_executions",
-           "event_counts_hourly", "session_paths", "retention_cohorts",  # these three: what the API reads
+           "event_counts_hourly", "daily_metrics", "session_paths", "retention_cohorts",  # these four: what the API reads
            "experiment_results", "user_activity", "live_feed")
 # What reached Kafka: each run's alerts and actions go to topics named after its database (see
 # job_topics); a replay may send a message twice (at-least-once), so the distinct ids are compared.

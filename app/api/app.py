@@ -180,8 +180,8 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
 
     @app.get("/v1/anomalies", tags=["analytics"], **v1)
     def anomalies(z_score_threshold: Annotated[float, Query(gt=0, le=100)] = 3.0,
-                  recent_days: Annotated[float, Query(gt=0, le=90)] = 1.0,
-                  baseline_days: Annotated[float, Query(gt=0, le=365)] = 7.0,
+                  recent_days: Annotated[float, Query(gt=0, le=Q.MAX_RECENT_DAYS)] = 1.0,
+                  baseline_days: Annotated[float, Query(gt=0, le=Q.MAX_BASELINE_DAYS)] = 7.0,
                   metric: Literal[METRICS] | None = None, end: End = None):
         """Hourly metrics of the recent days against the baseline days before them (z-scores)."""
         return Q.anomalies(db, z_score_threshold, recent_days, baseline_days, instant("end", end), metric)

@@ -10,7 +10,8 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 
 from app.api import analytics as A
-from app.api.bounds import WINDOW, capped
+from app import rollups as R
+from app.api.bounds import MAX_SPAN, WINDOW, ParameterError, capped
 from app.sinks import collections as C, leaderboard, live_feed, open_sessions
 from app.sinks.profiles import ALERTS, PROFILES
 from app.sinks.user_activity import (EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT,
@@ -29,6 +30,7 @@ PROFILE_FIELDS = ("first_seen", "last_seen", "cohort_week", "sessions", "total_e
 
 # Only what the lookup returns: the stored totals and bases stay in the store.
 ACT_NOW_SCAN = 5000  # open sessions read at most, newest first
+MAX_BASELINE_DAYS, MAX_RECENT_DAYS = 365, 90  # /v1/anomalies' bounds (app.py)
 _PROFILE_PROJECTION = {n: 1 for n in (*PROFILE_FIELDS, "current_session_id", "recent_alerts")}
 _SESSION_PROJECTION = {n: 1 for n in (*SESSION_FIELDS, "user_scores")}
 _EVENT_PROJECTION = {n: 1 for n in ("event_type", "event_timestamp", "user_id", "session_id", "product_id",
@@ -199,13 +201,51 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
 
 
 def event_frequency(db, event_type: str | None, country: str | None, start, end, interval: str) -> dict:
-    query = _range("hour", start and A.floor_hour(start), end)
-    if event_type is not None:
-        query["event_type"] = event_type
-    if country is not None:
-        query["country"] = country
+    """Counted events per hour or day: from daily_metrics by _id (a day's document of the country,
+    or of all), at most MAX_SPAN of days, while the store query keeps it; else event_counts_hourly."""
+    if _daily_complete(db):
+        bounds = db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID})
+        docs: Any = []
+        if bounds is not None:
+            first = A.floor_hour(start) if start is not None else A.floor_hour(bounds["first_hour"])
+            last = end if end is not None else A.floor_hour(bounds["last_hour"]) + A.HOUR
+            docs = [{"hour": hour, "event_type": t, "events": n}
+                    for hour, sums in _daily(db, _days(first, last, "start"), "events", country or R.ALL_COUNTRIES)
+                    if first <= hour < last for t, n in sums.items() if event_type is None or t == event_type]
+    else:
+        query = _range("hour", start and A.floor_hour(start), end)
+        if event_type is not None:
+            query["event_type"] = event_type
+        if country is not None:
+            query["country"] = country
+        docs = capped(db[C.EVENT_COUNTS].find(query, _HIDDEN), "start")
     return {"start": start, "end": end, "event_type": event_type, "country": country,
-            **A.frequency(capped(db[C.EVENT_COUNTS].find(query, _HIDDEN), "start"), interval)}
+            **A.frequency(docs, interval)}
+
+
+def _daily_complete(db) -> bool:
+    """Whether the store query has counted every batch of its run into daily_metrics."""
+    return bool((db[C.PROGRESS].find_one({"_id": R.DAILY_STATUS_ID}) or {}).get("complete"))
+
+
+def _days(first: datetime, last: datetime, parameter: str, most: int = MAX_SPAN.days + 1) -> list[datetime]:
+    """The days overlapping [first, last): at most `most` (a 422 naming `parameter` past it)."""
+    day, days = A.utc(first).replace(hour=0, minute=0, second=0, microsecond=0), []
+    while day < A.utc(last):
+        days.append(day)
+        day += timedelta(days=1)
+        if len(days) > most:
+            raise ParameterError(parameter, f"the request spans more than {most - 1} days: narrow it with "
+                                            f"{parameter}")
+    return days
+
+
+def _daily(db, days: list[datetime], part: str, country: str | None = None):
+    """(hour, its sums) of daily_metrics' documents of `days`, each read by _id."""
+    for day in days:
+        doc = db[C.DAILY].find_one({"_id": R.day_id(day, part, country)}, {"hours": 1})
+        for hour, sums in sorted((doc or {}).get("hours", {}).items()):
+            yield day + timedelta(hours=int(hour)), sums
 
 
 def behavior_patterns(db, segment: str | None, min_sessions: int, limit: int) -> dict:
@@ -219,7 +259,15 @@ def retention(db, max_weeks: int, cohort: str | None) -> dict:
 
 
 def latest_hour(db) -> datetime | None:
-    doc = db[C.EVENT_COUNTS].find_one({}, {"hour": 1}, sort=[("hour", DESCENDING)])
+    return _hour_counted(db, DESCENDING)
+
+
+def _hour_counted(db, order) -> datetime | None:
+    """The last (DESCENDING) or first hour with counted events."""
+    if _daily_complete(db):
+        bounds = db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID})
+        return bounds and A.floor_hour(bounds["last_hour" if order == DESCENDING else "first_hour"])
+    doc = db[C.EVENT_COUNTS].find_one({}, {"hour": 1}, sort=[("hour", order)])
     return doc and A.floor_hour(doc["hour"])
 
 
@@ -237,11 +285,19 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
     recent_start = end - timedelta(days=recent_days)
     # The baseline starts no earlier than the first hour the job counted: before it, nothing was
     # measured (zeros there would be made up); within it, an hour without events counts as 0.
-    first = db[C.EVENT_COUNTS].find_one({}, {"hour": 1}, sort=[("hour", ASCENDING)])
-    baseline_start = max(recent_start - timedelta(days=baseline_days), A.floor_hour(first["hour"]))
+    baseline_start = max(recent_start - timedelta(days=baseline_days), _hour_counted(db, ASCENDING))
     baseline_start = min(baseline_start, recent_start)
-    events = capped(db[C.EVENT_COUNTS].find(_range("hour", baseline_start, end), _HIDDEN), "baseline_days")
-    windows = capped(db[C.DISTRIBUTION].find(_range("window_start", baseline_start, end), _HIDDEN), "baseline_days")
+    if _daily_complete(db):  # each day's two documents by _id
+        days = _days(baseline_start, end, "baseline_days", most=MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1)
+        events: Any = [{"hour": hour, "event_type": t, "events": n}
+                       for hour, sums in _daily(db, days, "events", R.ALL_COUNTRIES)
+                       if baseline_start <= hour < end for t, n in sums.items()]
+        windows: Any = [{"window_start": hour, "session_count": s["sessions_closed"], "total_revenue": s["revenue"]}
+                        for hour, s in _daily(db, days, "sessions") if baseline_start <= hour < end]
+    else:
+        events = capped(db[C.EVENT_COUNTS].find(_range("hour", baseline_start, end), _HIDDEN), "baseline_days")
+        windows = capped(db[C.DISTRIBUTION].find(_range("window_start", baseline_start, end), _HIDDEN),
+                         "baseline_days")
     hours = A.hourly_metrics(events, windows)
     return A.anomalies(hours, recent_start, end, baseline_start, threshold,
                        A.METRICS if metric is None else (metric,))

@@ -27,6 +27,7 @@ DISTRIBUTION_USERS = "segment_distribution_users"
 EXECUTIONS = "trigger_executions"
 EXPERIMENT_RESULTS = "experiment_results"
 EVENT_COUNTS = "event_counts_hourly"   # app/rollups.py: what the query API reads
+DAILY = "daily_metrics"                # app/rollups.py: the same by day, by _id, for FerretDB
 PATHS = "session_paths"
 RETENTION = "retention_cohorts"
 RETENTION_USERS = "retention_users"
@@ -36,9 +37,9 @@ RAPID_ACTION_SECONDS = 2.0
 # Everything the job writes: what --reset-output drops.
 OUTPUTS = (SEGMENTS, DISTRIBUTION, FUNNEL, EVENTS, QUARANTINE, PROGRESS, FUNNEL_USERS, DISTRIBUTION_USERS,
            "user_profiles", "behavior_alerts", EXECUTIONS, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION,
-           RETENTION_USERS, USER_ACTIVITY, LIVE_FEED)
+           RETENTION_USERS, USER_ACTIVITY, LIVE_FEED, DAILY)
 # additive sums tagged with the run (query id) that made them
-AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION)
+AGGREGATES = (FUNNEL, DISTRIBUTION, EXPERIMENT_RESULTS, EVENT_COUNTS, PATHS, RETENTION, DAILY)
 
 
 def ensure_indexes(db) -> None:

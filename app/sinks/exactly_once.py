@@ -59,7 +59,7 @@ twice leaves what writing them once leaves:
 9. experiment_results: per experiment x variant, the sums (exposed sessions, conversions) are
    added once per batch as in 3, tagged with (run_id, batch_id); the statistics are derived from
    the sums of all the experiment's variants on each write (app/experiments/results.py).
-10. event_counts_hourly, session_paths and retention_cohorts (app/rollups.py; what the query API
+10. event_counts_hourly, daily_metrics, session_paths and retention_cohorts (app/rollups.py; what the API
    reads instead of scanning): additive sums per document, added once per batch as in 3; the
    distinct users of retention_cohorts come from the member collection `retention_users` as in 4.
 11. The act lane's session topic (`behavior_segments`, app/pipeline.py `SessionBatchWriter.act_messages`):
@@ -122,7 +122,7 @@ from app import aggregates as A, rollups as R
 from app.experiments.design import Experiments
 from app.experiments.results import variant_documents
 from app.segments.rules import METRICS
-from app.sinks.collections import (DISTRIBUTION, DISTRIBUTION_USERS, EVENT_COUNTS, EXPERIMENT_RESULTS, FUNNEL,
+from app.sinks.collections import (DAILY, DISTRIBUTION, DISTRIBUTION_USERS, EVENT_COUNTS, EXPERIMENT_RESULTS, FUNNEL,
                                    FUNNEL_USERS, PATHS, PROGRESS, RETENTION, RETENTION_USERS)
 from app.sinks.mongo import insert_returning_duplicates
 
@@ -168,6 +168,7 @@ def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict],
         _apply_window(db[DISTRIBUTION], window, run_id, batch_id, deltas)
 
     _apply_sums_once(db[PATHS], run_id, batch_id, R.path_deltas(closed), R.PATH_SUMS, R.path_document)
+    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_session_deltas(closed))
     members = R.retention_members(closed)
     if members:
         new_users = _new_members(db[RETENTION_USERS], run_id, batch_id, members)
@@ -180,6 +181,29 @@ def apply_event_counts(db, run_id: str, batch_id: int, counts: list[tuple]) -> N
     event_counts_hourly, once."""
     _apply_sums_once(db[EVENT_COUNTS], run_id, batch_id, R.event_count_deltas(counts), R.EVENT_COUNT_SUMS,
                      R.event_count_document)
+    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_event_deltas(counts))
+    if counts:  # the first and last hour counted: a min and a max, the same however often applied
+        hours = [R.hour_start_ms(h) for h, *_ in counts]
+        previous = db[DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}
+        first, last = A.to_datetime(min(hours)), A.to_datetime(max(hours))
+        if previous:
+            first, last = min(first, A.utc(previous["first_hour"])), max(last, A.utc(previous["last_hour"]))
+        db[DAILY].replace_one({"_id": R.DAILY_RANGE_ID}, {"_id": R.DAILY_RANGE_ID, "first_hour": first,
+                                                          "last_hour": last}, upsert=True)
+
+
+def _apply_daily_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict]) -> None:
+    """As _apply_sums_once, for daily_metrics' hour -> name -> sum documents."""
+    writes, now = [], _now()
+    for doc_id, delta in deltas.items():
+        previous = coll.find_one({"_id": doc_id})
+        if _already_applied(previous, run_id, batch_id):
+            continue
+        hours = R.add_hours((previous or {}).get("hours"), delta["hours"])
+        writes.append(ReplaceOne({"_id": doc_id}, {**R.daily_document(doc_id, delta, hours), "run_id": run_id,
+                                                   "batch_id": batch_id, "processing_time": now}, upsert=True))
+    for start in range(0, len(writes), 500):
+        coll.bulk_write(writes[start:start + 500], ordered=False)
 
 
 def _apply_sums_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict], sum_names, render) -> None:

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession, functions as F
 
+from app import rollups as R
 from app.sessions.stateful import OUTPUT_SCHEMA, OutputRow
 from app.sinks import collections as out
 from app.sinks.exactly_once import apply_closed_sessions, apply_event_counts
@@ -105,13 +106,21 @@ def store_source(spark: SparkSession, bootstrap: str, topic: str, client_options
 class StoreBatchWriter:
     """foreachBatch sink of the store query: the run's messages, one sessions batch at a time."""
 
-    def __init__(self, store: Store, run_id, profile_rules_document: dict | None, experiments=None):
+    def __init__(self, store: Store, run_id, profile_rules_document: dict | None, experiments=None,
+                 daily_complete: bool = False):
         self.store = store
         self.run_id = run_id  # () -> the sessions query's id (its checkpoint exists once it has run)
         self.profile_rules_document = profile_rules_document
         self.experiments = experiments
+        self.daily_complete = daily_complete  # daily_metrics holds the run's every count (pipeline.DAILY_FILE)
+        self.marked = False
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        if not self.marked:  # for the query API, which reads event_counts_hourly while it is not
+            progress = self.store.db()[out.PROGRESS]
+            self.store.retrying("stream_progress", lambda: progress.replace_one(
+                {"_id": R.DAILY_STATUS_ID}, {"_id": R.DAILY_STATUS_ID, "complete": self.daily_complete}, upsert=True))
+            self.marked = True
         run_id = self.run_id()
         mine = batch.filter(F.col("src_run") == run_id)
         mine.persist()

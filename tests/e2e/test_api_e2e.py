@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -176,7 +177,24 @@ def test_the_job_closed_exactly_the_sessions_the_watermark_passed(api_run):
     assert stored == {sid: "closed" if sid in data.closed else "active" for sid in data.sessions}
 
 
-def test_event_frequency_equals_the_input_per_hour_and_type_with_filters(api_run):
+@contextmanager
+def _daily(db, complete: bool):
+    """daily_metrics marked complete (the API reads it by _id) or not (event_counts_hourly)."""
+    assert db.stream_progress.find_one({"_id": "daily_metrics"})["complete"] is True
+    db.stream_progress.update_one({"_id": "daily_metrics"}, {"$set": {"complete": complete}})
+    try:
+        yield
+    finally:
+        db.stream_progress.update_one({"_id": "daily_metrics"}, {"$set": {"complete": True}})
+
+
+@pytest.mark.parametrize("daily", [True, False], ids=["daily_metrics", "hourly"])
+def test_event_frequency_equals_the_input_per_hour_and_type_with_filters(api_run, daily):
+    with _daily(api_run["db"], daily):
+        _event_frequency_equals_the_input(api_run)
+
+
+def _event_frequency_equals_the_input(api_run):
     data = api_run["input"]
     body = _get(api_run, "/v1/events/frequency")
     got = {(_ms(b["bucket"]), t): n for b in body["series"] for t, n in b["by_event_type"].items()}
@@ -341,7 +359,29 @@ def test_a_users_session_metrics_are_the_users_session_documents(api_run):
         d["_id"] for d in sessions if d["behavior_segment"] == sessions[0]["behavior_segment"]][:100]
 
 
-def test_anomalies_compare_the_recent_hours_with_the_baseline_computed_from_the_input(api_run):
+@pytest.mark.parametrize("daily", [True, False], ids=["daily_metrics", "hourly"])
+def test_anomalies_compare_the_recent_hours_with_the_baseline_computed_from_the_input(api_run, daily):
+    with _daily(api_run["db"], daily):
+        _anomalies_compare_with_the_input(api_run)
+
+
+@pytest.mark.parametrize("path, params", [
+    ("/v1/anomalies", {}), ("/v1/anomalies", {"metric": "revenue", "recent_days": 0.5, "z_score_threshold": 1}),
+    ("/v1/anomalies", {"metric": "sessions_closed", "recent_days": 2 / 24, "z_score_threshold": 1}),
+    ("/v1/events/frequency", {"interval": "day"}), ("/v1/events/frequency", {"event_type": "cart"}),
+    ("/v1/events/frequency", {"country": "unknown", "end": "2030-01-01T00:00:00Z"})])
+def test_daily_metrics_answer_as_the_hourly_rollups(api_run, path, params):
+    """By _id from daily_metrics, or by range from event_counts_hourly and segment_distribution:
+    the same answer."""
+    answers = []
+    for complete in (True, False):
+        with _daily(api_run["db"], complete):
+            answers.append(_get(api_run, path, **params))
+    assert answers[0] == answers[1]
+    assert answers[0].get("metrics", answers[0].get("series")), "nothing to compare"
+
+
+def _anomalies_compare_with_the_input(api_run):
     data = api_run["input"]
     hourly = Counter()
     for (hour, _), n in data.hourly().items():

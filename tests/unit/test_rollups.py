@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from app import rollups as R
+from app import aggregates as A2, rollups as R
 from app.api import analytics as A
 from app.sessions.metrics import PATH_STEPS, SessionAccumulator, event_path
 
@@ -130,3 +131,56 @@ def test_session_metrics_weight_durations_by_sessions():
     assert result["segments"] == [{"behavior_segment": "browser", "sessions": 4, "share_pct": 100.0,
                                    "total_revenue": 5.0, "avg_session_duration": 3.0,
                                    "avg_revenue_per_session": 1.25}]
+
+
+_count = st.tuples(st.integers(0, 24 * 3), st.sampled_from(["view", "cart", "purchase"]),
+                   st.sampled_from([None, "US", "DE"]), st.integers(1, 5))
+_closed = st.tuples(st.integers(0, 3 * 24 * 60), st.sampled_from([None, 0.0, 9.99, 120.5, 0.1, 0.2]))
+
+
+def _fold(batches: list[dict]) -> dict:
+    """Each batch's deltas added to the documents, as exactly_once._apply_daily_once does."""
+    docs: dict = {}
+    for deltas in batches:
+        for doc_id, delta in deltas.items():
+            docs[doc_id] = R.add_hours(docs.get(doc_id), delta["hours"])
+    return docs
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(_count, max_size=30), closed=st.lists(_closed, max_size=30), data=st.data())
+def test_daily_metrics_are_the_hourly_rollups_by_day_however_the_batches_are_cut(counts, closed, data):
+    rows = [(_ms(T0) + h * R.HOUR_MS, t, c, n) for h, t, c, n in counts]
+    sessions = [{"session_end_ms": _ms(T0) + m * 60_000 + 59_000, "total_amount": a, "behavior_segment": "browser",
+                 "session_duration_minutes": 1.0} for m, a in closed]
+    cut = data.draw(st.integers(1, 30), label="batch size")
+    batches = [R.daily_event_deltas(rows[i:i + cut]) for i in range(0, len(rows), cut)] + \
+        [R.daily_session_deltas(sessions[i:i + cut]) for i in range(0, len(sessions), cut)]
+    docs = _fold(batches)
+    assert docs == _fold([R.daily_event_deltas(rows), R.daily_session_deltas(sessions)])
+    by_hour: dict = {}
+    for doc_id, hours in docs.items():
+        day, part, *country = doc_id.split("|")
+        for hh, sums in hours.items():
+            hour = datetime.fromisoformat(day).replace(tzinfo=timezone.utc) + timedelta(hours=int(hh))
+            for name, value in sums.items():
+                by_hour[(hour, part, *country, name)] = value
+    hourly = R.event_count_deltas(rows)
+    want: dict = {}
+    for d in hourly.values():
+        for place in (d["country"], R.ALL_COUNTRIES):
+            key = (A.utc(R.to_datetime(d["hour_ms"])), "events", place, d["event_type"])
+            want[key] = want.get(key, 0) + d["events"]
+    for (window_ms, _), d in A2.distribution_deltas(sessions).items():
+        hour = A.floor_hour(R.to_datetime(window_ms))
+        for name, value in (("sessions_closed", d["session_count"]), ("revenue", d["total_revenue"])):
+            want[(hour, "sessions", name)] = want.get((hour, "sessions", name), 0) + value
+    assert by_hour.keys() == want.keys()
+    assert all(by_hour[k] == pytest.approx(v) for k, v in want.items())
+
+
+def test_daily_revenue_is_kept_to_the_cent_so_the_grouping_of_sessions_does_not_show():
+    sessions = [{"session_end_ms": _ms(T0), "total_amount": a} for a in (0.1, 0.2, 0.3)]
+    apart = _fold([R.daily_session_deltas(sessions[:1]), R.daily_session_deltas(sessions[1:])])
+    together = _fold([R.daily_session_deltas(sessions)])
+    assert apart == together and together["2019-10-01|sessions"]["00"]["revenue"] == 0.6
