@@ -11,7 +11,7 @@
   event time in one document by _id (FerretDB 1.24 scans any other read), for /v1/events/frequency
   and /v1/anomalies: `<day>|events|<country>` and `<day>|events|*` (all countries) hold
   {hours: {"HH": {event_type: events}}}, `<day>|sessions` holds {hours: {"HH": {sessions_closed,
-  revenue}}} by session end; `range` the first and last hour counted.
+  revenue}}} by session end; `range` the first and last hour counted and the days with any.
 """
 from __future__ import annotations
 

@@ -202,16 +202,16 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
 
 def event_frequency(db, event_type: str | None, country: str | None, start, end, interval: str) -> dict:
     """Counted events per hour or day: from daily_metrics by _id (a day's document of the country,
-    or of all), at most MAX_SPAN of days, while the store query keeps it; else event_counts_hourly."""
+    or of all; at most MAX_SPAN's days with events), while the store query keeps it; else
+    event_counts_hourly (at most MAX_DOCUMENTS hour x type x country documents)."""
     if _daily_complete(db):
-        bounds = db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID})
-        docs: Any = []
-        if bounds is not None:
-            first = A.floor_hour(start) if start is not None else A.floor_hour(bounds["first_hour"])
-            last = end if end is not None else A.floor_hour(bounds["last_hour"]) + A.HOUR
-            docs = [{"hour": hour, "event_type": t, "events": n}
-                    for hour, sums in _daily(db, _days(first, last, "start"), "events", country or R.ALL_COUNTRIES)
-                    if first <= hour < last for t, n in sums.items() if event_type is None or t == event_type]
+        bounds = db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}
+        first = A.floor_hour(start) if start is not None else None
+        docs: Any = [{"hour": hour, "event_type": t, "events": n}
+                     for hour, sums in _daily(db, _days(bounds, first, end, "start"), "events",
+                                              country or R.ALL_COUNTRIES)
+                     if (first is None or hour >= first) and (end is None or hour < end)
+                     for t, n in sums.items() if event_type is None or t == event_type]
     else:
         query = _range("hour", start and A.floor_hour(start), end)
         if event_type is not None:
@@ -228,15 +228,15 @@ def _daily_complete(db) -> bool:
     return bool((db[C.PROGRESS].find_one({"_id": R.DAILY_STATUS_ID}) or {}).get("complete"))
 
 
-def _days(first: datetime, last: datetime, parameter: str, most: int = MAX_SPAN.days + 1) -> list[datetime]:
-    """The days overlapping [first, last): at most `most` (a 422 naming `parameter` past it)."""
-    day, days = A.utc(first).replace(hour=0, minute=0, second=0, microsecond=0), []
-    while day < A.utc(last):
-        days.append(day)
-        day += timedelta(days=1)
-        if len(days) > most:
-            raise ParameterError(parameter, f"the request spans more than {most - 1} days: narrow it with "
-                                            f"{parameter}")
+def _days(bounds: dict, first: datetime | None, last: datetime | None, parameter: str,
+          most: int = MAX_SPAN.days + 1) -> list[datetime]:
+    """The days with counted events (daily_metrics' `range` document) overlapping [first, last):
+    at most `most` (a 422 naming `parameter` past it)."""
+    days = [d for d in map(A.utc, bounds.get("days", []))
+            if (first is None or d + timedelta(days=1) > A.utc(first)) and (last is None or d < A.utc(last))]
+    if len(days) > most:
+        raise ParameterError(parameter, f"the request reads more than {most} days with events: narrow it "
+                                        f"with {parameter}")
     return days
 
 
@@ -288,7 +288,8 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
     baseline_start = max(recent_start - timedelta(days=baseline_days), _hour_counted(db, ASCENDING))
     baseline_start = min(baseline_start, recent_start)
     if _daily_complete(db):  # each day's two documents by _id
-        days = _days(baseline_start, end, "baseline_days", most=MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1)
+        days = _days(db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}, baseline_start, end, "baseline_days",
+                     most=MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1)
         events: Any = [{"hour": hour, "event_type": t, "events": n}
                        for hour, sums in _daily(db, days, "events", R.ALL_COUNTRIES)
                        if baseline_start <= hour < end for t, n in sums.items()]

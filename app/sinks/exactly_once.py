@@ -182,14 +182,15 @@ def apply_event_counts(db, run_id: str, batch_id: int, counts: list[tuple]) -> N
     _apply_sums_once(db[EVENT_COUNTS], run_id, batch_id, R.event_count_deltas(counts), R.EVENT_COUNT_SUMS,
                      R.event_count_document)
     _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_event_deltas(counts))
-    if counts:  # the first and last hour counted: a min and a max, the same however often applied
-        hours = [R.hour_start_ms(h) for h, *_ in counts]
+    if counts:  # the first and last hour counted and the days with any: a min, a max and a union,
+        hours = [R.hour_start_ms(h) for h, *_ in counts]  # the same however often applied
         previous = db[DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}
         first, last = A.to_datetime(min(hours)), A.to_datetime(max(hours))
+        days = {A.to_datetime(h - h % (24 * R.HOUR_MS)) for h in hours} | {A.utc(d) for d in previous.get("days", [])}
         if previous:
             first, last = min(first, A.utc(previous["first_hour"])), max(last, A.utc(previous["last_hour"]))
         db[DAILY].replace_one({"_id": R.DAILY_RANGE_ID}, {"_id": R.DAILY_RANGE_ID, "first_hour": first,
-                                                          "last_hour": last}, upsert=True)
+                                                          "last_hour": last, "days": sorted(days)}, upsert=True)
 
 
 def _apply_daily_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict]) -> None:
