@@ -10,15 +10,17 @@
 - daily_metrics: the same counted events, and the closed sessions with their revenue, per day of
   event time in one document by _id (FerretDB 1.24 scans any other read), for /v1/events/frequency
   and /v1/anomalies: `<day>|events|<country>` and `<day>|events|*` (all countries) hold
-  {hours: {"HH": {event_type: events}}}, `<day>|sessions` holds {hours: {"HH": {sessions_closed,
-  revenue}}} by session end; `range` the first and last hour counted and the days with any.
+  {hours: {"HH": {event_type: events}}}; `<day>|windows` holds segment_distribution's windows of
+  the day, {windows: {"HHMM": {segment: {session_count, unique_users, total_revenue,
+  sum_duration_minutes}}}}; `range` the first and last hour counted and the days with any,
+  `range|windows` the last window and the days with any.
 """
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Mapping
 
-from app.aggregates import to_datetime
+from app.aggregates import DISTRIBUTION_SUMS, add_minutes, to_datetime
 
 HOUR_MS = 3_600_000
 UNKNOWN_COUNTRY = "unknown"
@@ -53,7 +55,7 @@ def event_count_document(doc_id: str, delta: Mapping, sums: Mapping) -> dict:
 
 
 ALL_COUNTRIES = "*"
-DAILY_RANGE_ID = "range"
+DAILY_RANGE_ID, WINDOWS_RANGE_ID = "range", "range|windows"
 DAILY_STATUS_ID = "daily_metrics"  # in stream_progress: {complete} (app/sinks/store_lane.py StoreBatchWriter)
 
 
@@ -74,33 +76,36 @@ def daily_event_deltas(counts: Iterable[tuple[int, str, str | None, int]]) -> di
     return deltas
 
 
-def daily_session_deltas(closed: Iterable[Mapping]) -> dict[str, dict]:
-    """Closed sessions -> `<day>|sessions` -> {day_ms, hours: {HH: {sessions_closed, revenue}}} by session end."""
+def daily_window_deltas(by_window: Mapping[int, Mapping[str, Mapping]]) -> dict[str, dict]:
+    """A batch's segment_distribution deltas (window_start_ms -> segment -> DISTRIBUTION_SUMS, with
+    unique_users) -> `<day>|windows` -> {day_ms, windows: {HHMM: {segment: sums}}}."""
     deltas: dict[str, dict] = {}
-    for s in closed:
-        hour_ms = hour_start_ms(s["session_end_ms"])
-        day_ms = hour_ms - hour_ms % (24 * HOUR_MS)
-        delta = deltas.setdefault(day_id(to_datetime(day_ms), "sessions"), {"day_ms": day_ms, "hours": {}})
-        slot = delta["hours"].setdefault(f"{(hour_ms - day_ms) // HOUR_MS:02d}", {"sessions_closed": 0, "revenue": 0.0})
-        slot["sessions_closed"] += 1
-        slot["revenue"] += s["total_amount"] or 0.0
+    for window_ms, segments in by_window.items():
+        day_ms = window_ms - window_ms % (24 * HOUR_MS)
+        delta = deltas.setdefault(day_id(to_datetime(day_ms), "windows"), {"day_ms": day_ms, "windows": {}})
+        delta["windows"][to_datetime(window_ms).strftime("%H%M")] = {
+            segment: {n: sums[n] for n in DISTRIBUTION_SUMS} for segment, sums in segments.items()}
     return deltas
 
 
-def add_hours(previous: Mapping | None, delta: Mapping) -> dict:
-    """Hour -> name -> sum, added; revenue kept to the cent (as the rollups render it), so the sum
-    does not depend on how the batches grouped the sessions."""
-    out = {h: dict(v) for h, v in (previous or {}).items()}
-    for hour, sums in delta.items():
-        slot = out.setdefault(hour, {})
-        for name, value in sums.items():
-            total = slot.get(name, 0) + value
-            slot[name] = round(total, 2) if name == "revenue" else total
+def add_nested(previous: Mapping | None, delta: Mapping) -> dict:
+    """Nested sums (key -> ... -> name -> number) added: minutes as whole milliseconds and revenue
+    to the cent, as the rollups keep them, so the sums do not depend on how batches grouped them."""
+    out = dict(previous or {})
+    for key, value in delta.items():
+        if isinstance(value, Mapping):
+            out[key] = add_nested(out.get(key), value)
+        elif key == "sum_duration_minutes":
+            out[key] = add_minutes(out.get(key, 0), value)
+        elif key in ("revenue", "total_revenue"):
+            out[key] = round(out.get(key, 0) + value, 2)
+        else:
+            out[key] = out.get(key, 0) + value
     return dict(sorted(out.items()))
 
 
-def daily_document(doc_id: str, delta: Mapping, hours: Mapping) -> dict:
-    return {"_id": doc_id, "day": to_datetime(delta["day_ms"]), "hours": hours}
+def daily_document(doc_id: str, delta: Mapping, field: str, sums: Mapping) -> dict:
+    return {"_id": doc_id, "day": to_datetime(delta["day_ms"]), field: sums}
 
 
 def path_deltas(closed: Iterable[Mapping]) -> dict[str, dict]:

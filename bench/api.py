@@ -67,7 +67,7 @@ LIVE_SEED = 11  # the paced producer's sessions: not the preload's (seed 7), who
 GOAL_P99_MS = 25.0
 QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10}
 FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 30}
-COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "live_feed", "event_counts_hourly",
+COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "live_feed", "daily_metrics", "event_counts_hourly",
                "segment_distribution", "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions",
                "user_profiles", "conversion_funnel", "experiment_results", "stream_progress")
 # path -> what it reads (app/api/queries.py). FerretDB 1.24 (SQLite) uses an index only for _id
@@ -78,12 +78,14 @@ BY_IDS = "documents by _id only"
 ENDPOINTS = [
     ("/v1/funnel", "conversion_funnel", WHOLE),
     ("/v1/segments/distribution?hours=24", "segment_distribution", "latest window + window_start range: " + SCAN),
-    ("/v1/events/frequency", "event_counts_hourly", WHOLE),
-    ("/v1/events/frequency?interval=day", "event_counts_hourly", WHOLE),
+    ("/v1/events/frequency", "daily_metrics", "the day list + each day with events: " + BY_IDS),
+    ("/v1/events/frequency?interval=day", "daily_metrics", "the same: " + BY_IDS),
+    ("/v1/events/frequency?event_type=cart&country=unknown", "daily_metrics", "the same, of a country: " + BY_IDS),
     ("/v1/patterns", "session_paths", WHOLE),
     ("/v1/retention", "retention_cohorts", WHOLE),
-    ("/v1/anomalies", "event_counts_hourly, segment_distribution", "first/last hour + hour ranges: " + SCAN),
-    ("/v1/users/segments?min_engagement=50", "user_profiles", "engagement_score >= 50, sorted: " + SCAN),
+    ("/v1/anomalies", "daily_metrics", "the day list + two documents a day of the 8: " + BY_IDS),
+    ("/v1/users/segments", "live_feed + user_profiles", "the leaderboard's index + pages, then each profile: " + BY_IDS),
+    ("/v1/users/segments?min_engagement=50&segment=browser", "live_feed + user_profiles", "the same: " + BY_IDS),
     ("/v1/experiments", "experiment_results", WHOLE),
     ("/v1/alerts?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_IDS),
     ("/v1/alerts?severity={severity}", "live_feed", "the same, of one severity: " + BY_IDS),
@@ -94,7 +96,7 @@ ENDPOINTS = [
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
     ("/v1/sessions/metrics", "segment_distribution", WHOLE),
     ("/v1/sessions/metrics?user_id={user}", "user_activity", "the user's newest sessions: " + BY_ID),
-    ("/v1/health", "stream_progress", "query=sessions, latest: " + SCAN),
+    ("/v1/health", "stream_progress", "the latest batch: " + BY_ID),
 ]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 
 from app.api import analytics as A
-from app import rollups as R
+from app import aggregates as AG, rollups as R
 from app.api.bounds import MAX_SPAN, WINDOW, ParameterError, capped
 from app.sinks import collections as C, leaderboard, live_feed, open_sessions
 from app.sinks.profiles import ALERTS, PROFILES
@@ -187,6 +187,15 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
         closed = [s for s in sessions if s["status"] == "closed"]
         return {"user_id": user_id, **A.user_session_metrics(closed), "active_sessions": len(sessions) - len(closed),
                 "sessions": sessions, **extra}
+    if _daily_complete(db):  # the days with windows by _id (at most MAX_SPAN's)
+        if limit is not None:  # the newest `limit` windows (of the segment) up to end: from the latest one back
+            latest = _latest_window_end(db, True, segment, end)
+            if latest is not None:
+                first = latest - limit * WINDOW
+                start = first if start is None else max(start, first)
+        windows: Any = [d for d in _daily_windows(db, start, end, "start")
+                        if segment is None or d["behavior_segment"] == segment]
+        return {"start": start, "end": end, "limit": limit, **A.session_metrics(windows)}
     query = _range("window_start", start, end)
     if segment is not None:
         query["behavior_segment"] = segment
@@ -238,6 +247,41 @@ def _days(bounds: dict, first: datetime | None, last: datetime | None, parameter
         raise ParameterError(parameter, f"the request reads more than {most} days with events: narrow it "
                                         f"with {parameter}")
     return days
+
+
+def _daily_windows(db, first: datetime | None, last: datetime | None, parameter: str,
+                   most: int = MAX_SPAN.days + 1) -> list[dict]:
+    """segment_distribution's documents with window_start in [first, last), oldest first, from
+    daily_metrics' day documents (each read by _id)."""
+    bounds = db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}
+    out = []
+    for day in _days(bounds, first, last, parameter, most):
+        doc = db[C.DAILY].find_one({"_id": R.day_id(day, "windows")}, {"windows": 1}) or {}
+        for hhmm, segments in sorted(doc.get("windows", {}).items()):
+            window = day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:]))
+            if (first is not None and window < A.utc(first)) or (last is not None and window >= A.utc(last)):
+                continue
+            shares = AG.share_pct({segment: sums["session_count"] for segment, sums in segments.items()})
+            window_ms = int(window.timestamp() * 1000)
+            out += [{**AG.distribution_document(window_ms, segment, sums), "share_pct": shares[segment]}
+                    for segment, sums in sorted(segments.items())]
+    return out
+
+
+def _latest_window_end(db, daily: bool, segment: str | None = None, end: datetime | None = None) -> datetime | None:
+    """The end of the latest 5-minute window with closed sessions (of `segment`, before `end`)."""
+    if not daily:
+        doc = db[C.DISTRIBUTION].find_one({}, {"window_end": 1}, sort=[("window_start", DESCENDING)])
+        return doc and A.utc(doc["window_end"])
+    bounds = db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}
+    if segment is None and end is None:
+        return A.utc(bounds["last_window"]) + WINDOW if bounds else None
+    for day in reversed(_days(bounds, None, end, "start", most=len(bounds.get("days", [])))):
+        windows = [w for w in _daily_windows(db, day, day + timedelta(days=1), "start")
+                   if (segment is None or w["behavior_segment"] == segment) and (end is None or w["window_start"] < end)]
+        if windows:
+            return windows[-1]["window_end"]
+    return None
 
 
 def _daily(db, days: list[datetime], part: str, country: str | None = None):
@@ -293,8 +337,8 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
         events: Any = [{"hour": hour, "event_type": t, "events": n}
                        for hour, sums in _daily(db, days, "events", R.ALL_COUNTRIES)
                        if baseline_start <= hour < end for t, n in sums.items()]
-        windows: Any = [{"window_start": hour, "session_count": s["sessions_closed"], "total_revenue": s["revenue"]}
-                        for hour, s in _daily(db, days, "sessions") if baseline_start <= hour < end]
+        windows: Any = _daily_windows(db, baseline_start, end, "baseline_days",
+                                      most=MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1)
     else:
         events = capped(db[C.EVENT_COUNTS].find(_range("hour", baseline_start, end), _HIDDEN), "baseline_days")
         windows = capped(db[C.DISTRIBUTION].find(_range("window_start", baseline_start, end), _HIDDEN),
@@ -316,18 +360,24 @@ def segment_distribution(db, hours: float, start, end, segment: str | None) -> d
     """5-minute windows of closed sessions over [start, end) (bounds.window_range: at most
     MAX_WINDOW_SPAN); without start, the last `hours` hours of event time up to end or the
     latest window."""
+    daily = _daily_complete(db)
     if start is None:
-        latest = db[C.DISTRIBUTION].find_one({}, {"window_end": 1}, sort=[("window_start", DESCENDING)])
+        latest = _latest_window_end(db, daily)
         if latest is None:
             return {"start": None, "end": None, "windows": [], "totals": {}}
-        end = end or latest["window_end"]
+        end = end or latest
         start = end - timedelta(hours=hours)
-    query = _range("window_start", start, end)
-    if segment is not None:
-        query["behavior_segment"] = segment
+    if daily:  # the days' documents by _id (MAX_WINDOW_SPAN: 8 at most)
+        docs: Any = [d for d in _daily_windows(db, start, end, "hours")
+                     if segment is None or d["behavior_segment"] == segment]
+    else:
+        query = _range("window_start", start, end)
+        if segment is not None:
+            query["behavior_segment"] = segment
+        docs = capped(db[C.DISTRIBUTION].find(query, _HIDDEN).sort("window_start", ASCENDING), "hours")
     windows: dict = {}
     totals: dict = {}
-    for d in capped(db[C.DISTRIBUTION].find(query, _HIDDEN).sort("window_start", ASCENDING), "hours"):
+    for d in docs:
         w = windows.setdefault(d["window_start"], {"window_start": d["window_start"], "window_end": d["window_end"],
                                                    "segments": {}})
         w["segments"][d["behavior_segment"]] = _pick(d, ("session_count", "share_pct", "unique_users",
@@ -411,5 +461,9 @@ def act_now(db, hours: float, limit: int) -> dict:
 
 
 def job_progress(db) -> dict | None:
-    doc = db[C.PROGRESS].find_one({"query": "sessions"}, sort=[("timestamp", DESCENDING)])
+    """The sessions query's latest recorded batch: by _id (a job from before that document: the
+    newest by time)."""
+    doc = (db[C.PROGRESS].find_one({"_id": C.latest_progress_id("sessions")}) or {}).get("batch")
+    if doc is None:
+        doc = db[C.PROGRESS].find_one({"query": "sessions"}, sort=[("timestamp", DESCENDING)])
     return doc and {k: v for k, v in doc.items() if k not in ("_id", "duration_ms")}

@@ -222,4 +222,13 @@ def _millis(value: datetime) -> int:
 
 
 def record_progress(db, doc: dict) -> None:
+    """A batch's figures, and the query's latest batch again under `latest:<query>` (`batch`), so
+    /v1/health reads it by _id: a query by `query` scans the collection on FerretDB, and it
+    grows by a document a batch. (Batches are recorded in order: the listener's one thread.)"""
     db[PROGRESS].replace_one({"_id": doc["_id"]}, doc, upsert=True)
+    latest = latest_progress_id(doc["query"])
+    db[PROGRESS].replace_one({"_id": latest}, {"_id": latest, "batch": doc}, upsert=True)
+
+
+def latest_progress_id(query: str) -> str:
+    return f"latest:{query}"

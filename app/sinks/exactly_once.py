@@ -62,6 +62,9 @@ twice leaves what writing them once leaves:
 10. event_counts_hourly, daily_metrics, session_paths and retention_cohorts (app/rollups.py; what the API
    reads instead of scanning): additive sums per document, added once per batch as in 3; the
    distinct users of retention_cohorts come from the member collection `retention_users` as in 4.
+   daily_metrics' day documents hold nested sums (minutes as whole milliseconds, revenue to the
+   cent, so the grouping into batches does not show); its two range documents a max, a min and a
+   union of days, the same however often a batch is applied.
 11. The act lane's session topic (`behavior_segments`, app/pipeline.py `SessionBatchWriter.act_messages`):
    each session write of 2 (and each retraction) is a message keyed by user_id, sent by the
    sessions batch itself (the store query writes the document later). A replayed batch sends the same messages again, so a session's latest
@@ -168,7 +171,8 @@ def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict],
         _apply_window(db[DISTRIBUTION], window, run_id, batch_id, deltas)
 
     _apply_sums_once(db[PATHS], run_id, batch_id, R.path_deltas(closed), R.PATH_SUMS, R.path_document)
-    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_session_deltas(closed))
+    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_window_deltas(by_window), "windows")
+    _widen_range(db[DAILY], R.WINDOWS_RANGE_ID, [w for w in by_window], "last_window")
     members = R.retention_members(closed)
     if members:
         new_users = _new_members(db[RETENTION_USERS], run_id, batch_id, members)
@@ -181,27 +185,33 @@ def apply_event_counts(db, run_id: str, batch_id: int, counts: list[tuple]) -> N
     event_counts_hourly, once."""
     _apply_sums_once(db[EVENT_COUNTS], run_id, batch_id, R.event_count_deltas(counts), R.EVENT_COUNT_SUMS,
                      R.event_count_document)
-    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_event_deltas(counts))
-    if counts:  # the first and last hour counted and the days with any: a min, a max and a union,
-        hours = [R.hour_start_ms(h) for h, *_ in counts]  # the same however often applied
-        previous = db[DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}
-        first, last = A.to_datetime(min(hours)), A.to_datetime(max(hours))
-        days = {A.to_datetime(h - h % (24 * R.HOUR_MS)) for h in hours} | {A.utc(d) for d in previous.get("days", [])}
-        if previous:
-            first, last = min(first, A.utc(previous["first_hour"])), max(last, A.utc(previous["last_hour"]))
-        db[DAILY].replace_one({"_id": R.DAILY_RANGE_ID}, {"_id": R.DAILY_RANGE_ID, "first_hour": first,
-                                                          "last_hour": last, "days": sorted(days)}, upsert=True)
+    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_event_deltas(counts), "hours")
+    _widen_range(db[DAILY], R.DAILY_RANGE_ID, [R.hour_start_ms(h) for h, *_ in counts], "last_hour", "first_hour")
 
 
-def _apply_daily_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict]) -> None:
-    """As _apply_sums_once, for daily_metrics' hour -> name -> sum documents."""
+def _widen_range(coll, doc_id: str, times_ms: list[int], last: str, first: str | None = None) -> None:
+    """daily_metrics' range document: the last (and first) time and the days with any; a max, a
+    min and a union, so the same however often applied."""
+    if not times_ms:
+        return
+    previous = coll.find_one({"_id": doc_id}) or {}
+    days = {A.to_datetime(t - t % (24 * R.HOUR_MS)) for t in times_ms} | {A.utc(d) for d in previous.get("days", [])}
+    doc = {"_id": doc_id, last: max([A.to_datetime(max(times_ms))] + [A.utc(previous[last])] * (last in previous)),
+           "days": sorted(days)}
+    if first is not None:
+        doc[first] = min([A.to_datetime(min(times_ms))] + [A.utc(previous[first])] * (first in previous))
+    coll.replace_one({"_id": doc_id}, doc, upsert=True)
+
+
+def _apply_daily_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict], field: str) -> None:
+    """As _apply_sums_once, for daily_metrics' documents of nested sums (`field`)."""
     writes, now = [], _now()
     for doc_id, delta in deltas.items():
         previous = coll.find_one({"_id": doc_id})
         if _already_applied(previous, run_id, batch_id):
             continue
-        hours = R.add_hours((previous or {}).get("hours"), delta["hours"])
-        writes.append(ReplaceOne({"_id": doc_id}, {**R.daily_document(doc_id, delta, hours), "run_id": run_id,
+        sums = R.add_nested((previous or {}).get(field), delta[field])
+        writes.append(ReplaceOne({"_id": doc_id}, {**R.daily_document(doc_id, delta, field, sums), "run_id": run_id,
                                                    "batch_id": batch_id, "processing_time": now}, upsert=True))
     for start in range(0, len(writes), 500):
         coll.bulk_write(writes[start:start + 500], ordered=False)

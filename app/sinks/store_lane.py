@@ -178,7 +178,8 @@ def caught_up(db) -> bool:
     recorded batch (stream_progress: the sessions batch's own record, and the store query's
     `stored:<run>` marker of the newest batch whose end marker it stored)."""
     progress = db[out.PROGRESS]
-    last = progress.find_one({"query": "sessions"}, sort=[("timestamp", -1)])
+    last = (progress.find_one({"_id": out.latest_progress_id("sessions")}) or {}).get("batch") \
+        or progress.find_one({"query": "sessions"}, sort=[("timestamp", -1)])
     if last is None:
         return False
     stored = progress.find_one({"_id": f"stored:{last['query_id']}"}) or {}

@@ -135,7 +135,8 @@ def test_session_metrics_weight_durations_by_sessions():
 
 _count = st.tuples(st.integers(0, 24 * 3), st.sampled_from(["view", "cart", "purchase"]),
                    st.sampled_from([None, "US", "DE"]), st.integers(1, 5))
-_closed = st.tuples(st.integers(0, 3 * 24 * 60), st.sampled_from([None, 0.0, 9.99, 120.5, 0.1, 0.2]))
+_closed = st.tuples(st.integers(0, 3 * 24 * 60), st.sampled_from(["bouncer", "browser"]),
+                    st.sampled_from([None, 0.0, 9.99, 120.5, 0.1, 0.2]), st.sampled_from([0.0, 1 / 3, 2.5, 0.1]))
 
 
 def _fold(batches: list[dict]) -> dict:
@@ -143,44 +144,59 @@ def _fold(batches: list[dict]) -> dict:
     docs: dict = {}
     for deltas in batches:
         for doc_id, delta in deltas.items():
-            docs[doc_id] = R.add_hours(docs.get(doc_id), delta["hours"])
+            field = "hours" if "hours" in delta else "windows"
+            docs[doc_id] = R.add_nested(docs.get(doc_id), delta[field])
     return docs
+
+
+def _windows(sessions: list[dict]) -> dict:
+    """A batch's segment_distribution deltas by window, as exactly_once.apply_closed_sessions has them."""
+    by_window: dict = {}
+    for (window, segment), delta in A2.distribution_deltas(sessions).items():
+        by_window.setdefault(window, {})[segment] = {**delta, "unique_users": 0}  # (from a member collection)
+    return R.daily_window_deltas(by_window)
 
 
 @settings(max_examples=200, deadline=None)
 @given(counts=st.lists(_count, max_size=30), closed=st.lists(_closed, max_size=30), data=st.data())
 def test_daily_metrics_are_the_hourly_rollups_by_day_however_the_batches_are_cut(counts, closed, data):
+    """The day documents are the same for any batch cut, and hold what event_counts_hourly and
+    segment_distribution hold (sums of the same deltas)."""
     rows = [(_ms(T0) + h * R.HOUR_MS, t, c, n) for h, t, c, n in counts]
-    sessions = [{"session_end_ms": _ms(T0) + m * 60_000 + 59_000, "total_amount": a, "behavior_segment": "browser",
-                 "session_duration_minutes": 1.0} for m, a in closed]
+    sessions = [{"session_end_ms": _ms(T0) + m * 60_000 + 59_000, "behavior_segment": seg, "total_amount": a,
+                 "session_duration_minutes": d} for m, seg, a, d in closed]
     cut = data.draw(st.integers(1, 30), label="batch size")
     batches = [R.daily_event_deltas(rows[i:i + cut]) for i in range(0, len(rows), cut)] + \
-        [R.daily_session_deltas(sessions[i:i + cut]) for i in range(0, len(sessions), cut)]
+        [_windows(sessions[i:i + cut]) for i in range(0, len(sessions), cut)]
     docs = _fold(batches)
-    assert docs == _fold([R.daily_event_deltas(rows), R.daily_session_deltas(sessions)])
-    by_hour: dict = {}
-    for doc_id, hours in docs.items():
+    assert docs == _fold([R.daily_event_deltas(rows), _windows(sessions)])
+    got: dict = {}
+    for doc_id, sums in docs.items():
         day, part, *country = doc_id.split("|")
-        for hh, sums in hours.items():
-            hour = datetime.fromisoformat(day).replace(tzinfo=timezone.utc) + timedelta(hours=int(hh))
-            for name, value in sums.items():
-                by_hour[(hour, part, *country, name)] = value
-    hourly = R.event_count_deltas(rows)
+        midnight = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
+        for slot, values in sums.items():
+            at = midnight + (timedelta(hours=int(slot)) if part == "events" else
+                             timedelta(hours=int(slot[:2]), minutes=int(slot[2:])))
+            for name, value in values.items():
+                got[(at, part, *country, name)] = value
     want: dict = {}
-    for d in hourly.values():
+    for d in R.event_count_deltas(rows).values():
         for place in (d["country"], R.ALL_COUNTRIES):
             key = (A.utc(R.to_datetime(d["hour_ms"])), "events", place, d["event_type"])
             want[key] = want.get(key, 0) + d["events"]
-    for (window_ms, _), d in A2.distribution_deltas(sessions).items():
-        hour = A.floor_hour(R.to_datetime(window_ms))
-        for name, value in (("sessions_closed", d["session_count"]), ("revenue", d["total_revenue"])):
-            want[(hour, "sessions", name)] = want.get((hour, "sessions", name), 0) + value
-    assert by_hour.keys() == want.keys()
-    assert all(by_hour[k] == pytest.approx(v) for k, v in want.items())
+    for (window_ms, segment), d in A2.distribution_deltas(sessions).items():
+        want[(R.to_datetime(window_ms), "windows", segment)] = {**d, "unique_users": 0}
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert got[key] == {n: pytest.approx(v) for n, v in value.items()}
+        else:
+            assert got[key] == value
 
 
-def test_daily_revenue_is_kept_to_the_cent_so_the_grouping_of_sessions_does_not_show():
-    sessions = [{"session_end_ms": _ms(T0), "total_amount": a} for a in (0.1, 0.2, 0.3)]
-    apart = _fold([R.daily_session_deltas(sessions[:1]), R.daily_session_deltas(sessions[1:])])
-    together = _fold([R.daily_session_deltas(sessions)])
-    assert apart == together and together["2019-10-01|sessions"]["00"]["revenue"] == 0.6
+def test_daily_revenue_and_minutes_are_kept_so_the_grouping_of_sessions_does_not_show():
+    sessions = [{"session_end_ms": _ms(T0), "behavior_segment": "browser", "total_amount": a,
+                 "session_duration_minutes": d} for a, d in ((0.1, 0.1), (0.2, 0.2), (0.3, 1 / 3))]
+    apart = _fold([_windows(sessions[:1]), _windows(sessions[1:])])
+    together = _fold([_windows(sessions)])
+    assert apart == together and together["2019-10-01|windows"]["0000"]["browser"]["total_revenue"] == 0.6
