@@ -36,20 +36,23 @@ def frequency(docs: Iterable[Mapping], interval: str) -> dict:
 
 
 def session_metrics(windows: Iterable[Mapping]) -> dict:
-    """segment_distribution windows -> per segment: closed sessions, revenue, average duration."""
-    sums: dict = defaultdict(lambda: {"sessions": 0, "total_revenue": 0.0, "sum_duration_minutes": 0.0})
+    """segment_distribution windows -> per segment: closed sessions, revenue, average duration.
+    Revenue is added in cents and durations in milliseconds (what the windows keep), so the
+    figures do not depend on the order the windows come in."""
+    sums: dict = defaultdict(lambda: {"sessions": 0, "cents": 0, "duration_ms": 0})
     for w in windows:
         s = sums[w["behavior_segment"]]
         s["sessions"] += w["session_count"]
-        s["total_revenue"] += w["total_revenue"]
-        s["sum_duration_minutes"] += w.get("sum_duration_minutes", w["avg_session_duration"] * w["session_count"])
+        s["cents"] += round(w["total_revenue"] * 100)
+        s["duration_ms"] += round(60_000 * w.get("sum_duration_minutes",
+                                                  w["avg_session_duration"] * w["session_count"]))
     total = sum(s["sessions"] for s in sums.values())
     segments = [{"behavior_segment": seg, "sessions": s["sessions"], "share_pct": _rate(s["sessions"], total),
-                 "total_revenue": round(s["total_revenue"], 2),
-                 "avg_session_duration": round(s["sum_duration_minutes"] / s["sessions"], 2) if s["sessions"] else 0.0,
-                 "avg_revenue_per_session": round(s["total_revenue"] / s["sessions"], 2) if s["sessions"] else 0.0}
+                 "total_revenue": s["cents"] / 100,
+                 "avg_session_duration": round(s["duration_ms"] / 60_000 / s["sessions"], 2) if s["sessions"] else 0.0,
+                 "avg_revenue_per_session": round(s["cents"] / 100 / s["sessions"], 2) if s["sessions"] else 0.0}
                 for seg, s in sorted(sums.items())]
-    return {"total_sessions": total, "total_revenue": round(sum(s["total_revenue"] for s in sums.values()), 2),
+    return {"total_sessions": total, "total_revenue": sum(s["cents"] for s in sums.values()) / 100,
             "segments": segments}
 
 
@@ -105,10 +108,13 @@ def hourly_metrics(event_docs: Iterable[Mapping], windows: Iterable[Mapping]) ->
         metric = _TYPE_METRIC.get(d["event_type"])
         if metric:
             h[metric] += d["events"]
+    cents: dict = defaultdict(int)  # revenue added in cents: the same in any order of the windows
     for w in windows:
-        h = hours[floor_hour(w["window_start"])]
-        h["sessions_closed"] += w["session_count"]
-        h["revenue"] += w["total_revenue"]
+        hour = floor_hour(w["window_start"])
+        hours[hour]["sessions_closed"] += w["session_count"]
+        cents[hour] += round(w["total_revenue"] * 100)
+    for hour, total in cents.items():
+        hours[hour]["revenue"] = total / 100
     return dict(hours)
 
 

@@ -196,10 +196,10 @@ def _widen_range(coll, doc_id: str, times_ms: list[int], last: str, first: str |
         return
     previous = coll.find_one({"_id": doc_id}) or {}
     days = {A.to_datetime(t - t % (24 * R.HOUR_MS)) for t in times_ms} | {A.utc(d) for d in previous.get("days", [])}
-    doc = {"_id": doc_id, last: max([A.to_datetime(max(times_ms))] + [A.utc(previous[last])] * (last in previous)),
+    doc = {"_id": doc_id, last: max([A.to_datetime(max(times_ms))] + ([A.utc(previous[last])] if previous else [])),
            "days": sorted(days)}
     if first is not None:
-        doc[first] = min([A.to_datetime(min(times_ms))] + [A.utc(previous[first])] * (first in previous))
+        doc[first] = min([A.to_datetime(min(times_ms))] + ([A.utc(previous[first])] if previous else []))
     coll.replace_one({"_id": doc_id}, doc, upsert=True)
 
 
