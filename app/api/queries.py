@@ -141,24 +141,28 @@ def _matches(doc: dict, event_type: str | None, country: str | None, field: str,
 
 
 def user_segments(db, min_engagement: float, segment: str | None, limit: int) -> dict:
-    """Users at or above an engagement score, the most engaged first, then by _id: picked from
-    live_feed's leaderboard while the activity query keeps it, then each profile by _id; else the
-    engagement_score index. (user_profiles is the store query's, which may be a batch ahead of
-    the leaderboard: a profile whose score or segment has moved since is left out.)"""
-    fields = ("last_segment", *SCORES, "behavior_pattern", "sessions", "total_events", "total_revenue", "last_seen")
+    """Users at or above an engagement score, the most engaged first, then by _id: from live_feed's
+    leaderboard while the activity query keeps it: its head (one read) for at most HEAD users,
+    else the ids from its pages, then each profile by _id (user_profiles is the store query's,
+    which may be a batch ahead: a profile whose score or segment has moved since is left out);
+    else the engagement_score index."""
+    fields = leaderboard.FIELDS
     projection = {n: 1 for n in fields}
     if _rank_complete(db):
-        docs = [d for d in (db[PROFILES].find_one({"_id": i}, projection)
-                            for i in leaderboard.top(db[C.LIVE_FEED], min_engagement, segment, limit))
+        docs = leaderboard.head(db[C.LIVE_FEED], min_engagement, segment, limit)
+        if docs is None:
+            docs = [{"user_id": d.pop("_id"), **d} for d in (
+                db[PROFILES].find_one({"_id": i}, projection)
+                for i in leaderboard.top(db[C.LIVE_FEED], min_engagement, segment, limit))
                 if d is not None and d.get("engagement_score", -1) >= min_engagement
                 and (segment is None or d.get("last_segment") == segment)]
     else:
         query: dict[str, Any] = {"engagement_score": {"$gte": min_engagement}}
         if segment is not None:
             query["last_segment"] = segment
-        docs = db[PROFILES].find(query, projection).sort([("engagement_score", DESCENDING),
-                                                          ("_id", ASCENDING)]).limit(limit)
-    users = [{"user_id": d["_id"], **_pick(d, fields)} for d in docs]
+        docs = [{"user_id": d.pop("_id"), **d} for d in db[PROFILES].find(query, projection).sort(
+            [("engagement_score", DESCENDING), ("_id", ASCENDING)]).limit(limit)]
+    users = [{"user_id": d["user_id"], **_pick(d, fields)} for d in docs]
     return {"min_engagement": min_engagement, "segment": segment, "count": len(users), "users": users}
 
 
@@ -276,9 +280,11 @@ def _latest_window_end(db, daily: bool, segment: str | None = None, end: datetim
     bounds = db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}
     if segment is None and end is None:
         return A.utc(bounds["last_window"]) + WINDOW if bounds else None
-    for day in reversed(_days(bounds, None, end, "start", most=len(bounds.get("days", [])))):
+    days = _days(bounds, None, end, "start", most=len(bounds.get("days", [])))
+    for day in reversed(days[-(MAX_SPAN.days + 1):]):  # (a segment without windows there: none)
         windows = [w for w in _daily_windows(db, day, day + timedelta(days=1), "start")
-                   if (segment is None or w["behavior_segment"] == segment) and (end is None or w["window_start"] < end)]
+                   if (segment is None or w["behavior_segment"] == segment)
+                   and (end is None or w["window_start"] < end)]
         if windows:
             return windows[-1]["window_end"]
     return None

@@ -6,8 +6,9 @@ FerretDB 1.24 does not scan for (DESIGN.md §15).
 
     {_id: user_id, events: [EVENTS_KEPT newest, by (event_timestamp, event_id), newest first],
      sessions: [every active session + the SESSIONS_KEPT newest closed ones, by (session_end, id), newest first],
-     rank: {score, segment}: the engagement score and last segment of the user's newest profile
-           row (with profiles on), which app/sinks/leaderboard.py files}
+     rank: {score, segment, fields}: the engagement score, last segment and the fields
+           /v1/users/segments shows, of the user's newest profile row (with profiles on), which
+           app/sinks/leaderboard.py files}
 
 How a replay or another batch cut leaves the same document (app/sinks/exactly_once.py 13): each
 user's rows are merged into the stored document in message order, as
@@ -32,7 +33,7 @@ import bson
 from pymongo import DeleteOne, ReplaceOne
 
 from app.aggregates import utc
-from app.profiles.profile import profile_facts
+from app.profiles.profile import profile_document
 from app.profiles.rules import ProfileRules, parse_profile_rules
 from app.sessions.tracker import archived_id
 from app.sinks import leaderboard, live_feed, open_sessions
@@ -175,7 +176,8 @@ def merge_batch(rows: list, users, feeds, now: datetime, rank=None) -> int:
 
     def write(pending: list) -> None:
         sessions.apply(feeds.read, feeds.write, feeds.delete)
-        ranks.apply(feeds.read, feeds.write, feeds.delete)
+        ranks.apply(feeds.read, feeds.write, feeds.delete,
+                    lambda user_id: ((users.read(user_id) or {}).get("rank") or {}).get("fields", {}))
         for start in range(0, len(pending), WRITE_CHUNK):
             users.write(pending[start:start + WRITE_CHUNK])
 
@@ -299,11 +301,14 @@ def merge(stored: dict | None, user_id: str, rows, now: datetime, rank=None) -> 
 
 
 def ranker(rules: ProfileRules):
-    """A profile row -> {score: its engagement score, segment: its last segment}: the figures the
-    store query writes to user_profiles (app/profiles/profile.py), for the leaderboard."""
+    """A profile row -> {score: its engagement score, segment: its last segment, fields: what
+    /v1/users/segments shows}: the figures the store query writes to user_profiles
+    (app/profiles/profile.py), for the leaderboard."""
     def rank(row) -> dict:
-        totals = json.loads(row.doc)["totals"]
-        return {"score": profile_facts(totals, rules)["engagement_score"], "segment": totals.get("last_segment")}
+        update = json.loads(row.doc)
+        doc = profile_document(update["user_id"], update["totals"], rules)
+        return {"score": doc["engagement_score"], "segment": doc["last_segment"],
+                "fields": {n: doc[n] for n in leaderboard.FIELDS}}
     return rank
 
 

@@ -517,6 +517,22 @@ def test_user_segments_lists_the_most_engaged_users_as_user_profiles_ranks_them(
         db.stream_progress.update_one({"_id": "activity"}, {"$set": {"rank_complete": True}})
 
 
+def test_user_segments_from_the_leaderboards_head_equal_the_profiles_fields(api_run):
+    """At most HEAD (100) users come from the head with the fields it keeps: the same answer,
+    field by field, as user_profiles'."""
+    db = api_run["db"]
+    segment = Counter(p["last_segment"] for p in db.user_profiles.find()).most_common(1)[0][0]
+    for params in ({}, {"limit": 7, "segment": segment}, {"min_engagement": 20, "limit": 100}):
+        answers = []
+        for complete in (True, False):
+            db.stream_progress.update_one({"_id": "activity"}, {"$set": {"rank_complete": complete}})
+            try:
+                answers.append(_get(api_run, "/v1/users/segments", **params))
+            finally:
+                db.stream_progress.update_one({"_id": "activity"}, {"$set": {"rank_complete": True}})
+        assert answers[0] == answers[1] and answers[0]["users"], params
+
+
 @pytest.mark.parametrize("feed_complete", [True, False], ids=["live_feed", "collection"])
 def test_act_now_lists_the_open_sessions_most_urgent_first(api_run, feed_complete):
     """From live_feed's open-session buckets (the activity query complete) and from the

@@ -2,9 +2,11 @@
 
 Whatever the users' ranks, and however they got there (moves in any grouping, a group of moves
 made twice), the pages give what the user_profiles query gives: the users of a segment at or
-above a score, the most engaged first, then by _id; and the documents are those that filing the
-final ranks at once leaves."""
+above a score, the most engaged first, then by _id; the head gives the first HEAD of them with
+their latest fields; and the documents are those that filing the final ranks at once leaves."""
 from __future__ import annotations
+
+from unittest import mock
 
 from hypothesis import given, settings as hsettings, strategies as st
 
@@ -12,11 +14,13 @@ from app.sinks import leaderboard
 from tests.unit.bson_store import BsonStore
 
 USERS = ["1", "10", "101", "11", "12", "2", "20", "3", "a", "ab", "abc"]  # several share a page prefix
-rank = st.one_of(st.none(), st.tuples(st.integers(0, 4), st.sampled_from([None, "bouncer", "browser"])))
+rank = st.one_of(st.none(), st.tuples(st.integers(0, 4), st.sampled_from([None, "bouncer", "browser"]),
+                                      st.integers(0, 2)))  # (score, segment, another field)
 
 
 def _doc(user: str, r) -> dict:
-    return {"_id": user, **({} if r is None else {"rank": {"score": r[0], "segment": r[1]}})}
+    return {"_id": user, **({} if r is None else {"rank": {"score": r[0], "segment": r[1], "fields": {
+        "engagement_score": r[0], "last_segment": r[1], "sessions": r[2]}}})}
 
 
 def _file(store: BsonStore, groups: list, docs: dict, twice: bool = False) -> None:
@@ -25,11 +29,12 @@ def _file(store: BsonStore, groups: list, docs: dict, twice: bool = False) -> No
         changes = leaderboard.Changes()
         for user, r in group.items():
             changes.user(docs.get(user), _doc(user, r))
-        moves = (dict(changes.removed), dict(changes.added))
-        changes.apply(store.read, store.write, store.delete)
+        moves = (dict(changes.removed), dict(changes.added), dict(changes.fields), set(changes.keys))
+        fields_of = lambda u: docs[u]["rank"]["fields"]  # noqa: E731 (a user the group leaves as it was)
+        changes.apply(store.read, store.write, store.delete, fields_of)
         if twice:  # a replay: the same moves again
-            changes.removed, changes.added = moves
-            changes.apply(store.read, store.write, store.delete)
+            changes.removed, changes.added, changes.fields, changes.keys = moves
+            changes.apply(store.read, store.write, store.delete, fields_of)
         docs.update({user: _doc(user, r) for user, r in group.items()})
 
 
@@ -37,14 +42,20 @@ def _file(store: BsonStore, groups: list, docs: dict, twice: bool = False) -> No
 @given(groups=st.lists(st.dictionaries(st.sampled_from(USERS), rank, max_size=6), min_size=1, max_size=8),
        twice=st.booleans(), min_score=st.integers(0, 5), segment=st.sampled_from([None, "bouncer", "browser"]),
        limit=st.integers(1, 12))
+@mock.patch.object(leaderboard, "HEAD", 4)
 def test_the_pages_answer_as_the_profiles_query_and_depend_on_the_final_ranks_alone(groups, twice, min_score,
                                                                                      segment, limit):
     store, docs = BsonStore(), {}
     _file(store, groups, docs, twice)
-    final = {u: leaderboard.rank_of(d) for u, d in docs.items() if leaderboard.rank_of(d) is not None}
-    want = sorted(((s, u) for u, (s, seg) in final.items() if s >= min_score and (segment is None or seg == segment)),
-                  key=lambda e: (-e[0], e[1]))
-    assert leaderboard.top(store, min_score, segment, limit) == [u for _, u in want[:limit]]
+    final = {u: d["rank"] for u, d in docs.items() if d.get("rank") is not None}
+    want = sorted((u for u, r in final.items() if r["score"] >= min_score and segment in (None, r["segment"])),
+                  key=lambda u: (-final[u]["score"], u))[:limit]
+    assert leaderboard.top(store, min_score, segment, limit) == want
+    head = leaderboard.head(store, min_score, segment, limit)
+    if limit > leaderboard.HEAD:
+        assert head is None
+    else:  # the head answers with each user's latest fields
+        assert head == [{"user_id": u, **final[u]["fields"]} for u in want]
     at_once = BsonStore()
-    _file(at_once, [{u: final.get(u) for u in USERS}], {})
+    _file(at_once, [{u: (r["score"], r["segment"], r["fields"]["sessions"]) for u, r in final.items()}], {})
     assert store.decoded() == at_once.decoded()
