@@ -77,15 +77,15 @@ BY_ID = "one document by _id"
 BY_IDS = "documents by _id only"
 ENDPOINTS = [
     ("/v1/funnel", "conversion_funnel", WHOLE),
-    ("/v1/segments/distribution?hours=24", "segment_distribution", "latest window + window_start range: " + SCAN),
+    ("/v1/segments/distribution?hours=24", "daily_metrics", "the window day list + the last day or two: " + BY_IDS),
     ("/v1/events/frequency", "daily_metrics", "the day list + each day with events: " + BY_IDS),
     ("/v1/events/frequency?interval=day", "daily_metrics", "the same: " + BY_IDS),
     ("/v1/events/frequency?event_type=cart&country=unknown", "daily_metrics", "the same, of a country: " + BY_IDS),
     ("/v1/patterns", "session_paths", WHOLE),
     ("/v1/retention", "retention_cohorts", WHOLE),
     ("/v1/anomalies", "daily_metrics", "the day list + two documents a day of the 8: " + BY_IDS),
-    ("/v1/users/segments", "live_feed + user_profiles", "the leaderboard's index + pages, then each profile: " + BY_IDS),
-    ("/v1/users/segments?min_engagement=50&segment=browser", "live_feed + user_profiles", "the same: " + BY_IDS),
+    ("/v1/users/segments", "live_feed", "the leaderboard's head (at most 100 users): " + BY_ID),
+    ("/v1/users/segments?min_engagement=50&segment=browser", "live_feed", "the segment's head: " + BY_ID),
     ("/v1/experiments", "experiment_results", WHOLE),
     ("/v1/alerts?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_IDS),
     ("/v1/alerts?severity={severity}", "live_feed", "the same, of one severity: " + BY_IDS),
@@ -94,7 +94,7 @@ ENDPOINTS = [
     ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_IDS),
     ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_IDS),
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
-    ("/v1/sessions/metrics", "segment_distribution", WHOLE),
+    ("/v1/sessions/metrics", "daily_metrics", "the window day list + each day with windows: " + BY_IDS),
     ("/v1/sessions/metrics?user_id={user}", "user_activity", "the user's newest sessions: " + BY_ID),
     ("/v1/health", "stream_progress", "the latest batch: " + BY_ID),
 ]
