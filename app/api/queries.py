@@ -144,17 +144,18 @@ def user_segments(db, min_engagement: float, segment: str | None, limit: int) ->
     """Users at or above an engagement score, the most engaged first, then by _id: from live_feed's
     leaderboard while the activity query keeps it: its head (one read) for at most HEAD users,
     else the ids from its pages, then each profile by _id (user_profiles is the store query's,
-    which may be a batch ahead: a profile whose score or segment has moved since is left out);
-    else the engagement_score index."""
+    which may be a batch ahead of the leaderboard or behind it: a profile whose score or segment
+    differs from the leaderboard's is left out, so the order holds); else the engagement_score
+    index."""
     fields = leaderboard.FIELDS
     projection = {n: 1 for n in fields}
     if _rank_complete(db):
         docs = leaderboard.head(db[C.LIVE_FEED], min_engagement, segment, limit)
         if docs is None:
-            docs = [{"user_id": d.pop("_id"), **d} for d in (
-                db[PROFILES].find_one({"_id": i}, projection)
-                for i in leaderboard.top(db[C.LIVE_FEED], min_engagement, segment, limit))
-                if d is not None and d.get("engagement_score", -1) >= min_engagement
+            picked = leaderboard.top(db[C.LIVE_FEED], min_engagement, segment, limit)
+            docs = [{"user_id": d.pop("_id"), **d} for d, score in (
+                (db[PROFILES].find_one({"_id": i}, projection), score) for i, score in picked)
+                if d is not None and d.get("engagement_score") == score
                 and (segment is None or d.get("last_segment") == segment)]
     else:
         query: dict[str, Any] = {"engagement_score": {"$gte": min_engagement}}
@@ -254,12 +255,13 @@ def _days(bounds: dict, first: datetime | None, last: datetime | None, parameter
 
 
 def _daily_windows(db, first: datetime | None, last: datetime | None, parameter: str,
-                   most: int = MAX_SPAN.days + 1) -> list[dict]:
+                   most: int = MAX_SPAN.days + 1, days: list[datetime] | None = None) -> list[dict]:
     """segment_distribution's documents with window_start in [first, last), oldest first, from
-    daily_metrics' day documents (each read by _id)."""
-    bounds = db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}
+    daily_metrics' day documents (each read by _id; `days`: those days, else the listed ones)."""
+    if days is None:
+        days = _days(db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}, first, last, parameter, most)
     out = []
-    for day in _days(bounds, first, last, parameter, most):
+    for day in days:
         doc = db[C.DAILY].find_one({"_id": R.day_id(day, "windows")}, {"windows": 1}) or {}
         for hhmm, segments in sorted(doc.get("windows", {}).items()):
             window = day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:]))
@@ -273,7 +275,8 @@ def _daily_windows(db, first: datetime | None, last: datetime | None, parameter:
 
 
 def _latest_window_end(db, daily: bool, segment: str | None = None, end: datetime | None = None) -> datetime | None:
-    """The end of the latest 5-minute window with closed sessions (of `segment`, before `end`)."""
+    """The end of the latest 5-minute window with closed sessions (of `segment`, before `end`;
+    from daily_metrics, within the newest MAX_SPAN days with windows)."""
     if not daily:
         doc = db[C.DISTRIBUTION].find_one({}, {"window_end": 1}, sort=[("window_start", DESCENDING)])
         return doc and A.utc(doc["window_end"])
@@ -282,7 +285,7 @@ def _latest_window_end(db, daily: bool, segment: str | None = None, end: datetim
         return A.utc(bounds["last_window"]) + WINDOW if bounds else None
     days = _days(bounds, None, end, "start", most=len(bounds.get("days", [])))
     for day in reversed(days[-(MAX_SPAN.days + 1):]):  # (a segment without windows there: none)
-        windows = [w for w in _daily_windows(db, day, day + timedelta(days=1), "start")
+        windows = [w for w in _daily_windows(db, day, day + timedelta(days=1), "start", days=[day])
                    if (segment is None or w["behavior_segment"] == segment)
                    and (end is None or w["window_start"] < end)]
         if windows:

@@ -160,20 +160,20 @@ def head(coll, min_score: float, segment: str | None, limit: int) -> list[dict] 
     if limit > HEAD:
         return None
     members = (coll.find_one({"_id": head_id(ALL if segment is None else segment)}) or {}).get("members", [])
-    return [m for m in members if m["engagement_score"] >= min_score][:limit]
+    return [m for m in members if m.get("engagement_score", -1) >= min_score][:limit]
 
 
-def top(coll, min_score: float, segment: str | None, limit: int) -> list[str]:
-    """The ids of the `limit` users of `segment` (None: any) with the highest engagement scores at
-    or above `min_score`, highest first, then by _id."""
+def top(coll, min_score: float, segment: str | None, limit: int) -> list[tuple[str, int]]:
+    """The (id, score) of the `limit` users of `segment` (None: any) with the highest engagement
+    scores at or above `min_score`, highest first, then by _id."""
     key = ALL if segment is None else segment
-    picked: list[str] = []
+    picked: list[tuple[str, int]] = []
     for entry in (coll.find_one({"_id": index_id(key)}) or {}).get("scores", []):
         if entry["score"] < min_score:
             break
         for page in entry["pages"]:
             page_doc = coll.find_one({"_id": page_id(key, entry["score"], page["prefix"])}) or {}
-            picked.extend(page_doc.get("members", []))
+            picked.extend((user_id, entry["score"]) for user_id in page_doc.get("members", []))
             if len(picked) >= limit:
                 return picked[:limit]
     return picked

@@ -307,8 +307,10 @@ def ranker(rules: ProfileRules):
     def rank(row) -> dict:
         update = json.loads(row.doc)
         doc = profile_document(update["user_id"], update["totals"], rules)
-        return {"score": doc["engagement_score"], "segment": doc["last_segment"],
-                "fields": {n: doc[n] for n in leaderboard.FIELDS}}
+        fields = {n: doc[n] for n in leaderboard.FIELDS}
+        # naive UTC, as the stored document gives it back: an unchanged profile leaves an equal rank
+        fields["last_seen"] = fields["last_seen"].replace(tzinfo=None)
+        return {"score": doc["engagement_score"], "segment": doc["last_segment"], "fields": fields}
     return rank
 
 

@@ -50,7 +50,7 @@ def test_the_pages_answer_as_the_profiles_query_and_depend_on_the_final_ranks_al
     final = {u: d["rank"] for u, d in docs.items() if d.get("rank") is not None}
     want = sorted((u for u, r in final.items() if r["score"] >= min_score and segment in (None, r["segment"])),
                   key=lambda u: (-final[u]["score"], u))[:limit]
-    assert leaderboard.top(store, min_score, segment, limit) == want
+    assert leaderboard.top(store, min_score, segment, limit) == [(u, final[u]["score"]) for u in want]
     head = leaderboard.head(store, min_score, segment, limit)
     if limit > leaderboard.HEAD:
         assert head is None

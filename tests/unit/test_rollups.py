@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from app import aggregates as A2, rollups as R
 from app.api import analytics as A
 from app.sessions.metrics import PATH_STEPS, SessionAccumulator, event_path
+from app.sinks import exactly_once
 
 T0 = datetime(2019, 10, 1, tzinfo=timezone.utc)
 
@@ -200,3 +201,33 @@ def test_daily_revenue_and_minutes_are_kept_so_the_grouping_of_sessions_does_not
     apart = _fold([_windows(sessions[:1]), _windows(sessions[1:])])
     together = _fold([_windows(sessions)])
     assert apart == together and together["2019-10-01|windows"]["0000"]["browser"]["total_revenue"] == 0.6
+
+
+class _Range:
+    """A collection as exactly_once._widen_range uses it: find_one and replace_one by _id."""
+
+    def __init__(self):
+        self.docs: dict = {}
+
+    def find_one(self, query):
+        return self.docs.get(query["_id"])
+
+    def replace_one(self, query, doc, upsert=False):
+        assert upsert and query["_id"] == doc["_id"]
+        self.docs[doc["_id"]] = doc
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches=st.lists(st.lists(st.integers(0, 24 * 5), max_size=5), min_size=1, max_size=6), again=st.booleans())
+def test_the_range_document_is_the_first_and_last_hour_and_the_days_however_often_applied(batches, again):
+    coll = _Range()
+    hours = [[_ms(T0) + h * R.HOUR_MS for h in batch] for batch in batches]
+    for batch in hours + (hours if again else []):  # a store batch applied again: a replay
+        exactly_once._widen_range(coll, R.DAILY_RANGE_ID, batch, "last_hour", "first_hour")
+    every = [h for batch in hours for h in batch]
+    if not every:
+        assert coll.docs == {}
+        return
+    assert coll.docs[R.DAILY_RANGE_ID] == {
+        "_id": R.DAILY_RANGE_ID, "first_hour": R.to_datetime(min(every)), "last_hour": R.to_datetime(max(every)),
+        "days": sorted({R.to_datetime(h - h % (24 * R.HOUR_MS)) for h in every})}
