@@ -205,27 +205,25 @@ def _widen_range(coll, doc_id: str, times_ms: list[int], last: str, first: str |
 
 def _apply_daily_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict], field: str) -> None:
     """As _apply_sums_once, for daily_metrics' documents of nested sums (`field`)."""
-    writes, now = [], _now()
-    for doc_id, delta in deltas.items():
-        previous = coll.find_one({"_id": doc_id})
-        if _already_applied(previous, run_id, batch_id):
-            continue
-        sums = R.add_nested((previous or {}).get(field), delta[field])
-        writes.append(ReplaceOne({"_id": doc_id}, {**R.daily_document(doc_id, delta, field, sums), "run_id": run_id,
-                                                   "batch_id": batch_id, "processing_time": now}, upsert=True))
-    for start in range(0, len(writes), 500):
-        coll.bulk_write(writes[start:start + 500], ordered=False)
+    _add_once(coll, run_id, batch_id, deltas,
+              lambda previous, delta: R.add_nested((previous or {}).get(field), delta[field]),
+              lambda doc_id, delta, sums: R.daily_document(doc_id, delta, field, sums))
 
 
 def _apply_sums_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict], sum_names, render) -> None:
     """Adds each document's delta once (3.): documents read by _id, written in one bulk write."""
+    _add_once(coll, run_id, batch_id, deltas, lambda previous, delta: A.add_sums(previous, delta, sum_names), render)
+
+
+def _add_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict], add, render) -> None:
+    """Each document's delta added once: add(stored or None, delta) -> the sums, render(doc_id,
+    delta, sums) -> the document; read by _id, written in bulk writes of 500."""
     writes, now = [], _now()
     for doc_id, delta in deltas.items():
         previous = coll.find_one({"_id": doc_id})
         if _already_applied(previous, run_id, batch_id):
             continue  # this batch was applied before the crash
-        sums = A.add_sums(previous, delta, sum_names)
-        writes.append(ReplaceOne({"_id": doc_id}, {**render(doc_id, delta, sums), "run_id": run_id,
+        writes.append(ReplaceOne({"_id": doc_id}, {**render(doc_id, delta, add(previous, delta)), "run_id": run_id,
                                                    "batch_id": batch_id, "processing_time": now}, upsert=True))
     for start in range(0, len(writes), 500):
         coll.bulk_write(writes[start:start + 500], ordered=False)

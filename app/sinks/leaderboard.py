@@ -121,7 +121,8 @@ class Changes:
             if key not in indexes and not any(m["user_id"] in self.fields for m in old):
                 continue  # its pages and its users' fields are as they were
             index = indexes[key] if key in indexes else (read(index_id(key)) or {}).get("scores", [])
-            ids = _first(index, key, HEAD, lambda _id: docs_by_id.get(_id) or ({} if _id in empty else read(_id)))
+            ids = [i for i, _ in _first(index, key, HEAD,
+                                        lambda _id: docs_by_id.get(_id) or ({} if _id in empty else read(_id)))]
             known = {m["user_id"]: {k: v for k, v in m.items() if k != "user_id"} for m in old}
             members = [{"user_id": i, **self._fields(i, known, fields_of)} for i in ids]
             if members:
@@ -143,12 +144,16 @@ class Changes:
         return fields_of(user_id) if fields_of is not None else {}
 
 
-def _first(index: list, key: str, limit: int, read_page) -> list[str]:
-    """The first `limit` user ids of a key's index (scores highest first), reading its pages."""
-    picked: list[str] = []
+def _first(index: list, key: str, limit: int, read_page, min_score: float = 0) -> list[tuple[str, int]]:
+    """The first `limit` (user id, score) of a key's index (scores highest first) at or above
+    `min_score`, reading its pages with read_page(_id)."""
+    picked: list[tuple[str, int]] = []
     for entry in index:
+        if entry["score"] < min_score:
+            break
         for page in entry["pages"]:
-            picked.extend((read_page(page_id(key, entry["score"], page["prefix"])) or {}).get("members", []))
+            members = (read_page(page_id(key, entry["score"], page["prefix"])) or {}).get("members", [])
+            picked.extend((user_id, entry["score"]) for user_id in members)
             if len(picked) >= limit:
                 return picked[:limit]
     return picked
@@ -167,13 +172,5 @@ def top(coll, min_score: float, segment: str | None, limit: int) -> list[tuple[s
     """The (id, score) of the `limit` users of `segment` (None: any) with the highest engagement
     scores at or above `min_score`, highest first, then by _id."""
     key = ALL if segment is None else segment
-    picked: list[tuple[str, int]] = []
-    for entry in (coll.find_one({"_id": index_id(key)}) or {}).get("scores", []):
-        if entry["score"] < min_score:
-            break
-        for page in entry["pages"]:
-            page_doc = coll.find_one({"_id": page_id(key, entry["score"], page["prefix"])}) or {}
-            picked.extend((user_id, entry["score"]) for user_id in page_doc.get("members", []))
-            if len(picked) >= limit:
-                return picked[:limit]
-    return picked
+    index = (coll.find_one({"_id": index_id(key)}) or {}).get("scores", [])
+    return _first(index, key, limit, lambda _id: coll.find_one({"_id": _id}), min_score)
