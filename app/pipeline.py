@@ -308,6 +308,9 @@ FEED_FILE = "live_feed_complete"
 # in CHECKPOINT_DIR: the same for the leaderboard (every profile row's rank filed: a checkpoint
 # from before it has filed none)
 RANK_FILE = "leaderboard_complete"
+# in CHECKPOINT_DIR: the same for live_feed's events (every event and correction filed: a
+# checkpoint from before them has filed none)
+EVENTS_FILE = "event_feed_complete"
 # in CHECKPOINT_DIR: the store query has counted every batch of its run into daily_metrics (a
 # checkpoint from before it has counted the earlier ones into event_counts_hourly only)
 DAILY_FILE = "daily_metrics_complete"
@@ -351,6 +354,7 @@ def check_checkpoint(config: AppConfig) -> None:
         Path(config.checkpoint_dir, ACTIVITY_FILE).write_text("user_activity holds every user's newest events\n")
         Path(config.checkpoint_dir, FEED_FILE).write_text("live_feed holds every alert and execution\n")
         Path(config.checkpoint_dir, RANK_FILE).write_text("live_feed ranks every user with a profile\n")
+        Path(config.checkpoint_dir, EVENTS_FILE).write_text("live_feed holds every hour's newest events\n")
 
 
 def _check_store_lane(config: AppConfig, query: Path) -> None:
@@ -470,6 +474,7 @@ def start_activity_query(spark: SparkSession, config: AppConfig, store: Store,
                                                 complete=Path(config.checkpoint_dir, ACTIVITY_FILE).is_file(),
                                                 feed_complete=Path(config.checkpoint_dir, FEED_FILE).is_file(),
                                                 rank_complete=Path(config.checkpoint_dir, RANK_FILE).is_file(),
+                                                events_complete=Path(config.checkpoint_dir, EVENTS_FILE).is_file(),
                                                 profile_rules=profile_rules))
               .option("checkpointLocation", checkpoint)
               .trigger(processingTime=f"{int(config.activity_interval_s * 1000)} milliseconds"))

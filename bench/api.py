@@ -10,8 +10,9 @@ endpoints over a large ingest. Writes bench/results/api.{json,md}.
    the response (queueing in the client counts: no coordinated omission), over a pool of
    keep-alive connections (http.client, one per thread). WARMUP s at the rate are not counted, then
    SECONDS are. The same again with the job stopped (the API alone), to show what the job costs.
-2. The analytics endpoints after the job (available-now) has taken in a topic of EVENTS events:
-   each endpoint called sequentially, a few warm-up calls then up to CALLS timed calls (within a
+2. The analytics endpoints after the job (available-now) has taken in a topic of EVENTS events,
+   while the job runs on live from its checkpoint with the paced producer at PRODUCER_RATE events/s
+   into the same topic: each endpoint called sequentially, a few warm-up calls then up to CALLS timed calls (within a
    time budget per endpoint: on FerretDB some are scans of the biggest collections), p50/p99, and
    the document count of every collection they read.
 
@@ -65,8 +66,9 @@ JOB_ENV = {"ALERTS_TOPIC": ALERTS_TOPIC, "ACTIONS_TOPIC": ACTIONS_TOPIC, "HEALTH
            "EXPERIMENTS_FILE": str(ROOT / "app" / "rules" / "experiments_v1.yaml")}
 LIVE_SEED = 11  # the paced producer's sessions: not the preload's (seed 7), whose event ids they would repeat
 GOAL_P99_MS = 25.0
-QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10}
-FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 30}
+QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10, "live_warmup": 10}
+FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 30,
+        "live_warmup": 60}
 COLLECTIONS = ("enriched_events", "user_behavior_segments", "user_activity", "live_feed", "daily_metrics", "event_counts_hourly",
                "segment_distribution", "session_paths", "retention_cohorts", "behavior_alerts", "trigger_executions",
                "user_profiles", "conversion_funnel", "experiment_results", "stream_progress")
@@ -94,7 +96,15 @@ ENDPOINTS = [
     ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_IDS),
     ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_IDS),
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
+    ("/v1/activity", "live_feed", "the hour list + the newest hour's events: " + BY_IDS),
+    ("/v1/activity?event_type=purchase", "live_feed", "the same, of one type: " + BY_IDS),
+    ("/v1/activity?event_type=cart&country=unknown&limit=20", "live_feed", "the same, of a type and country: " + BY_IDS),
     ("/v1/sessions/metrics", "daily_metrics", "the window day list + each day with windows: " + BY_IDS),
+    ("/v1/sessions/metrics?segment=browser&limit=12", "daily_metrics", "the same, of one segment: " + BY_IDS),
+    ("/v1/anomalies?metric=purchases&recent_days=2&baseline_days=14", "daily_metrics",
+     "the day list + two documents a day of the 16: " + BY_IDS),
+    ("/v1/segments/distribution?segment=engaged_shopper&hours=72", "daily_metrics",
+     "the window day list + three or four days: " + BY_IDS),
     ("/v1/sessions/metrics?user_id={user}", "user_activity", "the user's newest sessions: " + BY_ID),
     ("/v1/health", "stream_progress", "the latest batch: " + BY_ID),
 ]
@@ -175,23 +185,23 @@ class Api:
 # The paced producer, in its own process so that it does not hold the load generator's GIL
 
 
-def _produce_live(rate: float, seconds: float, stop) -> None:
+def _produce_live(rate: float, seconds: float, stop, topic: str = LIVE_TOPIC) -> None:
     def stamped():
         for event in workload.events(int(rate * seconds) + 1, seed=LIVE_SEED):
             if stop.is_set():
                 return
             now = time.time()
             yield {**event, "event_time": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")}
-    result = load.paced(BOOTSTRAP, LIVE_TOPIC, stamped(), rate, seconds)
+    result = load.paced(BOOTSTRAP, topic, stamped(), rate, seconds)
     print(f"  paced producer: {result['events']:,} events in {result['seconds']} s "
           f"({result['events_per_s']:,}/s, at most {result['max_behind_s']} s behind)", flush=True)
 
 
 class Producer:
-    def __init__(self, rate: float, max_seconds: float):
+    def __init__(self, rate: float, max_seconds: float, topic: str = LIVE_TOPIC):
         ctx = multiprocessing.get_context("spawn")
         self.stop_event = ctx.Event()
-        self.proc = ctx.Process(target=_produce_live, args=(rate, max_seconds, self.stop_event), daemon=True)
+        self.proc = ctx.Process(target=_produce_live, args=(rate, max_seconds, self.stop_event, topic), daemon=True)
 
     def start(self) -> "Producer":
         self.proc.start()
@@ -478,7 +488,9 @@ def _call(conn_box: list, port: int, key: str, path: str, timeout_s: float) -> t
 
 
 def analytics(args) -> dict:
-    """Part 2: the job (available-now) over EVENTS events, then each analytics endpoint in turn."""
+    """Part 2: the job (available-now) over EVENTS events; then the job again from its checkpoint,
+    live on the same topic with the paced producer at PRODUCER_RATE events/s (0: the job stopped),
+    and each analytics endpoint in turn while it runs."""
     say(f"part 2: analytics endpoints over {args.events:,} events")
     topic = f"{PREFIX}events_{args.events}"
     for name in (topic, ALERTS_TOPIC, ACTIONS_TOPIC):
@@ -500,10 +512,25 @@ def analytics(args) -> dict:
     alert = db["behavior_alerts"].find_one({}, {"user_id": 1, "severity": 1}, sort=[("first_event_time", -1)]) or {}
     alert_user, severity = alert.get("user_id", user), alert.get("severity", "high")
     api = Api("api-analytics", EVENTS_DB)
-    rows = []
+    rows, live, producer = [], None, None
     try:
         api.start()
         result["api_ready_s"] = round(api.wait_ready(), 1)
+        result["producer_rate"] = args.producer_rate
+        if args.producer_rate > 0:  # the job goes on from its checkpoint (same store lane), live
+            env = {"SEGMENTS_TOPIC": f"{topic}-segments-{EVENTS_LABEL}", "STORE_TOPIC": f"{topic}-store-{EVENTS_LABEL}",
+                   **JOB_ENV, "TRIGGER_INTERVAL": "1s"}
+            live = Job(f"job-{EVENTS_LABEL}", topic, EVENTS_DB, env, [], JOB_SCRIPT, fresh=False,
+                       log_name=f"job-{EVENTS_LABEL}-live").start()
+            live.wait_running(timeout_s=300)
+            live._sampling = False  # its sampler would share this process's GIL with the timed calls
+            producer = Producer(args.producer_rate, args.live_warmup + 3600, topic).start()
+            say(f"the job live again on {topic} (trigger 1 s), the paced producer at {args.producer_rate:,} events/s; "
+                f"{args.live_warmup:g} s before the first call")
+            time.sleep(args.live_warmup)
+            if live.proc.poll() is not None:
+                raise RuntimeError(f"the live job exited {live.proc.returncode} (log: {live.log_path})")
+        window_start = time.time()
         conn = [None]
         for template, reads, how in ENDPOINTS:
             path = template.format(user=user, alert_user=alert_user, severity=severity)
@@ -530,8 +557,17 @@ def analytics(args) -> dict:
                 f"statuses {statuses}, {size:,} bytes")
         if conn[0] is not None:
             conn[0].close()
+        if live is not None:
+            if live.proc.poll() is not None:
+                raise RuntimeError(f"the live job exited {live.proc.returncode} during the calls (log: {live.log_path})")
+            result["job_during_calls"] = _job_batches(db, [window_start, time.time()])
+            say(f"the job during the calls: {result['job_during_calls']}")
     finally:
         api.stop()
+        if producer is not None:
+            producer.stop()
+        if live is not None:
+            live.stop()
     result["endpoints"] = rows
     heaviest = max(rows, key=lambda r: r["p99_ms"] or 0)
     result["heaviest"] = {"path": heaviest["path"], "p99_ms": heaviest["p99_ms"], "calls": heaviest["calls"]}
@@ -545,6 +581,12 @@ def analytics(args) -> dict:
 
 def _n(value, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _live_batches(a: dict) -> str:
+    j = a.get("job_during_calls") or {}
+    return (f"{_n(j.get('batches_overlapping'))} sessions batches of {_n(j.get('events_in_them'))} events during the "
+            "calls")
 
 
 def markdown(r: dict) -> str:
@@ -586,8 +628,11 @@ def markdown(r: dict) -> str:
     if a:
         lines += [f"## Analytics endpoints over {a['ingest']['events']:,} events", "",
                   f"The job (available-now) took them in at {a['ingest']['events_per_s']:,} events/s "
-                  f"({a['ingest']['seconds']} s); then each endpoint alone, one call at a time, the job stopped. "
-                  f"User for the per-user calls: {a['user_id']}.", "",
+                  f"({a['ingest']['seconds']} s); then each endpoint alone, one call at a time, "
+                  + (f"with the job live again from its checkpoint on the same topic (trigger 1 s) and a paced "
+                     f"producer sending {a['producer_rate']:,} events/s into it ({_live_batches(a)})"
+                     if a.get("producer_rate") else "the job stopped")
+                  + f". User for the per-user calls: {a['user_id']}.", "",
                   "| collection | documents |", "|---|---|"]
         lines += [f"| {name} | {_n(count)} |" for name, count in a["documents"].items()]
         lines += ["", "| endpoint | reads | how (FerretDB 1.24, SQLite) | calls | p50 ms | p99 ms | errors | bytes |",
@@ -622,7 +667,10 @@ def main(argv=None) -> int:
     parser.add_argument("--endpoint-budget", type=float, default=60,
                         help="seconds of timed calls per endpoint after --min-calls (a scan of 1M events is slow)")
     parser.add_argument("--slow-call", type=float, default=2.0, help="a warm-up call slower than this ends warm-up")
-    parser.add_argument("--producer-rate", type=int, default=500, help="events/s sent while the job runs live")
+    parser.add_argument("--producer-rate", type=int, default=500,
+                        help="events/s sent while the job runs live (both parts; 0 in part 2: the job stopped)")
+    parser.add_argument("--live-warmup", type=float,
+                        help="part 2: seconds of the live job and producer before the first call (default 60)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--users", type=int, default=5000, help="user ids read from user_profiles")
     parser.add_argument("--timeout", type=float, default=10, help="personalization request timeout (s)")

@@ -31,12 +31,16 @@ def say(text: str) -> None:
 class Job:
     """The streaming job as a child process (its own process group), with its RSS sampled."""
 
-    def __init__(self, name: str, topic: str, database: str, env: dict, args: list[str], script: str):
+    def __init__(self, name: str, topic: str, database: str, env: dict, args: list[str], script: str,
+                 fresh: bool = True, log_name: str | None = None):
+        """fresh: a new checkpoint and database; else the job goes on from the checkpoint `name`
+        left (log: WORK/<log_name>.log)."""
         self.name, self.database = name, database
         self.checkpoint = WORK / "checkpoints" / name
-        shutil.rmtree(self.checkpoint, ignore_errors=True)
-        MongoClient(MONGODB_URI).drop_database(database)
-        self.log_path = WORK / f"{name}.log"
+        if fresh:
+            shutil.rmtree(self.checkpoint, ignore_errors=True)
+            MongoClient(MONGODB_URI).drop_database(database)
+        self.log_path = WORK / f"{log_name or name}.log"
         self.env = {**os.environ, "KAFKA_TOPIC": topic, "MONGODB_DATABASE": database,
                     "CHECKPOINT_DIR": str(self.checkpoint), "STARTING_OFFSETS": "earliest", **env}
         self.args, self.script = args, script

@@ -139,7 +139,10 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
     def activity(user_id: UserId = None, event_type: EventType = None, country: Country = None,
                  start: Start = None, end: End = None, limit: Limit = 100):
         """The latest events, newest first. With user_id: from the user's newest 100 events (`kept`),
-        kept by the job in one document (user_activity), filters applied to those."""
+        kept by the job in one document (user_activity), filters applied to those. Without: with
+        USER_ACTIVITY on, from the newest 100 events (`kept`) of each hour of event time, per
+        type, country and both, which the job keeps (live_feed); `complete` is false when a later
+        hour's kept events ran out before `limit` and older ones of it may match too."""
         return Q.activity(db, user_id, event_type, country, *time_range(start, end), limit)
 
     @app.get("/v1/users/segments", tags=["users"], **v1)

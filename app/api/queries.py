@@ -89,18 +89,26 @@ def personalization(db, user_id: str, open_alert_hours: float) -> dict | None:
 def activity(db, user_id: str | None, event_type: str | None, country: str | None, start, end, limit: int) -> dict:
     """The latest events, newest first: of one user, from the user's user_activity document (its
     newest USER_EVENTS_KEPT events; one read by _id; `complete` false when older events may match
-    too), else the event_timestamp index. While user_activity is not complete (a job started
-    on a checkpoint from before it), a user's events come from enriched_events' user_id index."""
+    too); of all users, from live_feed's hours (the newest EVENTS_KEPT events of each hour, per
+    type, country and both; reads by _id; `complete` false when an hour that may hold more
+    matches kept only those); else (USER_ACTIVITY off, or a job on a checkpoint from before
+    them) enriched_events' indexes, user_id or event_timestamp."""
     query: dict[str, Any] = {**_range("event_timestamp", start, end)}
     if event_type is not None:
         query["event_type"] = event_type
     if country is not None:
         query["country"] = country
-    kept = None
+    kept, cap, complete = None, None, True
     if user_id is not None and activity_complete(db):
         kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"events": 1}) or {}).get("events", [])
         events = [{**e, "user_id": user_id} for e in kept if _matches(e, event_type, country, "event_timestamp",
                                                                       start, end)][:limit]
+        cap, complete = USER_EVENTS_KEPT, _complete(kept, len(events), limit, USER_EVENTS_KEPT, "event_timestamp",
+                                                    start)
+    elif user_id is None and _events_complete(db):
+        events, complete = live_feed.walk(db[C.LIVE_FEED], live_feed.EVENTS,
+                                          {"event_type": event_type, "country": country}, start, end, limit)
+        cap = live_feed.EVENTS_KEPT
     else:
         if user_id is not None:
             query["user_id"] = user_id
@@ -116,8 +124,7 @@ def activity(db, user_id: str | None, event_type: str | None, country: str | Non
                                               "cart_count", "purchase_count", "total_revenue", "last_segment"))
     return {"user_id": user_id, "count": len(events), "by_event_type": dict(sorted(counts.items())),
             "summary": summary, "events": events,
-            **({} if kept is None else {"kept": USER_EVENTS_KEPT, "complete": _complete(
-                kept, len(events), limit, USER_EVENTS_KEPT, "event_timestamp", start)})}
+            **({} if cap is None else {"kept": cap, "complete": complete})}
 
 
 def activity_complete(db) -> bool:
@@ -431,6 +438,11 @@ def _from_feed(db, feed, filters: dict, start, end, limit: int) -> list[dict] | 
 def _feed_complete(db) -> bool:
     """Whether the activity query has filed every alert, execution and open session of its run."""
     return bool((db[C.PROGRESS].find_one({"_id": ACTIVITY_STATUS_ID}) or {}).get("feed_complete"))
+
+
+def _events_complete(db) -> bool:
+    """Whether the activity query has filed every event of its run into live_feed."""
+    return bool((db[C.PROGRESS].find_one({"_id": ACTIVITY_STATUS_ID}) or {}).get("events_complete"))
 
 
 def _rank_complete(db) -> bool:

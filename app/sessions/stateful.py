@@ -215,12 +215,19 @@ def _retracted(session_id: str, user_id: str) -> str:
     return json.dumps({"_id": session_id, "user_id": user_id, "status": "retracted"}, separators=(",", ":"))
 
 
+def _fix_doc(e, user_id: str) -> str:
+    """A correction's message: whose event (app/sinks/user_activity.py), and its time, type and
+    country, the hour and keys of live_feed's event buckets that may hold it (app/sinks/live_feed.py)."""
+    ev = e.event
+    return json.dumps({"user_id": user_id, "event_ms": ev.event_ms, "event_type": ev.event_type,
+                       "country": ev.country}, separators=(",", ":"))
+
+
 def _rows(step: Step, docs: dict, user_id: str) -> list[OutputRow]:
     out = step.out
     rows = [OutputRow("event", e.event_id, docs.get(e.event_id), e.session_id, e.seconds_since_prev, e.is_late)
             for e in out.events]
-    fix_doc = json.dumps({"user_id": user_id}, separators=(",", ":"))  # whose event: app/sinks/user_activity.py
-    rows += [OutputRow("event_fix", e.event_id, fix_doc, e.session_id, e.seconds_since_prev, e.is_late)
+    rows += [OutputRow("event_fix", e.event_id, _fix_doc(e, user_id), e.session_id, e.seconds_since_prev, False)
              for e in out.event_fixes]
     rows += [OutputRow("duplicate", event_id, None) for event_id in out.duplicates]
     rows += [OutputRow("retract", session_id, _retracted(session_id, user_id), session_id)

@@ -111,6 +111,15 @@ class EventOut(NamedTuple):
     is_late: bool
 
 
+class EventFix(NamedTuple):
+    """A final event whose written session differs: its new session, and the event (its hour and
+    keys locate it in live_feed: app/sinks/live_feed.py)."""
+    event_id: str
+    session_id: str | None
+    seconds_since_prev: float | None
+    event: Event
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     gap_ms: int
@@ -257,7 +266,7 @@ class UserState:
 @dataclass
 class Outputs:
     events: list = field(default_factory=list)       # EventOut of every event on arrival (pending or late)
-    event_fixes: list = field(default_factory=list)  # EventOut of final events whose written session differs
+    event_fixes: list = field(default_factory=list)  # EventFix of final events whose written session differs
     duplicates: list = field(default_factory=list)   # ids of events already counted: not written again
     sessions: list = field(default_factory=list)     # session documents (dates as epoch millis)
     first_writes: set = field(default_factory=set)   # ids among `sessions` never written before
@@ -356,7 +365,7 @@ def _apply(state: UserState, p: Pending, out: Outputs, settings: SessionSettings
     _add(session, ev, settings.rules)
     state.last_event_ms = max(state.last_event_ms, ev.event_ms)
     if (session.session_id, since) != (p.session_id, p.seconds_since_prev):
-        out.event_fixes.append(EventOut(ev.event_id, session.session_id, since, False))
+        out.event_fixes.append(EventFix(ev.event_id, session.session_id, since, ev))
     raised = []
     if settings.profile_rules is not None:
         profile = _profile(state, ev, settings)
@@ -529,7 +538,7 @@ def _show(state: UserState, keys: set, arrived: set, out: Outputs, settings: Ses
             if ev.event_id in arrived:
                 out.events.append(EventOut(ev.event_id, current.session_id, since, False))
             elif (p.session_id, p.seconds_since_prev) != (current.session_id, since):
-                out.event_fixes.append(EventOut(ev.event_id, current.session_id, since, False))
+                out.event_fixes.append(EventFix(ev.event_id, current.session_id, since, ev))
             rewritten[ev.event_id] = Pending(ev, current.session_id, since)
         if current is not None:
             shown.append(current)

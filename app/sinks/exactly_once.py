@@ -91,13 +91,20 @@ twice leaves what writing them once leaves:
    back above what it keeps (events and closed sessions do not change their times), and open
    sessions are never dropped, so the document is what the uncut collections show, however the
    batches of either query are cut (tests/unit/test_user_activity.py).
-14. live_feed (app/sinks/live_feed.py; what /v1/alerts and /v1/trigger-executions read by _id):
+14. live_feed (app/sinks/live_feed.py; what /v1/alerts, /v1/trigger-executions and /v1/activity
+   without user_id read by _id):
    the activity query also files each alert and action into hour buckets (all, and per filter
    value), insert-or-ignore by id as behavior_alerts and trigger_executions take them. Alerts and
    executions never change, so a bucket is the newest KEPT distinct items of its hour: an item a
    bucket drops is older than every one it keeps, and the kept ones only get newer, so a
    replayed or redelivered item is ignored or dropped again, and any cut of the batches leaves
-   the same buckets and hour lists (tests/unit/test_live_feed.py). The wall-clock field
+   the same buckets and hour lists (tests/unit/test_live_feed.py). Events are filed so too, and
+   their one changing field, the session, by each `event_fix` row to the buckets holding the
+   event (the row carries its time, type and country), in message order: an event's rows share
+   its key, so they keep their order, and a replayed batch's copies come before any later
+   batch's; a correction of an event a bucket dropped is dropped with it. So an event bucket is
+   its hour's newest events with their latest sessions, for any cut (tests/unit/test_live_feed.py,
+   and spark_like's properties in tests/unit/test_event_time.py). The wall-clock field
    (detected_at, executed_at) is the activity query's, from the first copy it saw. The same
    collection holds the open sessions by (action_priority, minute of session_end) for /v1/act-now
    (app/sinks/open_sessions.py): the activity query files each user's open sessions as the

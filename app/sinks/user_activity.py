@@ -68,13 +68,16 @@ class ActivityBatchWriter:
     no read; only this query writes user_activity. `complete`: the checkpoint's sessions query
     sent everything through the store lane since its first batch (pipeline.ACTIVITY_FILE);
     recorded in stream_progress (`_id: activity`) for the query API, which reads the collections
-    instead while it is not; `feed_complete` the same for live_feed (pipeline.FEED_FILE)."""
+    instead while it is not; `feed_complete`, `rank_complete`, `events_complete` the same for
+    live_feed's alerts, executions and open sessions, its leaderboard and its events
+    (pipeline.FEED_FILE, RANK_FILE, EVENTS_FILE)."""
 
     def __init__(self, store: Store, run_id, complete: bool, feed_complete: bool = False,
-                 rank_complete: bool = False, profile_rules: dict | None = None):
+                 rank_complete: bool = False, profile_rules: dict | None = None, events_complete: bool = False):
         self.store = store
         self.run_id = run_id  # () -> the sessions query's id
         self.complete, self.feed_complete, self.rank_complete = complete, feed_complete, rank_complete
+        self.events_complete = events_complete
         self.merger = _Merger(store, profile_rules)
         self.marked = False
 
@@ -84,7 +87,7 @@ class ActivityBatchWriter:
             db = self.store.db()
             self.store.retrying(PROGRESS, lambda: db[PROGRESS].replace_one(
                 {"_id": STATUS_ID}, {"_id": STATUS_ID, "complete": self.complete, "feed_complete": self.feed_complete,
-                                  "rank_complete": self.rank_complete},
+                                  "rank_complete": self.rank_complete, "events_complete": self.events_complete},
                 upsert=True))
             self.marked = True
         table = (batch.filter((F.col("src_run") == self.run_id()) & F.col("kind").isin(*KINDS, *live_feed.KINDS))

@@ -494,6 +494,53 @@ def test_alerts_and_executions_from_live_feed_equal_the_collections_answers(api_
                {k: v for k, v in by_id[d[feed.id]].items() if k not in wall_clock} for d in feed_all)
 
 
+@pytest.mark.parametrize("filters", [{}, {"event_type": "view"}, {"country": True}, {"event_type": "cart", "country": True},
+                                     {"range": True}, {"event_type": "purchase", "range": True}],
+                         ids=["all", "type", "country", "type+country", "range", "type+range"])
+def test_activity_without_a_user_from_live_feed_equals_the_collections_answer(api_run, filters):
+    """With the activity query complete, /v1/activity without user_id reads live_feed's event
+    hours by _id (`kept` in the answer): the collection's newest events, newest first, with the
+    same fields; past what a truncated hour kept, a prefix of them marked `complete: false`."""
+    db = api_run["db"]
+    assert db.stream_progress.find_one({"_id": "activity"})["events_complete"] is True
+    params = {k: v for k, v in filters.items() if isinstance(v, str)}
+    if filters.get("country"):  # the commonest country (its hours overflow)
+        params["country"] = Counter(d["country"] for d in db.enriched_events.find(
+            {"country": {"$ne": None}}, {"country": 1})).most_common(1)[0][0]
+    if filters.get("range"):  # a start and an end inside hours, within the last 80 days (the API takes 92)
+        times = sorted(e["ms"] for e in api_run["input"].events)
+        times = [t for t in times if t >= times[-1] - 80 * 24 * HOUR_MS]
+        params["start"], params["end"] = _iso(times[len(times) // 4] + 1), _iso(times[len(times) // 2] + 1)
+    answers = {}
+    for complete in (True, False):
+        db.stream_progress.update_one({"_id": "activity"}, {"$set": {"events_complete": complete}})
+        try:
+            answers[complete] = {limit: _get(api_run, "/v1/activity", **params, limit=limit) for limit in (3, 100, 1000)}
+        finally:
+            db.stream_progress.update_one({"_id": "activity"}, {"$set": {"events_complete": True}})
+    overflowed = False
+    for limit in (3, 100, 1000):
+        feed, coll = answers[True][limit], answers[False][limit]
+        assert feed["kept"] == live_feed.EVENTS_KEPT and "kept" not in coll
+        got, want = feed["events"], coll["events"]
+        assert want, f"no events for {params}"
+        if limit <= live_feed.EVENTS_KEPT and "range" not in filters:
+            assert feed["complete"] is True, f"limit {limit} of {params} is within every hour's kept events"
+        if feed["complete"]:
+            assert [e["event_timestamp"] for e in got] == [e["event_timestamp"] for e in want]
+            last = want[-1]["event_timestamp"]  # ties at the cut: either may be listed
+            assert {e["event_id"] for e in got if e["event_timestamp"] > last} == \
+                {e["event_id"] for e in want if e["event_timestamp"] > last}
+        else:
+            overflowed = True
+            assert [e["event_timestamp"] for e in got] == [e["event_timestamp"] for e in want[:len(got)]]
+        by_id = {e["event_id"]: e for e in want}
+        assert all(e == by_id[e["event_id"]] for e in got if e["event_id"] in by_id), "a field differs"
+        assert feed["by_event_type"] == dict(sorted(Counter(e["event_type"] for e in got).items()))
+    if filters == {}:
+        assert overflowed, "the run's hours hold more than EVENTS_KEPT events: 1000 of them cannot be complete"
+
+
 @pytest.mark.parametrize("rank_complete", [True, False], ids=["live_feed", "collection"])
 def test_user_segments_lists_the_most_engaged_users_as_user_profiles_ranks_them(api_run, rank_complete):
     """From live_feed's leaderboard (the activity query complete) and from the engagement_score

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from app.sessions.stateful import _rows
 from app.sessions.tracker import Event, Outputs, SessionSettings, Step, archived_id, process_events, process_timeout
-from app.sinks import leaderboard, open_sessions, user_activity
+from app.sinks import leaderboard, live_feed, open_sessions, user_activity
 
 
 @dataclass
@@ -32,8 +32,8 @@ class Store:
     late: Counter = field(default_factory=Counter)            # event_id -> late arrivals
     closed_writes: Counter = field(default_factory=Counter)  # _id -> closed documents written (1 at most)
     activity: dict = field(default_factory=dict)   # user_id -> user_activity document (app/sinks/user_activity.py)
-    open_feed: dict = field(default_factory=dict)  # live_feed's open-session and rank documents (open_sessions.py,
-    #                                                leaderboard.py)
+    open_feed: dict = field(default_factory=dict)  # live_feed's open-session, rank and event documents
+    #                                                (open_sessions.py, leaderboard.py, live_feed.py)
 
     def outputs(self) -> dict:
         """Everything a user of the job sees, to compare two runs with. Of a profile, its figures
@@ -126,8 +126,11 @@ class SparkLike:
             store.actions.setdefault(action["execution_id"], action)
         if out.profile is not None:
             store.profiles[user] = {k: v for k, v in out.profile.items() if k != "first_write"}
-        # the store query merges each user's rows of a batch into the user's document, in order
+        # the store query merges each user's rows of a batch into the user's document, in order,
+        # and files the events and their corrections into live_feed's event hours
         rows = [r for r in _rows(step, self.docs, user) if r.kind in user_activity.KINDS]
+        live_feed.apply_rows([r for r in rows if r.kind in ("event", live_feed.FIX)], store.open_feed.get,
+                             lambda docs: store.open_feed.update({d["_id"]: d for d in docs}), _NOW)
         if rows:
             before = store.activity.get(user)
             rules = self.settings.profile_rules

@@ -187,3 +187,130 @@ def test_a_read_between_a_head_and_its_bucket_rewritten_repeats_nothing(data, dr
         assert len(ids) == len(set(ids)), f"an item twice: {ids}"
         order = [(i[feed.time], i[feed.id]) for i in got]
         assert order == sorted(order, reverse=True)
+
+
+# --- events (/v1/activity without user_id) --------------------------------------------------
+
+EVENTS_KEPT = 2  # <= HEAD: an event bucket has no head, as in the job
+
+
+def _event(i: int, minute: int, event_type: str, country: str | None, session: str):
+    ms = int(T0.timestamp() * 1000) + minute * MINUTE_MS
+    doc = {"event_id": f"e{i}", "event_ms": ms, "event_type": event_type, "user_id": f"u{i % 3}",
+           "product_id": f"p{i}", "price": 1.5, "kafka_timestamp_ms": ms, "kafka_partition": 0, "kafka_offset": i}
+    if country is not None:
+        doc["country"] = country
+    return SimpleNamespace(kind="event", id=f"e{i}", doc=json.dumps(doc), session_id=session,
+                           seconds_since_prev=None, is_late=False)
+
+
+def _fix(event, session: str):
+    doc = json.loads(event.doc)
+    return SimpleNamespace(kind="event_fix", id=event.id, session_id=session, seconds_since_prev=2.0, is_late=False,
+                           doc=json.dumps({"user_id": doc["user_id"], "event_ms": doc["event_ms"],
+                                           "event_type": doc["event_type"], "country": doc.get("country")}))
+
+
+@st.composite
+def event_messages(draw, minutes: int = 200):
+    """Events over a few hours (ties in time included), each followed by 0-2 corrections of its
+    session, the events' messages interleaved as partitions interleave them (an event's own stay
+    in order: they share a key)."""
+    n = draw(st.integers(1, 30))
+    streams = []
+    for i in range(n):
+        event = _event(i, draw(st.integers(0, minutes)), draw(st.sampled_from(["view", "cart"])),
+                       draw(st.sampled_from(["DE", "FR", None])), f"s{i}")
+        streams.append([event] + [_fix(event, f"s{i}-{k}") for k in range(draw(st.integers(0, 2)))])
+    messages = []
+    while any(streams):
+        stream = draw(st.sampled_from([s for s in streams if s]))
+        messages.append(stream.pop(0))
+    return messages
+
+
+def _replayed(data, messages) -> list[list]:
+    """The messages cut into batches, some batches applied twice in a row (a replay)."""
+    batches = _cuts(data, messages)
+    for b in data.draw(st.lists(st.integers(0, len(batches) - 1), max_size=3), label="replayed batches"):
+        batches.insert(b + 1, batches[b])
+    return batches
+
+
+def _final_events(messages) -> dict:
+    """What enriched_events holds after the messages: each event once, with its last session."""
+    events = {}
+    for m in messages:
+        if m.kind == "event":
+            events.setdefault(m.id, live_feed.item_of("event", m, _NOW))
+        elif m.id in events:
+            events[m.id] = {**events[m.id], "session_id": m.session_id}
+    return events
+
+
+def _patched():
+    return mock.patch.multiple(live_feed, KEPT=KEPT, HEAD=HEAD, EVENTS_KEPT=EVENTS_KEPT)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(data=st.data(), messages=event_messages())
+def test_event_buckets_are_the_same_however_the_messages_are_cut_or_replayed(data, messages):
+    with _patched():
+        whole = _applied([messages])
+        batches = _replayed(data, messages)
+        note(f"{len(messages)} messages, {len(batches)} batches")
+        assert _applied(batches).decoded() == whole.decoded()
+        assert not any(json.loads(_id)[-1] == "head" for _id in whole.docs), "an event bucket needs no head"
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(data=st.data(), messages=event_messages())
+def test_an_event_read_answers_what_the_collection_answers_or_a_prefix_of_it_marked_incomplete(data, messages):
+    """The newest `limit` matches, with their latest sessions; where an hour kept fewer than the
+    read needs, the newest ones down to there, and `complete` false."""
+    with _patched():
+        store = _applied(_replayed(data, messages))
+        filters = {"event_type": data.draw(st.sampled_from([None, "view", "cart"]), label="event_type"),
+                   "country": data.draw(st.sampled_from([None, "DE", "FR"]), label="country")}
+        start, end = (data.draw(st.one_of(st.none(), st.integers(0, 200).map(
+            lambda m: T0 + timedelta(minutes=m))), label=label) for label in ("start", "end"))
+        limit = data.draw(st.integers(1, 6), label="limit")
+        got, complete = live_feed.walk(store, live_feed.EVENTS, filters, start, end, limit)
+    events = _final_events(messages)
+    matching = sorted((e for e in events.values()
+                       if all(v is None or e.get(n) == v for n, v in filters.items())
+                       and (start is None or e["event_timestamp"] >= start)
+                       and (end is None or e["event_timestamp"] < end)),
+                      key=lambda e: (e["event_timestamp"], e["event_id"]), reverse=True)[:limit]
+    want = [(e["event_id"], e["session_id"]) for e in matching]
+    shown = [(e["event_id"], e["session_id"]) for e in got]
+    if complete:
+        assert shown == want
+    else:
+        assert len(shown) < limit and shown == want[:len(shown)], (shown, want)
+    naive = [{**e, "event_timestamp": e["event_timestamp"].replace(tzinfo=None)} for e in matching]
+    assert got == naive[:len(got)], "an item differs from its collection document"
+
+
+def test_an_event_bucket_keeps_its_hours_newest_and_a_read_past_them_says_so():
+    events = [_event(i, 5 + i, "view", "DE", f"s{i}") for i in range(EVENTS_KEPT + 2)]
+    with _patched():
+        store = _applied([events, [_fix(events[-1], "moved")]])
+        got, complete = live_feed.walk(store, live_feed.EVENTS, {"country": "DE"}, None, None, EVENTS_KEPT + 1)
+        only_kept, whole = live_feed.walk(store, live_feed.EVENTS, {}, None, None, EVENTS_KEPT)
+    assert [(e["event_id"], e["session_id"]) for e in got] == [("e3", "moved"), ("e2", "s2")]
+    assert complete is False and whole is True and [e["event_id"] for e in only_kept] == ["e3", "e2"]
+    assert got[0]["country"] == "DE" and got[0]["user_id"] == "u0" and "_id" not in got[0]
+    assert "brand" not in got[0], "a field the event lacks is left out, as the collection's projection does"
+
+
+def test_the_state_step_tells_a_correction_where_its_event_is():
+    """An event_fix row carries the event's time, type and country (app/sessions/stateful.py)."""
+    from app.sessions import stateful
+    from app.sessions.tracker import Event, EventFix, Outputs, Step
+    ev = Event(1_700_000_000_000, "e1", "cart", "u1", None, "p1", None, 2.0, country="DE")
+    rows = stateful._rows(Step(None, Outputs(event_fixes=[EventFix("e1", "s2", 3.0, ev)]), None), {}, "u1")
+    assert json.loads(rows[0].doc) == {"user_id": "u1", "event_ms": 1_700_000_000_000, "event_type": "cart",
+                                       "country": "DE"}
+    item, session = live_feed._fix_of(rows[0])
+    assert (item["event_type"], item["country"], session) == ("cart", "DE", "s2")
