@@ -520,13 +520,22 @@ def analytics(args) -> dict:
         if args.producer_rate > 0:  # the job goes on from its checkpoint (same store lane), live
             env = {"SEGMENTS_TOPIC": f"{topic}-segments-{EVENTS_LABEL}", "STORE_TOPIC": f"{topic}-store-{EVENTS_LABEL}",
                    **JOB_ENV, "TRIGGER_INTERVAL": "1s"}
+            before = max((p["batch_id"] for p in _sessions_batches(db)), default=-1)
             live = Job(f"job-{EVENTS_LABEL}", topic, EVENTS_DB, env, [], JOB_SCRIPT, fresh=False,
                        log_name=f"job-{EVENTS_LABEL}-live").start()
-            live.wait_running(timeout_s=300)
             live._sampling = False  # its sampler would share this process's GIL with the timed calls
-            producer = Producer(args.producer_rate, args.live_warmup + 3600, topic).start()
+            producer = Producer(args.producer_rate, args.profile_wait + args.live_warmup + 3600, topic).start()
             say(f"the job live again on {topic} (trigger 1 s), the paced producer at {args.producer_rate:,} events/s; "
-                f"{args.live_warmup:g} s before the first call")
+                f"waiting for its first batch, then {args.live_warmup:g} s before the first call")
+            deadline = time.time() + args.profile_wait
+            while max((p["batch_id"] for p in _sessions_batches(db)), default=-1) <= before:
+                if live.proc.poll() is not None:
+                    raise RuntimeError(f"the live job exited {live.proc.returncode} (log: {live.log_path})")
+                if time.time() > deadline:
+                    raise RuntimeError(f"the live job wrote no batch within {args.profile_wait} s (log: {live.log_path})")
+                time.sleep(1)
+            result["live_first_batch_after_s"] = round(time.time() - live.started_at, 1)
+            say(f"the live job's first batch ended {result['live_first_batch_after_s']} s after its start")
             time.sleep(args.live_warmup)
             if live.proc.poll() is not None:
                 raise RuntimeError(f"the live job exited {live.proc.returncode} (log: {live.log_path})")
