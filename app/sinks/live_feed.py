@@ -2,9 +2,9 @@
 sessions by urgency: app/sinks/open_sessions.py; users by engagement: app/sinks/leaderboard.py),
 kept by the job's activity query (app/sinks/user_activity.py runs it) from the store lane's
 alert, action and event messages, so /v1/alerts, /v1/trigger-executions and /v1/activity without
-user_id read documents by _id: the only read FerretDB 1.24 does not scan for (DESIGN.md §15). Kept only with USER_ACTIVITY on, and read by the API only while
-the activity query is complete (its stream_progress marker); otherwise the API reads the
-collections through their indexes.
+user_id read documents by _id: the only read FerretDB 1.24 does not scan for (DESIGN.md §15).
+Kept only with USER_ACTIVITY on, and read by the API only while the activity query is complete
+(its stream_progress markers); otherwise the API reads the collections through their indexes.
 
     feed "alerts" (behavior_alerts, by first_event_time), "executions" (trigger_executions, by event_time),
         "events" (enriched_events, by event_timestamp);
@@ -177,7 +177,8 @@ def head_id(bucket_id_: str) -> str:
 def _same(stored: dict | None, merged: dict, feed: Feed, flag: str = "truncated") -> bool:
     def shown(items: list) -> list:
         return [(i[feed.id], *(i.get(n) for n in feed.mutable)) for i in items]
-    return stored is not None and bool(stored.get(flag)) == merged[flag] and shown(stored["items"]) == shown(merged["items"])
+    return (stored is not None and bool(stored.get(flag)) == merged[flag]
+            and shown(stored["items"]) == shown(merged["items"]))
 
 
 def merge_bucket(stored: dict | None, _id: str, hour: datetime, items, feed: Feed, fixes=()) -> dict:
