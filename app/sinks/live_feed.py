@@ -89,9 +89,13 @@ def item_of(kind: str, row, now: datetime) -> dict:
     return {FEEDS[kind].id: doc.pop("_id"), **doc}
 
 
-def _fix_of(row) -> tuple[dict, str | None]:
-    """An event_fix row -> the event's keys and time (where its buckets are), and its new session."""
+def _fix_of(row) -> tuple[dict, str | None] | None:
+    """An event_fix row -> the event's keys and time (where its buckets are), and its new session;
+    None for a row from before fixes carried them (on the store lane when the job was upgraded: its
+    checkpoint has no event_feed_complete marker, so the API does not read the event buckets)."""
     where = json.loads(row.doc)
+    if "event_ms" not in where:
+        return None
     return ({"event_type": where["event_type"], "country": where.get("country"),
              "event_timestamp": to_datetime(where["event_ms"])}, event_session_fields(row)["session_id"])
 
@@ -120,8 +124,10 @@ def apply_rows(rows, read, write, now: datetime) -> int:
     fresh: dict[str, tuple[Feed, list, datetime, dict, list]] = {}
     for row in rows:
         if row.kind == FIX:
-            feed = EVENTS
-            item, session_id = _fix_of(row)
+            feed, fix = EVENTS, _fix_of(row)
+            if fix is None:
+                continue
+            item, session_id = fix
         else:
             feed = FEEDS.get(row.kind)
             if feed is None:

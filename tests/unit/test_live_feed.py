@@ -314,3 +314,13 @@ def test_the_state_step_tells_a_correction_where_its_event_is():
                                        "country": "DE"}
     item, session = live_feed._fix_of(rows[0])
     assert (item["event_type"], item["country"], session) == ("cart", "DE", "s2")
+
+
+def test_a_correction_from_before_fixes_carried_their_event_is_skipped():
+    """A store lane written by the job before this change holds fixes with only the user: the
+    merger skips them (that checkpoint never marks the event buckets complete)."""
+    event = _event(1, 5, "view", "DE", "s1")
+    old_fix = SimpleNamespace(kind="event_fix", id=event.id, session_id="s9", seconds_since_prev=None, is_late=False,
+                              doc=json.dumps({"user_id": "u1"}))
+    with _patched():
+        assert _applied([[event, old_fix]]).decoded() == _applied([[event]]).decoded()
