@@ -116,4 +116,8 @@ test-full: up  ## every test (~35 min; what CI runs): the quick tier plus the te
 test-unit: setup  ## unit + stream tests only (no stack needed)
 	$(PY) -m pytest tests/unit tests/stream
 
-.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-lean bench-state bench-latency bench-defaults bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit
+test-mongodb: setup  ## on a real MongoDB (MONGODB_EXPLAIN_URI=mongodb://...): every API query shape is planned as an index scan
+	@test -n "$(MONGODB_EXPLAIN_URI)" || { echo "set MONGODB_EXPLAIN_URI to a MongoDB (a throwaway database is created and dropped)"; exit 2; }
+	MONGODB_EXPLAIN_URI="$(MONGODB_EXPLAIN_URI)" $(PY) -m pytest tests/mongodb
+
+.PHONY: help setup lock image up down status smoke demo api dashboard security bench-api bench-backlog bench-lean bench-state bench-latency bench-defaults bench-user-cost faults bench-profiles bench-stack cluster-up cluster-down cluster-demo helm-check report query reset mongosh test test-full test-unit test-mongodb

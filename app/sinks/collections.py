@@ -59,6 +59,14 @@ def ensure_indexes(db) -> None:
     db[SEGMENTS].create_index([("user_id", ASCENDING), ("session_end", DESCENDING)])
     db[EVENT_COUNTS].create_index([("hour", ASCENDING)])
     db[PROGRESS].create_index([("query", ASCENDING), ("timestamp", DESCENDING)])
+    # The API's filters by type, country, user and segment (tests/unit/test_query_indexes.py holds
+    # every query shape it sends to an index here).
+    db[EVENTS].create_index([("event_type", ASCENDING), ("event_timestamp", DESCENDING)])
+    db[EVENTS].create_index([("country", ASCENDING), ("event_timestamp", DESCENDING)])
+    db[EXECUTIONS].create_index([("user_id", ASCENDING), ("event_time", DESCENDING)])
+    db[DISTRIBUTION].create_index([("behavior_segment", ASCENDING), ("window_start", DESCENDING)])
+    db[EVENT_COUNTS].create_index([("event_type", ASCENDING), ("hour", ASCENDING)])
+    db[EVENT_COUNTS].create_index([("country", ASCENDING), ("hour", ASCENDING)])
 
 
 def _now() -> datetime:

@@ -35,6 +35,8 @@ def ensure_profile_indexes(db) -> None:
     db[ALERTS].create_index([("first_event_time", DESCENDING)])
     db[ALERTS].create_index([("user_id", ASCENDING), ("first_event_time", DESCENDING)])
     db[PROFILES].create_index([("engagement_score", DESCENDING)])
+    db[PROFILES].create_index([("last_segment", ASCENDING), ("engagement_score", DESCENDING)])
+    db[ALERTS].create_index([("alert_type", ASCENDING), ("first_event_time", DESCENDING)])
 
 
 def write_profiles(coll, rows: list, rules: ProfileRules, now: datetime) -> list[dict]:
