@@ -106,3 +106,12 @@ def replace_documents(coll, docs: list[dict]) -> None:
     """Whole documents by _id, upserted, in one unordered bulk write."""
     if docs:
         coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
+
+
+def is_ferretdb(db) -> bool:
+    """Whether the store is FerretDB (the local stack), which says so in buildInfo. FerretDB 1.24
+    uses an index for _id equality only, yet keeps every declared index up to date on each write."""
+    try:
+        return "ferretdbVersion" in db.client.admin.command("buildInfo")
+    except AttributeError:  # not a pymongo database (a test's store)
+        return False

@@ -21,7 +21,7 @@ from pymongo import ASCENDING, DESCENDING
 from app import aggregates as A
 from app.profiles.profile import profile_document
 from app.profiles.rules import ProfileRules
-from app.sinks.mongo import Store, insert_returning_duplicates, replace_documents
+from app.sinks.mongo import Store, insert_returning_duplicates, is_ferretdb, replace_documents
 
 PROFILES = "user_profiles"
 ALERTS = "behavior_alerts"
@@ -35,8 +35,9 @@ def ensure_profile_indexes(db) -> None:
     db[ALERTS].create_index([("first_event_time", DESCENDING)])
     db[ALERTS].create_index([("user_id", ASCENDING), ("first_event_time", DESCENDING)])
     db[PROFILES].create_index([("engagement_score", DESCENDING)])
-    db[PROFILES].create_index([("last_segment", ASCENDING), ("engagement_score", DESCENDING)])
-    db[ALERTS].create_index([("alert_type", ASCENDING), ("first_event_time", DESCENDING)])
+    if not is_ferretdb(db):  # the API's filters by segment and alert type (see collections.ensure_indexes)
+        db[PROFILES].create_index([("last_segment", ASCENDING), ("engagement_score", DESCENDING)])
+        db[ALERTS].create_index([("alert_type", ASCENDING), ("first_event_time", DESCENDING)])
 
 
 def write_profiles(coll, rows: list, rules: ProfileRules, now: datetime) -> list[dict]:

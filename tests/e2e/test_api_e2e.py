@@ -21,6 +21,7 @@ from pymongo import MongoClient
 
 from app.sessions.tracker import session_id_of
 from app.sinks import leaderboard, live_feed, open_sessions
+from app.sinks.mongo import is_ferretdb
 from app.sinks.user_activity import EVENTS_KEPT
 from tests.conftest import ROOT, eventually
 from tests.e2e.shared_run import SESSION_GAP, WATERMARK_DELAY
@@ -650,3 +651,13 @@ def test_the_running_api_fails_closed(api_run):
                      timeout_s=10, what="the access log line of /v1/activity")
     assert "ZZ-probe" not in log and KEY not in log
     assert "refused a key in the query string of /v1/funnel" in log
+
+
+def test_the_local_store_gets_no_index_it_would_not_read(api_run):
+    """FerretDB uses an index for _id equality only, yet keeps every declared index on each write:
+    the job leaves out the indexes only MongoDB's planner would use (app/sinks/collections.py)."""
+    db = api_run["db"]
+    assert is_ferretdb(db)
+    assert [("user_id", 1), ("event_timestamp", -1)] in [v["key"] for v in db.enriched_events.index_information().values()]
+    assert [("event_type", 1), ("event_timestamp", -1)] not in [
+        v["key"] for v in db.enriched_events.index_information().values()]
