@@ -403,6 +403,16 @@ def _job_batches(db, window: list[float]) -> dict:
             running_since > window[1] else round(window[1] - running_since, 1)}
 
 
+def _wait_for(job: Job, done, deadline: float, what: str, every_s: float) -> None:
+    """Polls done() until it holds; raises if the job exits first or at `deadline` (`what` then)."""
+    while not done():
+        if job.proc.poll() is not None:
+            raise RuntimeError(f"the job {job.name} exited {job.proc.returncode} (log: {job.log_path})")
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} by the deadline (log: {job.log_path})")
+        time.sleep(every_s)
+
+
 def _stored_any(db) -> bool:
     """Whether the store query has stored a sessions batch whole (its `stored:<run>` marker)."""
     return any(str(d["_id"]).startswith("stored:") for d in db["stream_progress"].find({}, {"_id": 1}))
@@ -432,12 +442,8 @@ def personalization(args) -> dict:
         deadline = time.time() + args.profile_wait
         # the store query has written profiles (it may never catch up with the sessions query: at
         # this rate with every output on, the job is near its throughput on 2 cores)
-        while not _sessions_batches(db) or not _stored_any(db) or db["user_profiles"].find_one({}, {"_id": 1}) is None:
-            if job.proc.poll() is not None:
-                raise RuntimeError(f"the job exited {job.proc.returncode} (log: {job.log_path})")
-            if time.time() > deadline:
-                raise RuntimeError(f"no first batch within {args.profile_wait} s (log: {job.log_path})")
-            time.sleep(2)
+        _wait_for(job, lambda: _sessions_batches(db) and _stored_any(db)
+                  and db["user_profiles"].find_one({}, {"_id": 1}) is not None, deadline, "no first batch", 2)
         result["first_batch_after_s"] = round(time.time() - job.started_at, 1)
         result["store_caught_up_at_start"] = caught_up_store(db)
         job._sampling = False  # its RSS sampler (psutil over the JVM's tree) would share this process's GIL
@@ -534,13 +540,8 @@ def analytics(args) -> dict:
             producer = Producer(args.producer_rate, args.profile_wait + args.live_warmup + 3600, topic).start()
             say(f"the job live again on {topic} (trigger 1 s), the paced producer at {args.producer_rate:,} events/s; "
                 f"waiting for its first batch, then {args.live_warmup:g} s before the first call")
-            deadline = time.time() + args.profile_wait
-            while max((p["batch_id"] for p in _sessions_batches(db)), default=-1) <= before:
-                if live.proc.poll() is not None:
-                    raise RuntimeError(f"the live job exited {live.proc.returncode} (log: {live.log_path})")
-                if time.time() > deadline:
-                    raise RuntimeError(f"the live job wrote no batch within {args.profile_wait} s (log: {live.log_path})")
-                time.sleep(1)
+            _wait_for(live, lambda: max((p["batch_id"] for p in _sessions_batches(db)), default=-1) > before,
+                      time.time() + args.profile_wait, "the live job wrote no batch", 1)
             result["live_first_batch_after_s"] = round(time.time() - live.started_at, 1)
             say(f"the live job's first batch ended {result['live_first_batch_after_s']} s after its start")
             time.sleep(args.live_warmup)
