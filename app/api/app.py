@@ -26,7 +26,7 @@ from pymongo.errors import PyMongoError
 from app.api import queries as Q
 from app.api.analytics import METRICS
 from app.api.bounds import ParameterError, TimedDatabase, instant, time_range, window_range
-from app.api.edge import KEY_HEADER, KeyCheck, RequestLog, install_error_handlers, store_hosts
+from app.api.edge import KEY_HEADER, Json, KeyCheck, RequestLog, install_error_handlers, store_hosts
 from app.api.settings import MAX_LIMIT, ApiConfig
 from app.segments.rules import parse_rules, read_rules_document
 
@@ -133,7 +133,7 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
         found = Q.personalization(db, user_id, open_alert_hours)
         if found is None:
             raise HTTPException(status_code=404, detail=f"no profile or session for user {user_id!r}")
-        return found
+        return Json(found)
 
     @app.get("/v1/activity", tags=["users"], **v1)
     def activity(user_id: UserId = None, event_type: EventType = None, country: Country = None,
@@ -143,14 +143,14 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
         USER_ACTIVITY on, from the newest 100 events (`kept`) of each hour of event time, per
         type, country and both, which the job keeps (live_feed); `complete` is false when a later
         hour's kept events ran out before `limit` and older ones of it may match too."""
-        return Q.activity(db, user_id, event_type, country, *time_range(start, end), limit)
+        return Json(Q.activity(db, user_id, event_type, country, *time_range(start, end), limit))
 
     @app.get("/v1/users/segments", tags=["users"], **v1)
     def user_segments(segment: Segment, min_engagement: Annotated[float, Query(ge=0, le=100)] = 0.0,
                       limit: Limit = 100):
         """Users whose engagement score is at least min_engagement, most engaged first (then by
         user_id), with their last segment, scores and pattern."""
-        return Q.user_segments(db, min_engagement, segment, limit)
+        return Json(Q.user_segments(db, min_engagement, segment, limit))
 
     @app.get("/v1/sessions/metrics", tags=["analytics"], **v1)
     def session_metrics(segment: Segment, user_id: UserId = None, start: Start = None, end: End = None,
@@ -160,26 +160,26 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
         """Closed sessions per segment (count, share, revenue, average duration) by session end;
         for one user, the user's own sessions too: the user's open sessions and newest 100 closed
         ones (`kept`), kept by the job in one document (user_activity)."""
-        return Q.session_metrics(db, user_id, segment, *time_range(start, end), limit)
+        return Json(Q.session_metrics(db, user_id, segment, *time_range(start, end), limit))
 
     @app.get("/v1/events/frequency", tags=["analytics"], **v1)
     def event_frequency(event_type: EventType = None, country: Country = None, start: Start = None,
                         end: End = None, interval: Literal["hour", "day"] = "hour"):
         """Counted events (no duplicates) per hour or day of event time and per type."""
-        return Q.event_frequency(db, event_type, country, *time_range(start, end), interval)
+        return Json(Q.event_frequency(db, event_type, country, *time_range(start, end), interval))
 
     @app.get("/v1/patterns", tags=["analytics"], **v1)
     def behavior_patterns(segment: Segment, min_sessions: Annotated[int, Query(ge=1)] = 1, limit: Limit = 20):
         """The most frequent event paths of closed sessions (event types in order, a run of one type
         as one step, the first 8 steps), with their conversion."""
-        return Q.behavior_patterns(db, segment, min_sessions, limit)
+        return Json(Q.behavior_patterns(db, segment, min_sessions, limit))
 
     @app.get("/v1/retention", tags=["analytics"], **v1)
     def retention(max_weeks: Annotated[int, Query(ge=0, le=104)] = 8,
                   cohort: Annotated[str | None, Query(pattern=r"^\d{4}-W\d{2}$")] = None):
         """Weekly cohorts (ISO week of each user's first event): users with a closed session in each
         week after."""
-        return Q.retention(db, max_weeks, cohort)
+        return Json(Q.retention(db, max_weeks, cohort))
 
     @app.get("/v1/anomalies", tags=["analytics"], **v1)
     def anomalies(z_score_threshold: Annotated[float, Query(gt=0, le=100)] = 3.0,
@@ -187,12 +187,12 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
                   baseline_days: Annotated[float, Query(gt=0, le=Q.MAX_BASELINE_DAYS)] = 7.0,
                   metric: Literal[METRICS] | None = None, end: End = None):
         """Hourly metrics of the recent days against the baseline days before them (z-scores)."""
-        return Q.anomalies(db, z_score_threshold, recent_days, baseline_days, instant("end", end), metric)
+        return Json(Q.anomalies(db, z_score_threshold, recent_days, baseline_days, instant("end", end), metric))
 
     @app.get("/v1/funnel", tags=["analytics"], **v1)
     def funnel():
         """The conversion funnel per segment over all closed sessions."""
-        return Q.funnel(db, segment_names)
+        return Json(Q.funnel(db, segment_names))
 
     @app.get("/v1/segments/distribution", tags=["analytics"], **v1)
     def segment_distribution(segment: Segment, hours: Annotated[float | None, Query(gt=0, le=168, description=(
@@ -200,36 +200,36 @@ def create_app(config: ApiConfig, client: MongoClient | None = None) -> FastAPI:
                              start: Start = None, end: End = None):
         """5-minute windows of closed sessions by segment: the last `hours` hours of event time (up
         to `end`, or the latest window), `hours` from `start`, or [start, end); 7 days at most."""
-        return Q.segment_distribution(db, *window_range(hours, start, end), segment)
+        return Json(Q.segment_distribution(db, *window_range(hours, start, end), segment))
 
     @app.get("/v1/alerts", tags=["live"], **v1)
     def alerts(user_id: UserId = None, alert_type: Annotated[str | None, Query(pattern=r"^[A-Z_]+$")] = None,
                severity: Literal[SEVERITIES] | None = None, start: Start = None, end: End = None, limit: Limit = 100):
         """Risk alerts, newest first."""
-        return Q.alerts(db, user_id, alert_type, severity, *time_range(start, end), limit)
+        return Json(Q.alerts(db, user_id, alert_type, severity, *time_range(start, end), limit))
 
     @app.get("/v1/trigger-executions", tags=["live"], **v1)
     def trigger_executions(user_id: UserId = None, trigger: Annotated[str | None, Query(min_length=1)] = None,
                            start: Start = None, end: End = None, limit: Limit = 100):
         """Actions fired (one per trigger x user x cooldown window), newest first."""
-        return Q.trigger_executions(db, user_id, trigger, *time_range(start, end), limit)
+        return Json(Q.trigger_executions(db, user_id, trigger, *time_range(start, end), limit))
 
     @app.get("/v1/experiments", tags=["analytics"], **v1)
     def experiments(experiment: Annotated[str | None, Query(min_length=1)] = None):
         """Per experiment and variant: exposed sessions, conversions, rate with its 95% interval,
         lift, p-value, sample-ratio check. conversion_rate, ci95_low/high and lift_abs are fractions
         (0-1); lift_pct is a percentage."""
-        return Q.experiment_results(db, experiment)
+        return Json(Q.experiment_results(db, experiment))
 
     @app.get("/v1/act-now", tags=["live"], **v1)
     def act_now(hours: Annotated[float, Query(gt=0, le=168)] = 1.0, limit: Limit = 20):
         """Open sessions of the last `hours` of event time, the most urgent segment first."""
-        return Q.act_now(db, hours, limit)
+        return Json(Q.act_now(db, hours, limit))
 
     @app.get("/v1/health", tags=["live"], **v1)
     def job_health():
         """The job's latest batch (stream_progress) and, with JOB_STATUS_URL, its live health."""
-        return {"last_batch": Q.job_progress(db), "job": _job_status(config.job_status_url)}
+        return Json({"last_batch": Q.job_progress(db), "job": _job_status(config.job_status_url)})
 
     return app
 

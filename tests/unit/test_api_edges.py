@@ -385,3 +385,50 @@ def test_a_query_past_its_time_is_a_504_that_says_how_to_narrow_it(monkeypatch):
     assert response.status_code == 504
     assert response.json() == {"error": "the query took longer than 250 ms: narrow it (start/end, user_id, segment)",
                                "request_id": response.headers["X-Request-ID"]}
+
+
+# ---- answers rendered by orjson read exactly as FastAPI's jsonable_encoder + json.dumps wrote them ----
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+from bson.int64 import Int64  # noqa: E402
+from bson.tz_util import utc as bson_utc  # noqa: E402
+from fastapi.encoders import jsonable_encoder  # noqa: E402
+import json  # noqa: E402
+
+from app.api.edge import Json  # noqa: E402
+
+_times = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1)).map(
+    lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000))  # BSON keeps milliseconds
+_leaves = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.integers(0, 2**40).map(Int64),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8),
+                    _times.map(lambda d: d.replace(tzinfo=bson_utc)), _times.map(lambda d: d.replace(tzinfo=timezone.utc)))
+_answers = st.recursive(_leaves, lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
+                                                         st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                        max_leaves=30)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(_answers)
+def test_an_answer_rendered_by_orjson_reads_as_fastapis_default_rendering(answer):
+    """The routes return Json(answer) to skip jsonable_encoder (app/api/edge.py): a client must read
+    the same JSON, times included (a store's tz-aware datetimes, bson's utc or datetime's)."""
+    fastapi_default = json.dumps(jsonable_encoder(answer), ensure_ascii=False, allow_nan=False)
+    assert json.loads(Json(answer).body) == json.loads(fastapi_default)
+
+
+def test_the_routes_answer_through_json_not_jsonable_encoder(monkeypatch):
+    """Every /v1 route, with its defaults and each filter, over documents marked complete and not
+    (test_query_indexes' paths and store), returns its answer rendered by Json: jsonable_encoder
+    never walks one."""
+    import fastapi.routing
+    from tests.unit import test_query_indexes as QI
+
+    def refuse(value, *args, **kwargs):
+        raise AssertionError(f"jsonable_encoder walked an answer: {str(value)[:80]}")
+    monkeypatch.setattr(fastapi.routing, "jsonable_encoder", refuse)
+    config = ApiConfig(api_key=KEY, mongodb_uri="mongodb://127.0.0.1:1/")
+    for marked in (True, False):
+        with TestClient(create_app(config, QI._Client(QI._Store(marked))), headers={"X-API-Key": KEY}) as client:
+            for path in QI.PATHS:
+                response = client.get(path)
+                assert response.status_code in (200, 404), (path, marked, response.text)
+                assert response.headers["content-type"] == "application/json"
