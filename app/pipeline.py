@@ -314,6 +314,9 @@ EVENTS_FILE = "event_feed_complete"
 # in CHECKPOINT_DIR: the store query has counted every batch of its run into daily_metrics (a
 # checkpoint from before it has counted the earlier ones into event_counts_hourly only)
 DAILY_FILE = "daily_metrics_complete"
+# in CHECKPOINT_DIR: the same for daily_metrics' month documents (app/rollups.py: a checkpoint from
+# before them has added the earlier batches to the day documents only)
+MONTHS_FILE = "monthly_metrics_complete"
 LAYOUT = "3: per-user state with events pending until final; one Kafka source per partition"
 
 
@@ -350,6 +353,7 @@ def check_checkpoint(config: AppConfig) -> None:
     Path(config.checkpoint_dir, LEFT_FILE).write_text("the state keeps an expired user's profile\n")
     Path(config.checkpoint_dir, STORE_LANE_FILE).write_text("0\n")
     Path(config.checkpoint_dir, DAILY_FILE).write_text("daily_metrics holds every counted event and closed session\n")
+    Path(config.checkpoint_dir, MONTHS_FILE).write_text("daily_metrics' month documents hold them too\n")
     if config.user_activity:  # turned on later, it starts where the store lane's retention lets it
         Path(config.checkpoint_dir, ACTIVITY_FILE).write_text("user_activity holds every user's newest events\n")
         Path(config.checkpoint_dir, FEED_FILE).write_text("live_feed holds every alert and execution\n")
@@ -453,7 +457,8 @@ def start_store_query(spark: SparkSession, config: AppConfig, store: Store, rule
     checkpoint = str(Path(config.checkpoint_dir, STORE_QUERY))
     writer = (messages.writeStream.queryName(STORE_QUERY)
               .foreachBatch(StoreBatchWriter(store, lambda: run_id_of(sessions_checkpoint), rules.profiles,
-                                             experiments, Path(config.checkpoint_dir, DAILY_FILE).is_file()))
+                                             experiments, Path(config.checkpoint_dir, DAILY_FILE).is_file(),
+                                             Path(config.checkpoint_dir, MONTHS_FILE).is_file()))
               .option("checkpointLocation", checkpoint)
               .trigger(processingTime=f"{int(config.trigger_interval_s * 1000)} milliseconds"))
     return writer.start()

@@ -13,7 +13,12 @@
   {hours: {"HH": {event_type: events}}}; `<day>|windows` holds segment_distribution's windows of
   the day, {windows: {"HHMM": {segment: {session_count, unique_users, total_revenue,
   sum_duration_minutes}}}}; `range` the first and last hour counted and the days with any,
-  `range|windows` the last window and the days with any.
+  `range|windows` the last window and the days with any. Per month of event time, so that a read
+  over many days is a few documents: `<YYYY-MM>|event_hours` {hours: {"DDHH": {event_type:
+  events}}} (all countries), `<YYYY-MM>|window_hours` {hours: {"DDHH": {session_count,
+  total_revenue}}} and `<YYYY-MM>|window_days` {days: {"DD": {segment: {session_count,
+  total_revenue, sum_duration_minutes}}}}: the same deltas added by hour or day, for
+  /v1/anomalies and /v1/sessions/metrics over whole hours or days.
 """
 from __future__ import annotations
 
@@ -85,6 +90,53 @@ def daily_window_deltas(by_window: Mapping[int, Mapping[str, Mapping]]) -> dict[
         delta = deltas.setdefault(day_id(to_datetime(day_ms), "windows"), {"day_ms": day_ms, "windows": {}})
         delta["windows"][to_datetime(window_ms).strftime("%H%M")] = {
             segment: {n: sums[n] for n in DISTRIBUTION_SUMS} for segment, sums in segments.items()}
+    return deltas
+
+
+def month_id(day: datetime, part: str) -> str:
+    return f"{day.strftime('%Y-%m')}|{part}"
+
+
+def _month_of(ms: int) -> tuple[datetime, str, str]:
+    """(the month's first midnight, "DD", "HH") of a time in ms."""
+    at = to_datetime(ms)
+    return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0), at.strftime("%d"), at.strftime("%H")
+
+
+def _month_delta(deltas: dict, month: datetime, part: str, field: str) -> dict:
+    return deltas.setdefault(month_id(month, part), {"day_ms": int(month.timestamp() * 1000), field: {}})[field]
+
+
+def monthly_event_deltas(counts: Iterable[tuple[int, str, str | None, int]]) -> dict[str, dict]:
+    """(hour_ms, event_type, country, events) rows -> `<YYYY-MM>|event_hours` -> {day_ms (the
+    month's first day), hours: {DDHH: {event_type: events}}}, all countries."""
+    deltas: dict[str, dict] = {}
+    for hour_ms, event_type, _country, events in counts:
+        month, dd, hh = _month_of(hour_ms)
+        slot = _month_delta(deltas, month, "event_hours", "hours").setdefault(dd + hh, {})
+        slot[event_type] = slot.get(event_type, 0) + events
+    return deltas
+
+
+def monthly_window_deltas(by_window: Mapping[int, Mapping[str, Mapping]]) -> dict[str, dict]:
+    """A batch's segment_distribution deltas (window_start_ms -> segment -> sums) -> per month,
+    `<YYYY-MM>|window_hours` {hours: {DDHH: {session_count, total_revenue}}} and
+    `<YYYY-MM>|window_days` {days: {DD: {segment: {session_count, total_revenue,
+    sum_duration_minutes}}}}. Revenue goes in as each window's delta to the cent, as the window
+    documents add it, so a whole day or hour sums to what its windows hold."""
+    deltas: dict[str, dict] = {}
+    for window_ms, segments in by_window.items():
+        month, dd, hh = _month_of(window_ms)
+        hour = _month_delta(deltas, month, "window_hours", "hours").setdefault(dd + hh, {})
+        day = _month_delta(deltas, month, "window_days", "days").setdefault(dd, {})
+        for segment, sums in segments.items():
+            cents = round(sums["total_revenue"] * 100)
+            hour.update(session_count=hour.get("session_count", 0) + sums["session_count"],
+                        total_revenue=(round(hour.get("total_revenue", 0) * 100) + cents) / 100)
+            kept = day.setdefault(segment, {"session_count": 0, "total_revenue": 0.0, "sum_duration_minutes": 0.0})
+            kept.update(session_count=kept["session_count"] + sums["session_count"],
+                        total_revenue=(round(kept["total_revenue"] * 100) + cents) / 100,
+                        sum_duration_minutes=add_minutes(kept["sum_duration_minutes"], sums["sum_duration_minutes"]))
     return deltas
 
 

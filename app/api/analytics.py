@@ -44,8 +44,9 @@ def session_metrics(windows: Iterable[Mapping]) -> dict:
         s = sums[w["behavior_segment"]]
         s["sessions"] += w["session_count"]
         s["cents"] += round(w["total_revenue"] * 100)
-        s["duration_ms"] += round(60_000 * w.get("sum_duration_minutes",
-                                                  w["avg_session_duration"] * w["session_count"]))
+        minutes = (w["sum_duration_minutes"] if "sum_duration_minutes" in w
+                   else w["avg_session_duration"] * w["session_count"])
+        s["duration_ms"] += round(60_000 * minutes)
     total = sum(s["sessions"] for s in sums.values())
     segments = [{"behavior_segment": seg, "sessions": s["sessions"], "share_pct": _rate(s["sessions"], total),
                  "total_revenue": s["cents"] / 100,

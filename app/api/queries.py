@@ -205,7 +205,8 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
             if latest is not None:
                 first = latest - limit * WINDOW
                 start = first if start is None else max(start, first)
-        windows: Any = [d for d in _daily_windows(db, start, end, "start")
+        windows: Any = [d for d in (_window_sums(db, start, end, "start") if _months_complete(db)
+                                    else _daily_windows(db, start, end, "start"))
                         if segment is None or d["behavior_segment"] == segment]
         return {"start": start, "end": end, "limit": limit, **A.session_metrics(windows)}
     query = _range("window_start", start, end)
@@ -228,9 +229,11 @@ def event_frequency(db, event_type: str | None, country: str | None, start, end,
     if _daily_complete(db):
         bounds = db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}
         first = A.floor_hour(start) if start is not None else None
+        days = _days(bounds, first, end, "start")
         docs: Any = [{"hour": hour, "event_type": t, "events": n}
-                     for hour, sums in _daily(db, _days(bounds, first, end, "start"), "events",
-                                              country or R.ALL_COUNTRIES)
+                     for hour, sums in (_month_hours(db, days, "event_hours")
+                                        if country is None and _months_complete(db) else
+                                        _daily(db, days, "events", country or R.ALL_COUNTRIES))
                      if (first is None or hour >= first) and (end is None or hour < end)
                      for t, n in sums.items() if event_type is None or t == event_type]
     else:
@@ -247,6 +250,44 @@ def event_frequency(db, event_type: str | None, country: str | None, start, end,
 def _daily_complete(db) -> bool:
     """Whether the store query has counted every batch of its run into daily_metrics."""
     return bool((db[C.PROGRESS].find_one({"_id": R.DAILY_STATUS_ID}) or {}).get("complete"))
+
+
+def _months_complete(db) -> bool:
+    """Whether it has added every batch to daily_metrics' month documents too (app/rollups.py)."""
+    status = db[C.PROGRESS].find_one({"_id": R.DAILY_STATUS_ID}) or {}
+    return bool(status.get("complete") and status.get("months"))
+
+
+def _month_parts(db, days: list[datetime], part: str, field: str):
+    """(the month's first day, the document's `field`) of the month documents of `days`' months,
+    each read by _id: one read per month."""
+    for month in sorted({day.replace(day=1) for day in days}):
+        doc = db[C.DAILY].find_one({"_id": R.month_id(month, part)}, {field: 1}) or {}
+        yield month, doc.get(field, {})
+
+
+def _month_hours(db, days: list[datetime], part: str):
+    """(hour, its sums) of the month documents of `days`' months (hours of other days included:
+    the caller bounds them)."""
+    for month, hours in _month_parts(db, days, part, "hours"):
+        for slot, sums in sorted(hours.items()):
+            yield month.replace(day=int(slot[:2])) + timedelta(hours=int(slot[2:])), sums
+
+
+def _window_sums(db, first: datetime | None, last: datetime | None, parameter: str) -> list[dict]:
+    """Sums per segment of the windows starting in [first, last), as session_metrics takes them: a
+    whole day's from its month document (`window_days`, one read a month), a day cut by first or
+    last from its day document's windows."""
+    days = _days(db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}, first, last, parameter)
+    whole = {d for d in days if (first is None or d >= A.utc(first))
+             and (last is None or d + timedelta(days=1) <= A.utc(last))}
+    cut = [d for d in days if d not in whole]
+    out = _daily_windows(db, first, last, parameter, days=cut) if cut else []
+    for month, kept in _month_parts(db, sorted(whole), "window_days", "days"):
+        for dd, segments in sorted(kept.items()):
+            if month.replace(day=int(dd)) in whole:
+                out += [{"behavior_segment": segment, **sums} for segment, sums in sorted(segments.items())]
+    return out
 
 
 def _days(bounds: dict, first: datetime | None, last: datetime | None, parameter: str,
@@ -347,14 +388,22 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
     # measured (zeros there would be made up); within it, an hour without events counts as 0.
     baseline_start = max(recent_start - timedelta(days=baseline_days), _hour_counted(db, ASCENDING))
     baseline_start = min(baseline_start, recent_start)
-    if _daily_complete(db):  # each day's two documents by _id
-        days = _days(db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}, baseline_start, end, "baseline_days",
-                     most=MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1)
+    most = MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1
+    if _months_complete(db):  # each month's two documents by _id
+        days = _days(db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}, baseline_start, end, "baseline_days", most)
+        window_days = _days(db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}, baseline_start, end,
+                            "baseline_days", most)
         events: Any = [{"hour": hour, "event_type": t, "events": n}
-                       for hour, sums in _daily(db, days, "events", R.ALL_COUNTRIES)
+                       for hour, sums in _month_hours(db, days, "event_hours")
                        if baseline_start <= hour < end for t, n in sums.items()]
-        windows: Any = _daily_windows(db, baseline_start, end, "baseline_days",
-                                      most=MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1)
+        windows: Any = [{"window_start": hour, **sums} for hour, sums in _month_hours(db, window_days, "window_hours")
+                        if baseline_start <= hour < end]
+    elif _daily_complete(db):  # each day's two documents by _id
+        days = _days(db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}, baseline_start, end, "baseline_days", most)
+        events = [{"hour": hour, "event_type": t, "events": n}
+                  for hour, sums in _daily(db, days, "events", R.ALL_COUNTRIES)
+                  if baseline_start <= hour < end for t, n in sums.items()]
+        windows = _daily_windows(db, baseline_start, end, "baseline_days", most=most)
     else:
         events = capped(db[C.EVENT_COUNTS].find(_range("hour", baseline_start, end), _HIDDEN), "baseline_days")
         windows = capped(db[C.DISTRIBUTION].find(_range("window_start", baseline_start, end), _HIDDEN),

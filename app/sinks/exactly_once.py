@@ -62,7 +62,7 @@ twice leaves what writing them once leaves:
 10. event_counts_hourly, daily_metrics, session_paths and retention_cohorts (app/rollups.py; what the API
    reads instead of scanning): additive sums per document, added once per batch as in 3; the
    distinct users of retention_cohorts come from the member collection `retention_users` as in 4.
-   daily_metrics' day documents hold nested sums (minutes as whole milliseconds, revenue to the
+   daily_metrics' day and month documents hold nested sums (minutes as whole milliseconds, revenue to the
    cent, so the grouping into batches does not show); its two range documents a max, a min and a
    union of days, the same however often a batch is applied.
 11. The act lane's session topic (`behavior_segments`, app/pipeline.py `SessionBatchWriter.act_messages`):
@@ -179,6 +179,9 @@ def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict],
 
     _apply_sums_once(db[PATHS], run_id, batch_id, R.path_deltas(closed), R.PATH_SUMS, R.path_document)
     _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_window_deltas(by_window), "windows")
+    monthly = R.monthly_window_deltas(by_window)
+    for part, field in (("window_hours", "hours"), ("window_days", "days")):
+        _apply_daily_once(db[DAILY], run_id, batch_id, {k: d for k, d in monthly.items() if k.endswith(part)}, field)
     _widen_range(db[DAILY], R.WINDOWS_RANGE_ID, [w for w in by_window], "last_window")
     members = R.retention_members(closed)
     if members:
@@ -193,6 +196,7 @@ def apply_event_counts(db, run_id: str, batch_id: int, counts: list[tuple]) -> N
     _apply_sums_once(db[EVENT_COUNTS], run_id, batch_id, R.event_count_deltas(counts), R.EVENT_COUNT_SUMS,
                      R.event_count_document)
     _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_event_deltas(counts), "hours")
+    _apply_daily_once(db[DAILY], run_id, batch_id, R.monthly_event_deltas(counts), "hours")
     _widen_range(db[DAILY], R.DAILY_RANGE_ID, [R.hour_start_ms(h) for h, *_ in counts], "last_hour", "first_hour")
 
 

@@ -107,19 +107,21 @@ class StoreBatchWriter:
     """foreachBatch sink of the store query: the run's messages, one sessions batch at a time."""
 
     def __init__(self, store: Store, run_id, profile_rules_document: dict | None, experiments=None,
-                 daily_complete: bool = False):
+                 daily_complete: bool = False, months_complete: bool = False):
         self.store = store
         self.run_id = run_id  # () -> the sessions query's id (its checkpoint exists once it has run)
         self.profile_rules_document = profile_rules_document
         self.experiments = experiments
         self.daily_complete = daily_complete  # daily_metrics holds the run's every count (pipeline.DAILY_FILE)
+        self.months_complete = months_complete  # and its month documents too (pipeline.MONTHS_FILE)
         self.marked = False
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         if not self.marked:  # for the query API, which reads event_counts_hourly while it is not
             progress = self.store.db()[out.PROGRESS]
             self.store.retrying("stream_progress", lambda: progress.replace_one(
-                {"_id": R.DAILY_STATUS_ID}, {"_id": R.DAILY_STATUS_ID, "complete": self.daily_complete}, upsert=True))
+                {"_id": R.DAILY_STATUS_ID}, {"_id": R.DAILY_STATUS_ID, "complete": self.daily_complete,
+                                          "months": self.months_complete}, upsert=True))
             self.marked = True
         run_id = self.run_id()
         mine = batch.filter(F.col("src_run") == run_id)

@@ -179,14 +179,16 @@ def test_the_job_closed_exactly_the_sessions_the_watermark_passed(api_run):
 
 
 @contextmanager
-def _daily(db, complete: bool):
-    """daily_metrics marked complete (the API reads it by _id) or not (event_counts_hourly)."""
-    assert db.stream_progress.find_one({"_id": "daily_metrics"})["complete"] is True
-    db.stream_progress.update_one({"_id": "daily_metrics"}, {"$set": {"complete": complete}})
+def _daily(db, complete: bool, months: bool = True):
+    """daily_metrics marked complete (the API reads it by _id: its month documents, or with months
+    off its day documents only) or not (event_counts_hourly)."""
+    status = db.stream_progress.find_one({"_id": "daily_metrics"})
+    assert status["complete"] is True and status["months"] is True
+    db.stream_progress.update_one({"_id": "daily_metrics"}, {"$set": {"complete": complete, "months": months}})
     try:
         yield
     finally:
-        db.stream_progress.update_one({"_id": "daily_metrics"}, {"$set": {"complete": True}})
+        db.stream_progress.update_one({"_id": "daily_metrics"}, {"$set": {"complete": True, "months": True}})
 
 
 @pytest.mark.parametrize("daily", [True, False], ids=["daily_metrics", "hourly"])
@@ -375,13 +377,14 @@ def test_anomalies_compare_the_recent_hours_with_the_baseline_computed_from_the_
     ("/v1/sessions/metrics", {}), ("/v1/sessions/metrics", {"limit": 3, "segment": "browser"}),
     ("/v1/sessions/metrics", {"limit": 12})])
 def test_daily_metrics_answer_as_the_hourly_rollups(api_run, path, params):
-    """By _id from daily_metrics, or by range from event_counts_hourly and segment_distribution:
-    the same answer (anomalies, frequency, distribution and session metrics, with filters)."""
+    """By _id from daily_metrics (its month documents, or its day documents), or by range from
+    event_counts_hourly and segment_distribution: the same answer (anomalies, frequency,
+    distribution and session metrics, with filters)."""
     answers = []
-    for complete in (True, False):
-        with _daily(api_run["db"], complete):
+    for complete, months in ((True, True), (True, False), (False, False)):
+        with _daily(api_run["db"], complete, months):
             answers.append(_get(api_run, path, **params))
-    assert answers[0] == answers[1]
+    assert answers[0] == answers[1] == answers[2]
     assert any(answers[0].get(k) for k in ("metrics", "series", "windows", "segments")), "nothing to compare"
 
 

@@ -231,3 +231,83 @@ def test_the_range_document_is_the_first_and_last_hour_and_the_days_however_ofte
     assert coll.docs[R.DAILY_RANGE_ID] == {
         "_id": R.DAILY_RANGE_ID, "first_hour": R.to_datetime(min(every)), "last_hour": R.to_datetime(max(every)),
         "days": sorted({R.to_datetime(h - h % (24 * R.HOUR_MS)) for h in every})}
+
+
+# ---- the month documents: the API's answers from them equal its answers from the day documents ----
+from app.api import queries as Q  # noqa: E402
+from app.sinks import collections as C  # noqa: E402
+
+T_MONTH_END = datetime(2019, 10, 30, tzinfo=timezone.utc)  # three days: a month's last two and the next's first
+
+
+class _Docs(_Range):
+    def find_one(self, query, projection=None):
+        return self.docs.get(query["_id"])
+
+
+def _by_window(sessions: list[dict]) -> dict:
+    by_window: dict = {}
+    for (window, segment), delta in A2.distribution_deltas(sessions).items():
+        by_window.setdefault(window, {})[segment] = {**delta, "unique_users": 0}
+    return by_window
+
+
+def _daily_store(rows: list[tuple], sessions: list[dict], cut: int) -> _Docs:
+    """daily_metrics as exactly_once's apply_event_counts and apply_closed_sessions leave it, batch
+    by batch (`cut` rows or sessions a batch): day and month documents and the two range documents."""
+    store = _Docs()
+    batches = [("events", rows[i:i + cut]) for i in range(0, len(rows), cut)] + \
+        [("windows", sessions[i:i + cut]) for i in range(0, len(sessions), cut)]
+    for kind, batch in batches:
+        if kind == "events":
+            parts = [(R.daily_event_deltas(batch), "hours"), (R.monthly_event_deltas(batch), "hours")]
+            exactly_once._widen_range(store, R.DAILY_RANGE_ID, [R.hour_start_ms(h) for h, *_ in batch],
+                                      "last_hour", "first_hour")
+        else:
+            by_window = _by_window(batch)
+            monthly = R.monthly_window_deltas(by_window)
+            parts = [(R.daily_window_deltas(by_window), "windows"),
+                     ({k: d for k, d in monthly.items() if k.endswith("window_hours")}, "hours"),
+                     ({k: d for k, d in monthly.items() if k.endswith("window_days")}, "days")]
+            exactly_once._widen_range(store, R.WINDOWS_RANGE_ID, list(by_window), "last_window")
+        for deltas, field in parts:
+            for doc_id, delta in deltas.items():
+                sums = R.add_nested((store.docs.get(doc_id) or {}).get(field), delta[field])
+                store.docs[doc_id] = R.daily_document(doc_id, delta, field, sums)
+    return store
+
+
+class _Db(dict):
+    def __init__(self, daily: _Docs, months: bool):
+        progress = _Docs()
+        progress.docs[R.DAILY_STATUS_ID] = {"_id": R.DAILY_STATUS_ID, "complete": True, "months": months}
+        super().__init__({C.DAILY: daily, C.PROGRESS: progress})
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts=st.lists(_count, max_size=30), closed=st.lists(_closed, min_size=1, max_size=30), data=st.data())
+def test_answers_from_the_month_documents_equal_the_day_documents_answers(counts, closed, data):
+    """/v1/sessions/metrics, /v1/events/frequency and /v1/anomalies read whole days or hours from
+    the month documents: for any batch cut, range (cut inside a day or not), segment and limit, they
+    answer exactly as from the day documents (revenue to the cent, minutes to the millisecond)."""
+    rows = [(_ms(T_MONTH_END) + h * R.HOUR_MS, t, c, n) for h, t, c, n in counts]
+    sessions = [{"session_end_ms": _ms(T_MONTH_END) + m * 60_000 + 59_000, "behavior_segment": seg,
+                 "total_amount": a, "session_duration_minutes": d} for m, seg, a, d in closed]
+    cut = data.draw(st.integers(1, 30), label="batch size")
+    store = _daily_store(rows, sessions, cut)
+    assert store.docs == _daily_store(rows, sessions, 10 ** 6).docs  # the same however the batches are cut
+    assert any(k.endswith("|window_days") for k in store.docs)
+    months, days = _Db(store, True), _Db(store, False)
+    minute = st.integers(-60, 4 * 24 * 60).map(lambda m: T_MONTH_END + timedelta(minutes=m))
+    start = data.draw(st.none() | minute, label="start")
+    end = data.draw(st.none() | minute, label="end")
+    segment = data.draw(st.sampled_from([None, "bouncer", "browser"]), label="segment")
+    limit = data.draw(st.none() | st.integers(1, 600), label="limit")
+    assert Q.session_metrics(months, None, segment, start, end, limit) == \
+        Q.session_metrics(days, None, segment, start, end, limit)
+    assert Q.event_frequency(months, None, None, start, end, "hour") == \
+        Q.event_frequency(days, None, None, start, end, "hour")
+    if rows:
+        end_hour = T_MONTH_END + timedelta(hours=data.draw(st.integers(1, 4 * 24), label="anomalies end hour"))
+        recent = data.draw(st.sampled_from([1 / 24, 0.5, 1.0]), label="recent_days")
+        assert Q.anomalies(months, 2.0, recent, 2.0, end_hour, None) == Q.anomalies(days, 2.0, recent, 2.0, end_hour, None)
