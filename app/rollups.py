@@ -118,17 +118,18 @@ def monthly_event_deltas(counts: Iterable[tuple[int, str, str | None, int]]) -> 
     return deltas
 
 
-def monthly_window_deltas(by_window: Mapping[int, Mapping[str, Mapping]]) -> dict[str, dict]:
+def monthly_window_deltas(by_window: Mapping[int, Mapping[str, Mapping]]) -> tuple[dict[str, dict], dict[str, dict]]:
     """A batch's segment_distribution deltas (window_start_ms -> segment -> sums) -> per month,
-    `<YYYY-MM>|window_hours` {hours: {DDHH: {session_count, total_revenue}}} and
+    (`<YYYY-MM>|window_hours` {hours: {DDHH: {session_count, total_revenue}}},
     `<YYYY-MM>|window_days` {days: {DD: {segment: {session_count, total_revenue,
-    sum_duration_minutes}}}}. Revenue goes in as each window's delta to the cent, as the window
+    sum_duration_minutes}}}}). Revenue goes in as each window's delta to the cent, as the window
     documents add it, so a whole day or hour sums to what its windows hold."""
-    deltas: dict[str, dict] = {}
+    hours: dict[str, dict] = {}
+    days: dict[str, dict] = {}
     for window_ms, segments in by_window.items():
         month, dd, hh = _month_of(window_ms)
-        hour = _month_delta(deltas, month, "window_hours", "hours").setdefault(dd + hh, {})
-        day = _month_delta(deltas, month, "window_days", "days").setdefault(dd, {})
+        hour = _month_delta(hours, month, "window_hours", "hours").setdefault(dd + hh, {})
+        day = _month_delta(days, month, "window_days", "days").setdefault(dd, {})
         for segment, sums in segments.items():
             cents = round(sums["total_revenue"] * 100)
             hour.update(session_count=hour.get("session_count", 0) + sums["session_count"],
@@ -137,7 +138,7 @@ def monthly_window_deltas(by_window: Mapping[int, Mapping[str, Mapping]]) -> dic
             kept.update(session_count=kept["session_count"] + sums["session_count"],
                         total_revenue=(round(kept["total_revenue"] * 100) + cents) / 100,
                         sum_duration_minutes=add_minutes(kept["sum_duration_minutes"], sums["sum_duration_minutes"]))
-    return deltas
+    return hours, days
 
 
 def add_nested(previous: Mapping | None, delta: Mapping) -> dict:

@@ -199,13 +199,14 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
         closed = [s for s in sessions if s["status"] == "closed"]
         return {"user_id": user_id, **A.user_session_metrics(closed), "active_sessions": len(sessions) - len(closed),
                 "sessions": sessions, **extra}
-    if _daily_complete(db):  # the days with windows by _id (at most MAX_SPAN's)
+    kept = _daily_kept(db)
+    if kept is not None:  # the days with windows by _id (at most MAX_SPAN's)
         if limit is not None:  # the newest `limit` windows (of the segment) up to end: from the latest one back
             latest = _latest_window_end(db, True, segment, end)
             if latest is not None:
                 first = latest - limit * WINDOW
                 start = first if start is None else max(start, first)
-        windows: Any = [d for d in (_window_sums(db, start, end, "start") if _months_complete(db)
+        windows: Any = [d for d in (_window_sums(db, start, end, "start") if kept == "months"
                                     else _daily_windows(db, start, end, "start"))
                         if segment is None or d["behavior_segment"] == segment]
         return {"start": start, "end": end, "limit": limit, **A.session_metrics(windows)}
@@ -226,13 +227,14 @@ def event_frequency(db, event_type: str | None, country: str | None, start, end,
     """Counted events per hour or day: from daily_metrics by _id (a day's document of the country,
     or of all; at most MAX_SPAN's days with events), while the store query keeps it; else
     event_counts_hourly (at most MAX_DOCUMENTS hour x type x country documents)."""
-    if _daily_complete(db):
+    kept = _daily_kept(db)
+    if kept is not None:
         bounds = db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}
         first = A.floor_hour(start) if start is not None else None
         days = _days(bounds, first, end, "start")
         docs: Any = [{"hour": hour, "event_type": t, "events": n}
                      for hour, sums in (_month_hours(db, days, "event_hours")
-                                        if country is None and _months_complete(db) else
+                                        if country is None and kept == "months" else
                                         _daily(db, days, "events", country or R.ALL_COUNTRIES))
                      if (first is None or hour >= first) and (end is None or hour < end)
                      for t, n in sums.items() if event_type is None or t == event_type]
@@ -247,15 +249,17 @@ def event_frequency(db, event_type: str | None, country: str | None, start, end,
             **A.frequency(docs, interval)}
 
 
+def _daily_kept(db) -> str | None:
+    """What the store query has counted every batch of its run into: "months" (daily_metrics' day
+    and month documents), "days" (its day documents only: a checkpoint from before the month
+    documents), or None (event_counts_hourly and segment_distribution only)."""
+    status = db[C.PROGRESS].find_one({"_id": R.DAILY_STATUS_ID}) or {}
+    return None if not status.get("complete") else "months" if status.get("months") else "days"
+
+
 def _daily_complete(db) -> bool:
     """Whether the store query has counted every batch of its run into daily_metrics."""
-    return bool((db[C.PROGRESS].find_one({"_id": R.DAILY_STATUS_ID}) or {}).get("complete"))
-
-
-def _months_complete(db) -> bool:
-    """Whether it has added every batch to daily_metrics' month documents too (app/rollups.py)."""
-    status = db[C.PROGRESS].find_one({"_id": R.DAILY_STATUS_ID}) or {}
-    return bool(status.get("complete") and status.get("months"))
+    return _daily_kept(db) is not None
 
 
 def _month_parts(db, days: list[datetime], part: str, field: str):
@@ -389,7 +393,8 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
     baseline_start = max(recent_start - timedelta(days=baseline_days), _hour_counted(db, ASCENDING))
     baseline_start = min(baseline_start, recent_start)
     most = MAX_BASELINE_DAYS + MAX_RECENT_DAYS + 1
-    if _months_complete(db):  # each month's two documents by _id
+    kept = _daily_kept(db)
+    if kept == "months":  # each month's two documents by _id
         days = _days(db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}, baseline_start, end, "baseline_days", most)
         window_days = _days(db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}, baseline_start, end,
                             "baseline_days", most)
@@ -398,7 +403,7 @@ def anomalies(db, threshold: float, recent_days: float, baseline_days: float, en
                        if baseline_start <= hour < end for t, n in sums.items()]
         windows: Any = [{"window_start": hour, **sums} for hour, sums in _month_hours(db, window_days, "window_hours")
                         if baseline_start <= hour < end]
-    elif _daily_complete(db):  # each day's two documents by _id
+    elif kept == "days":  # each day's two documents by _id
         days = _days(db[C.DAILY].find_one({"_id": R.DAILY_RANGE_ID}) or {}, baseline_start, end, "baseline_days", most)
         events = [{"hour": hour, "event_type": t, "events": n}
                   for hour, sums in _daily(db, days, "events", R.ALL_COUNTRIES)

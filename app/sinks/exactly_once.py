@@ -179,9 +179,9 @@ def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict],
 
     _apply_sums_once(db[PATHS], run_id, batch_id, R.path_deltas(closed), R.PATH_SUMS, R.path_document)
     _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_window_deltas(by_window), "windows")
-    monthly = R.monthly_window_deltas(by_window)
-    for part, field in (("window_hours", "hours"), ("window_days", "days")):
-        _apply_daily_once(db[DAILY], run_id, batch_id, {k: d for k, d in monthly.items() if k.endswith(part)}, field)
+    hours, days = R.monthly_window_deltas(by_window)
+    _apply_daily_once(db[DAILY], run_id, batch_id, hours, "hours")
+    _apply_daily_once(db[DAILY], run_id, batch_id, days, "days")
     _widen_range(db[DAILY], R.WINDOWS_RANGE_ID, [w for w in by_window], "last_window")
     members = R.retention_members(closed)
     if members:

@@ -265,10 +265,8 @@ def _daily_store(rows: list[tuple], sessions: list[dict], cut: int) -> _Docs:
                                       "last_hour", "first_hour")
         else:
             by_window = _by_window(batch)
-            monthly = R.monthly_window_deltas(by_window)
-            parts = [(R.daily_window_deltas(by_window), "windows"),
-                     ({k: d for k, d in monthly.items() if k.endswith("window_hours")}, "hours"),
-                     ({k: d for k, d in monthly.items() if k.endswith("window_days")}, "days")]
+            hours, days = R.monthly_window_deltas(by_window)
+            parts = [(R.daily_window_deltas(by_window), "windows"), (hours, "hours"), (days, "days")]
             exactly_once._widen_range(store, R.WINDOWS_RANGE_ID, list(by_window), "last_window")
         for deltas, field in parts:
             for doc_id, delta in deltas.items():
