@@ -42,7 +42,12 @@ Other rules the transitions keep:
   `archived_id` (`S#archived-<its start ms>`) and writes the new session as `S`.
 - The entry's expiry is decided in event time: a final event later than the entry's retention,
   with no session open, finds the entry as the expiry would have left it (`_expire`), whether
-  or not Spark's timeout ran before the event arrived.
+  or not Spark's timeout ran before the event arrived. Whether a pending event finds the entry
+  expired is open until it is final (an earlier event arriving within the delay can bridge the
+  gap), and with it the generation of an explicit session it opens: such a session is not shown
+  provisionally (`_expiry_horizon`), its events written on arrival without a session and
+  corrected once final. A provisional write never takes an id its final session does not get,
+  so it never makes the sink archive a closed document that then stays archived.
 - Without a user_session, the user's events make derived sessions by the same gap and
   SESSION_MAX rules (one open derived session per user at a time).
 - At most `max_open_sessions` sessions of one user are open at once (a bot rotating session
@@ -519,18 +524,26 @@ def _show(state: UserState, keys: set, arrived: set, out: Outputs, settings: Ses
     """Writes the open sessions of `keys` as they stand with the pending events (provisional),
     the arrived events with their provisional sessions, and retracts what is no longer shown."""
     by_key: dict = {}
-    for p in sorted(state.pending, key=lambda p: _order(p.event)):
+    in_order = sorted(state.pending, key=lambda p: _order(p.event))
+    for p in in_order:
         by_key.setdefault(_key(p.event), []).append(p)
+    horizon = _expiry_horizon(state, in_order, settings)
     rewritten = {}
     for key in sorted(keys):
         final = state.open_session_of(key)
         current = final.copy() if final is not None else None
         shown, generations = [], dict(state.generations)
-        for p in by_key.get(key, ()):
+        pending = by_key.get(key, [])
+        for i, p in enumerate(pending):
             ev = p.event
             if current is not None and ev.event_ms > current.close_ms(settings):
                 shown.append(current)
                 current = None
+            if current is None and key != DERIVED and horizon is not None and _order(ev) >= horizon:
+                for later in pending[i:]:  # the generation is open until they are final: not shown yet
+                    if later.event.event_id in arrived:
+                        out.events.append(EventOut(later.event.event_id, None, None, False))
+                break
             if current is None:
                 current = _open(state, ev, generations)
             since = _since(current, ev)
@@ -551,6 +564,19 @@ def _show(state: UserState, keys: set, arrived: set, out: Outputs, settings: Ses
             del state.live[session_id]
     if rewritten:
         state.pending = [rewritten.get(p.event.event_id, p) for p in state.pending]
+
+
+def _expiry_horizon(state: UserState, in_order: list, settings: SessionSettings) -> tuple | None:
+    """The order key (_order) of the first pending event that could find the entry expired when it
+    becomes final (_finalize -> _expire): the first one more than SESSION_ID_RETENTION after the
+    user's events before it. None: no pending event can, and no later arrival makes one (arrivals
+    only narrow the gaps, and triggers' cooldowns only lengthen the retention)."""
+    last = state.last_event_ms
+    for p in in_order:
+        if last and p.event.event_ms > last + settings.id_retention_ms:
+            return _order(p.event)
+        last = max(last, p.event.event_ms)
+    return None
 
 
 def _document(state: UserState, session: Session, status: str, settings: SessionSettings,
