@@ -95,15 +95,26 @@ def funnel_document(segment: str, sums: Mapping) -> dict:
 
 def distribution_document(window_ms: int, segment: str, sums: Mapping) -> dict:
     start = to_datetime(window_ms)
+    figures = window_figures(sums)
     return {
         "_id": f"{start.strftime('%Y-%m-%dT%H:%M:%SZ')}|{segment}",
         "window_start": start,
         "window_end": to_datetime(window_ms + WINDOW_MS),
         "behavior_segment": segment,
         **{n: sums[n] for n in DISTRIBUTION_SUMS},
-        "total_revenue": round(sums["total_revenue"], 2),
-        "avg_session_duration": _ratio(sums["sum_duration_minutes"], sums["session_count"]),
+        "total_revenue": figures["total_revenue"],
+        "avg_session_duration": figures["avg_session_duration"],
     }
+
+
+def window_figures(sums: Mapping, share_pct: float | None = None) -> dict:
+    """A segment's figures in a window, from its DISTRIBUTION_SUMS, as /v1/segments/distribution
+    shows them (with its share of the window's sessions, when given)."""
+    figures = {"session_count": sums["session_count"], "unique_users": sums["unique_users"],
+               "total_revenue": round(sums["total_revenue"], 2),
+               "avg_session_duration": _ratio(sums["sum_duration_minutes"], sums["session_count"])}
+    return figures if share_pct is None else {"session_count": figures.pop("session_count"), "share_pct": share_pct,
+                                              **figures}
 
 
 def share_pct(session_counts: Mapping[str, int]) -> dict[str, float]:

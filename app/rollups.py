@@ -12,7 +12,8 @@
   and /v1/anomalies: `<day>|events|<country>` and `<day>|events|*` (all countries) hold
   {hours: {"HH": {event_type: events}}}; `<day>|windows` holds segment_distribution's windows of
   the day, {windows: {"HHMM": {segment: {session_count, unique_users, total_revenue,
-  sum_duration_minutes}}}}; `range` the first and last hour counted and the days with any,
+  sum_duration_minutes}}}}, each window packed into one string (packed_window: FerretDB's cost is
+  per value); `range` the first and last hour counted and the days with any,
   `range|windows` the last window and the days with any. Per month of event time, so that a read
   over many days is a few documents: `<YYYY-MM>|event_hours` {hours: {"DDHH": {event_type:
   events}}} (all countries), `<YYYY-MM>|window_hours` {hours: {"DDHH": {session_count,
@@ -22,6 +23,7 @@
 """
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable, Mapping
 
@@ -157,7 +159,39 @@ def add_nested(previous: Mapping | None, delta: Mapping) -> dict:
     return dict(sorted(out.items()))
 
 
+WINDOWS = "windows"  # the field of `<day>|windows`
+
+
+def packed_window(segments: Mapping[str, Mapping]) -> str:
+    """A day document's window as stored: one JSON string, {segment: [session_count, unique_users,
+    total_revenue, sum_duration_minutes]}. FerretDB 1.24 reads and writes a document in time that
+    grows with its values, not its bytes: a day of 288 windows of 4 segments took 49 ms to read as
+    nested fields, 34 ms as arrays and 4 ms as a string a window (one run, idle). Floats go
+    through JSON exactly (repr), so the sums are the same."""
+    return json.dumps({segment: [sums[n] for n in DISTRIBUTION_SUMS] for segment, sums in sorted(segments.items())},
+                      separators=(",", ":"))
+
+
+def window_segments(stored: str | Mapping) -> dict:
+    """A stored window -> {segment: {DISTRIBUTION_SUMS}}: packed_window's string, or the nested
+    fields a store written before it holds (both are read, so no marker is needed)."""
+    if isinstance(stored, str):
+        return {segment: dict(zip(DISTRIBUTION_SUMS, values)) for segment, values in json.loads(stored).items()}
+    return dict(stored)
+
+
+def added_daily_sums(previous: Mapping | None, delta: Mapping, field: str) -> dict:
+    """What a daily_metrics document's `field` holds with `delta` added to the stored document
+    `previous` (None: none yet)."""
+    stored = (previous or {}).get(field)
+    if field == WINDOWS and stored:
+        stored = {hhmm: window_segments(value) for hhmm, value in stored.items()}
+    return add_nested(stored, delta[field])
+
+
 def daily_document(doc_id: str, delta: Mapping, field: str, sums: Mapping) -> dict:
+    if field == WINDOWS:
+        sums = {hhmm: packed_window(segments) for hhmm, segments in sums.items()}
     return {"_id": doc_id, "day": to_datetime(delta["day_ms"]), field: sums}
 
 

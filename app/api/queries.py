@@ -201,6 +201,7 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
                 "sessions": sessions, **extra}
     kept = _daily_kept(db)
     if kept is not None:  # the days with windows by _id (at most MAX_SPAN's)
+        db = _ReadOnce(db)
         if limit is not None:  # the newest `limit` windows (of the segment) up to end: from the latest one back
             latest = _latest_window_end(db, True, segment, end)
             if latest is not None:
@@ -247,6 +248,29 @@ def event_frequency(db, event_type: str | None, country: str | None, start, end,
         docs = capped(db[C.EVENT_COUNTS].find(query, _HIDDEN), "start")
     return {"start": start, "end": end, "event_type": event_type, "country": country,
             **A.frequency(docs, interval)}
+
+
+class _ReadOnce(dict):
+    """`db` for one answer, its daily_metrics documents read once each (by _id and projection):
+    an answer that finds the latest window and then sums up to it, or reads the range document
+    twice, reads each document once."""
+
+    class _Collection:
+        def __init__(self, coll):
+            self._coll, self._docs = coll, {}
+
+        def find_one(self, query: dict, projection: dict | None = None):
+            key = (query["_id"], tuple(sorted(projection or {})))
+            if key not in self._docs:
+                self._docs[key] = self._coll.find_one(query, projection)
+            return self._docs[key]
+
+    def __init__(self, db):
+        super().__init__({C.DAILY: self._Collection(db[C.DAILY])})
+        self._db = db
+
+    def __missing__(self, name: str):
+        return self._db[name]
 
 
 def _daily_kept(db) -> str | None:
@@ -306,23 +330,32 @@ def _days(bounds: dict, first: datetime | None, last: datetime | None, parameter
     return days
 
 
+def _stored_windows(db, first: datetime | None, last: datetime | None, parameter: str,
+                    most: int = MAX_SPAN.days + 1, days: list[datetime] | None = None):
+    """(window_start, {segment: DISTRIBUTION_SUMS}) of the 5-minute windows starting in [first,
+    last), oldest first, from daily_metrics' day documents (each read by _id; `days`: those days,
+    else the listed ones)."""
+    if days is None:
+        days = _days(db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}, first, last, parameter, most)
+    first, last = first and A.utc(first), last and A.utc(last)
+    for day in days:
+        doc = db[C.DAILY].find_one({"_id": R.day_id(day, "windows")}, {"windows": 1}) or {}
+        for hhmm, stored in sorted(doc.get("windows", {}).items()):
+            window = day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:]))
+            if (first is None or window >= first) and (last is None or window < last):
+                yield window, R.window_segments(stored)
+
+
 def _daily_windows(db, first: datetime | None, last: datetime | None, parameter: str,
                    most: int = MAX_SPAN.days + 1, days: list[datetime] | None = None) -> list[dict]:
     """segment_distribution's documents with window_start in [first, last), oldest first, from
-    daily_metrics' day documents (each read by _id; `days`: those days, else the listed ones)."""
-    if days is None:
-        days = _days(db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}, first, last, parameter, most)
+    daily_metrics' day documents (_stored_windows)."""
     out = []
-    for day in days:
-        doc = db[C.DAILY].find_one({"_id": R.day_id(day, "windows")}, {"windows": 1}) or {}
-        for hhmm, segments in sorted(doc.get("windows", {}).items()):
-            window = day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:]))
-            if (first is not None and window < A.utc(first)) or (last is not None and window >= A.utc(last)):
-                continue
-            shares = AG.share_pct({segment: sums["session_count"] for segment, sums in segments.items()})
-            window_ms = int(window.timestamp() * 1000)
-            out += [{**AG.distribution_document(window_ms, segment, sums), "share_pct": shares[segment]}
-                    for segment, sums in sorted(segments.items())]
+    for window, segments in _stored_windows(db, first, last, parameter, most, days):
+        shares = AG.share_pct({segment: sums["session_count"] for segment, sums in segments.items()})
+        window_ms = int(window.timestamp() * 1000)
+        out += [{**AG.distribution_document(window_ms, segment, sums), "share_pct": shares[segment]}
+                for segment, sums in sorted(segments.items())]
     return out
 
 
@@ -337,11 +370,11 @@ def _latest_window_end(db, daily: bool, segment: str | None = None, end: datetim
         return A.utc(bounds["last_window"]) + WINDOW if bounds else None
     days = _days(bounds, None, end, "start", most=len(bounds.get("days", [])))
     for day in reversed(days[-(MAX_SPAN.days + 1):]):  # (a segment without windows there: none)
-        windows = [w for w in _daily_windows(db, day, day + timedelta(days=1), "start", days=[day])
-                   if (segment is None or w["behavior_segment"] == segment)
-                   and (end is None or w["window_start"] < end)]
-        if windows:
-            return windows[-1]["window_end"]
+        kept = (db[C.DAILY].find_one({"_id": R.day_id(day, "windows")}, {"windows": 1}) or {}).get("windows", {})
+        for hhmm in sorted(kept, reverse=True):  # the day's windows, newest first, none built
+            window = day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:]))
+            if (segment is None or segment in R.window_segments(kept[hhmm])) and (end is None or window < A.utc(end)):
+                return window + WINDOW
     return None
 
 
@@ -431,29 +464,47 @@ def segment_distribution(db, hours: float, start, end, segment: str | None) -> d
     MAX_WINDOW_SPAN); without start, the last `hours` hours of event time up to end or the
     latest window."""
     daily = _daily_complete(db)
+    db = _ReadOnce(db)
     if start is None:
         latest = _latest_window_end(db, daily)
         if latest is None:
             return {"start": None, "end": None, "windows": [], "totals": {}}
         end = end or latest
         start = end - timedelta(hours=hours)
-    if daily:  # the days' documents by _id (MAX_WINDOW_SPAN: 8 at most)
-        docs: Any = [d for d in _daily_windows(db, start, end, "hours")
-                     if segment is None or d["behavior_segment"] == segment]
-    else:
-        query = _range("window_start", start, end)
-        if segment is not None:
-            query["behavior_segment"] = segment
-        docs = capped(db[C.DISTRIBUTION].find(query, _HIDDEN).sort("window_start", ASCENDING), "hours")
-    windows: dict = {}
+    windows = _daily_distribution(db, start, end, segment) if daily else _stored_distribution(db, start, end, segment)
     totals: dict = {}
-    for d in docs:
+    for w in windows:
+        for name, figures in w["segments"].items():
+            totals[name] = totals.get(name, 0) + figures["session_count"]
+    return {"start": start, "end": end, "windows": windows, "totals": dict(sorted(totals.items()))}
+
+
+def _daily_distribution(db, start: datetime, end: datetime, segment: str | None) -> list[dict]:
+    """The answer's windows over [start, end) from daily_metrics' day documents by _id
+    (MAX_WINDOW_SPAN: 8 at most), each built once from its stored sums."""
+    windows = []
+    for window, segments in _stored_windows(db, start, end, "hours"):
+        if segment is None or segment in segments:
+            shares = AG.share_pct({name: sums["session_count"] for name, sums in segments.items()})
+            windows.append({"window_start": window, "window_end": window + WINDOW, "segments": {
+                name: AG.window_figures(sums, shares[name]) for name, sums in sorted(segments.items())
+                if segment is None or name == segment}})
+    return windows
+
+
+def _stored_distribution(db, start: datetime, end: datetime, segment: str | None) -> list[dict]:
+    """The answer's windows over [start, end) from segment_distribution's documents (its
+    window_start index)."""
+    query = _range("window_start", start, end)
+    if segment is not None:
+        query["behavior_segment"] = segment
+    windows: dict = {}
+    for d in capped(db[C.DISTRIBUTION].find(query, _HIDDEN).sort("window_start", ASCENDING), "hours"):
         w = windows.setdefault(d["window_start"], {"window_start": d["window_start"], "window_end": d["window_end"],
                                                    "segments": {}})
         w["segments"][d["behavior_segment"]] = _pick(d, ("session_count", "share_pct", "unique_users",
                                                          "total_revenue", "avg_session_duration"))
-        totals[d["behavior_segment"]] = totals.get(d["behavior_segment"], 0) + d["session_count"]
-    return {"start": start, "end": end, "windows": list(windows.values()), "totals": dict(sorted(totals.items()))}
+    return list(windows.values())
 
 
 def alerts(db, user_id, alert_type, severity, start, end, limit: int) -> dict:

@@ -178,7 +178,7 @@ def apply_closed_sessions(db, run_id: str, batch_id: int, closed: list[dict],
         _apply_window(db[DISTRIBUTION], window, run_id, batch_id, deltas)
 
     _apply_sums_once(db[PATHS], run_id, batch_id, R.path_deltas(closed), R.PATH_SUMS, R.path_document)
-    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_window_deltas(by_window), "windows")
+    _apply_daily_once(db[DAILY], run_id, batch_id, R.daily_window_deltas(by_window), R.WINDOWS)
     hours, days = R.monthly_window_deltas(by_window)
     _apply_daily_once(db[DAILY], run_id, batch_id, hours, "hours")
     _apply_daily_once(db[DAILY], run_id, batch_id, days, "days")
@@ -217,7 +217,7 @@ def _widen_range(coll, doc_id: str, times_ms: list[int], last: str, first: str |
 def _apply_daily_once(coll, run_id: str, batch_id: int, deltas: dict[str, dict], field: str) -> None:
     """As _apply_sums_once, for daily_metrics' documents of nested sums (`field`)."""
     _add_once(coll, run_id, batch_id, deltas,
-              lambda previous, delta: R.add_nested((previous or {}).get(field), delta[field]),
+              lambda previous, delta: R.added_daily_sums(previous, delta, field),
               lambda doc_id, delta, sums: R.daily_document(doc_id, delta, field, sums))
 
 

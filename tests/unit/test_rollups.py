@@ -11,6 +11,7 @@ from app import aggregates as A2, rollups as R
 from app.api import analytics as A
 from app.sessions.metrics import PATH_STEPS, SessionAccumulator, event_path
 from app.sinks import exactly_once
+from tests.unit.test_api_edges import FakeStore
 
 T0 = datetime(2019, 10, 1, tzinfo=timezone.utc)
 
@@ -270,7 +271,7 @@ def _daily_store(rows: list[tuple], sessions: list[dict], cut: int) -> _Docs:
             exactly_once._widen_range(store, R.WINDOWS_RANGE_ID, list(by_window), "last_window")
         for deltas, field in parts:
             for doc_id, delta in deltas.items():
-                sums = R.add_nested((store.docs.get(doc_id) or {}).get(field), delta[field])
+                sums = R.added_daily_sums(store.docs.get(doc_id), delta, field)
                 store.docs[doc_id] = R.daily_document(doc_id, delta, field, sums)
     return store
 
@@ -280,6 +281,21 @@ class _Db(dict):
         progress = _Docs()
         progress.docs[R.DAILY_STATUS_ID] = {"_id": R.DAILY_STATUS_ID, "complete": True, "months": months}
         super().__init__({C.DAILY: daily, C.PROGRESS: progress})
+
+
+def _collections(daily: _Docs) -> FakeStore:
+    """segment_distribution as the store query writes it (exactly_once._apply_window) for the
+    windows the day documents hold, and no daily_metrics status: the API reads the collection."""
+    docs = []
+    for doc_id, doc in daily.docs.items():
+        if doc_id.endswith("|windows") and doc_id != R.WINDOWS_RANGE_ID:
+            for hhmm, stored in doc["windows"].items():
+                segments = R.window_segments(stored)
+                window_ms = _ms(doc["day"]) + (int(hhmm[:2]) * 60 + int(hhmm[2:])) * 60_000
+                shares = A2.share_pct({segment: sums["session_count"] for segment, sums in segments.items()})
+                docs += [{**A2.distribution_document(window_ms, segment, sums), "share_pct": shares[segment]}
+                         for segment, sums in segments.items()]
+    return FakeStore({C.DISTRIBUTION: docs})
 
 
 @settings(max_examples=150, deadline=None)
@@ -303,9 +319,44 @@ def test_answers_from_the_month_documents_equal_the_day_documents_answers(counts
     limit = data.draw(st.none() | st.integers(1, 600), label="limit")
     assert Q.session_metrics(months, None, segment, start, end, limit) == \
         Q.session_metrics(days, None, segment, start, end, limit)
+    hours = data.draw(st.sampled_from([1, 24, 72]), label="distribution hours")
+    assert Q.segment_distribution(months, hours, start, end, segment) == \
+        Q.segment_distribution(_collections(store), hours, start, end, segment)
+    built = [w for w in Q._daily_windows(days, None, None, "start")  # every window, as the answers have them
+             if (segment is None or w["behavior_segment"] == segment) and (end is None or w["window_start"] < end)]
+    assert Q._latest_window_end(days, True, segment, end) == (built[-1]["window_end"] if built else None)
     assert Q.event_frequency(months, None, None, start, end, "hour") == \
         Q.event_frequency(days, None, None, start, end, "hour")
     if rows:
         end_hour = T_MONTH_END + timedelta(hours=data.draw(st.integers(1, 4 * 24), label="anomalies end hour"))
         recent = data.draw(st.sampled_from([1 / 24, 0.5, 1.0]), label="recent_days")
         assert Q.anomalies(months, 2.0, recent, 2.0, end_hour, None) == Q.anomalies(days, 2.0, recent, 2.0, end_hour, None)
+
+
+def test_day_windows_are_packed_and_a_store_written_before_them_answers_the_same():
+    """`<day>|windows` keeps each window as one string (FerretDB's cost is per value); a store whose
+    documents hold the nested fields (written before) is read, and added to, as the same sums."""
+    sessions = [{"session_end_ms": _ms(T_MONTH_END) + m * 60_000 + 59_000, "behavior_segment": seg,
+                 "total_amount": a, "session_duration_minutes": d}
+                for m, seg, a, d in [(0, "browser", 0.1, 1 / 3), (3, "bouncer", None, 0.0),
+                                     (2 * 24 * 60, "browser", 9.99, 2.5)]]
+    packed = _daily_store([], sessions, 2)
+    nested = _Docs()
+    for doc_id, doc in packed.docs.items():
+        windowed = doc_id.endswith("|" + R.WINDOWS) and doc_id != R.WINDOWS_RANGE_ID
+        if windowed:
+            assert all(isinstance(v, str) for v in doc[R.WINDOWS].values())
+        nested.docs[doc_id] = {**doc, R.WINDOWS: {h: R.window_segments(v) for h, v in doc[R.WINDOWS].items()}} \
+            if windowed else doc
+    day = R.day_id(T_MONTH_END, R.WINDOWS)
+    assert nested.docs[day][R.WINDOWS]["0000"]["browser"] == {"session_count": 1, "unique_users": 0,
+                                                               "total_revenue": 0.1, "sum_duration_minutes": 1 / 3}
+    delta = R.daily_window_deltas(_by_window(sessions[:1]))[day]
+    assert R.added_daily_sums(nested.docs[day], delta, R.WINDOWS) == \
+        R.added_daily_sums(packed.docs[day], delta, R.WINDOWS)
+    for months in (True, False):
+        a, b = _Db(packed, months), _Db(nested, months)
+        assert Q.segment_distribution(a, 72, None, None, None) == Q.segment_distribution(b, 72, None, None, None)
+        assert Q.session_metrics(a, None, "browser", None, None, 3) == \
+            Q.session_metrics(b, None, "browser", None, None, 3)
+    assert Q.segment_distribution(a, 72, None, None, None)["totals"] == {"bouncer": 1, "browser": 2}
