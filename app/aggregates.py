@@ -110,11 +110,12 @@ def distribution_document(window_ms: int, segment: str, sums: Mapping) -> dict:
 def window_figures(sums: Mapping, share_pct: float | None = None) -> dict:
     """A segment's figures in a window, from its DISTRIBUTION_SUMS, as /v1/segments/distribution
     shows them (with its share of the window's sessions, when given)."""
-    figures = {"session_count": sums["session_count"], "unique_users": sums["unique_users"],
-               "total_revenue": round(sums["total_revenue"], 2),
-               "avg_session_duration": _ratio(sums["sum_duration_minutes"], sums["session_count"])}
-    return figures if share_pct is None else {"session_count": figures.pop("session_count"), "share_pct": share_pct,
-                                              **figures}
+    figures = {"session_count": sums["session_count"]}
+    if share_pct is not None:
+        figures["share_pct"] = share_pct
+    figures.update(unique_users=sums["unique_users"], total_revenue=round(sums["total_revenue"], 2),
+                   avg_session_duration=_ratio(sums["sum_duration_minutes"], sums["session_count"]))
+    return figures
 
 
 def share_pct(session_counts: Mapping[str, int]) -> dict[str, float]:

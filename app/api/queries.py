@@ -330,6 +330,13 @@ def _days(bounds: dict, first: datetime | None, last: datetime | None, parameter
     return days
 
 
+def _day_windows(db, day: datetime) -> list[tuple[datetime, Any]]:
+    """(window_start, the stored window) of a day's `<day>|windows` document, oldest first."""
+    doc = db[C.DAILY].find_one({"_id": R.day_id(day, R.WINDOWS)}, {R.WINDOWS: 1}) or {}
+    return [(day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:])), stored)
+            for hhmm, stored in sorted(doc.get(R.WINDOWS, {}).items())]
+
+
 def _stored_windows(db, first: datetime | None, last: datetime | None, parameter: str,
                     most: int = MAX_SPAN.days + 1, days: list[datetime] | None = None):
     """(window_start, {segment: DISTRIBUTION_SUMS}) of the 5-minute windows starting in [first,
@@ -339,24 +346,18 @@ def _stored_windows(db, first: datetime | None, last: datetime | None, parameter
         days = _days(db[C.DAILY].find_one({"_id": R.WINDOWS_RANGE_ID}) or {}, first, last, parameter, most)
     first, last = first and A.utc(first), last and A.utc(last)
     for day in days:
-        doc = db[C.DAILY].find_one({"_id": R.day_id(day, "windows")}, {"windows": 1}) or {}
-        for hhmm, stored in sorted(doc.get("windows", {}).items()):
-            window = day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:]))
+        for window, stored in _day_windows(db, day):
             if (first is None or window >= first) and (last is None or window < last):
                 yield window, R.window_segments(stored)
 
 
 def _daily_windows(db, first: datetime | None, last: datetime | None, parameter: str,
                    most: int = MAX_SPAN.days + 1, days: list[datetime] | None = None) -> list[dict]:
-    """segment_distribution's documents with window_start in [first, last), oldest first, from
-    daily_metrics' day documents (_stored_windows)."""
-    out = []
-    for window, segments in _stored_windows(db, first, last, parameter, most, days):
-        shares = AG.share_pct({segment: sums["session_count"] for segment, sums in segments.items()})
-        window_ms = int(window.timestamp() * 1000)
-        out += [{**AG.distribution_document(window_ms, segment, sums), "share_pct": shares[segment]}
-                for segment, sums in sorted(segments.items())]
-    return out
+    """{window_start, behavior_segment, DISTRIBUTION_SUMS} of each segment of the windows starting
+    in [first, last), oldest first (_stored_windows): what session_metrics and hourly_metrics sum."""
+    return [{"window_start": window, "behavior_segment": segment, **sums}
+            for window, segments in _stored_windows(db, first, last, parameter, most, days)
+            for segment, sums in sorted(segments.items())]
 
 
 def _latest_window_end(db, daily: bool, segment: str | None = None, end: datetime | None = None) -> datetime | None:
@@ -370,10 +371,8 @@ def _latest_window_end(db, daily: bool, segment: str | None = None, end: datetim
         return A.utc(bounds["last_window"]) + WINDOW if bounds else None
     days = _days(bounds, None, end, "start", most=len(bounds.get("days", [])))
     for day in reversed(days[-(MAX_SPAN.days + 1):]):  # (a segment without windows there: none)
-        kept = (db[C.DAILY].find_one({"_id": R.day_id(day, "windows")}, {"windows": 1}) or {}).get("windows", {})
-        for hhmm in sorted(kept, reverse=True):  # the day's windows, newest first, none built
-            window = day + timedelta(hours=int(hhmm[:2]), minutes=int(hhmm[2:]))
-            if (segment is None or segment in R.window_segments(kept[hhmm])) and (end is None or window < A.utc(end)):
+        for window, stored in reversed(_day_windows(db, day)):  # newest first, none built
+            if (segment is None or segment in R.window_segments(stored)) and (end is None or window < A.utc(end)):
                 return window + WINDOW
     return None
 
