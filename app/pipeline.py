@@ -210,6 +210,26 @@ def counted_events(rows: DataFrame) -> DataFrame:
     )
 
 
+def aggregate_inputs(rows: DataFrame) -> tuple[list[dict], list[tuple]]:
+    """The batch's closed-session figures and counted events (hour x type x country), in one Spark
+    job: a job per list cost each batch a scheduling round of its own. Unordered: aggregate_messages
+    sorts both, so the float sums come out bit-identical however the rows were partitioned."""
+    closed = (rows.filter((F.col("kind") == "session") & (F.col("status") == "closed"))
+              .select("doc", *[F.lit(None).cast(t).alias(c) for c, t in _COUNT_COLUMNS]))
+    both = closed.unionByName(counted_events(rows).select(F.lit(None).cast("string").alias("doc"),
+                                                          *[c for c, _ in _COUNT_COLUMNS]))
+    closed_rows, counts = [], []
+    for r in both.collect():
+        if r.doc is not None:
+            closed_rows.append(closed_session_figures(json.loads(r.doc)))
+        else:
+            counts.append((r.hour_ms, r.event_type, r.country, r["count"]))
+    return closed_rows, counts
+
+
+_COUNT_COLUMNS = (("hour_ms", "long"), ("event_type", "string"), ("country", "string"), ("count", "long"))
+
+
 class SessionBatchWriter:
     """foreachBatch sink of the sessions query: the act lane and the store lane, both on Kafka, so
     the batch never waits for MongoDB (DESIGN.md §16); the store query (app/sinks/store_lane.py)
@@ -239,10 +259,7 @@ class SessionBatchWriter:
                     messages = act.unionByName(messages)
                 messages.write.format("kafka").options(**self.producer).save()  # both lanes, one Kafka write
                 timer.step("act+store lanes")
-                small = batch.filter((F.col("kind") == "session") & (F.col("status") == "closed")).select("doc").collect()
-                # sorted there: the float sums come out bit-identical however the rows were partitioned
-                closed = [closed_session_figures(json.loads(r.doc)) for r in small]
-                counts = [(r.hour_ms, r.event_type, r.country, r["count"]) for r in counted_events(batch).collect()]
+                closed, counts = aggregate_inputs(batch)
             publish_aggregates(batch.sparkSession, aggregate_messages(closed, counts, run_id, batch_id),
                                self.store_topic, self.producer)
             timer.step("aggregate inputs")
