@@ -210,24 +210,30 @@ def counted_events(rows: DataFrame) -> DataFrame:
     )
 
 
-def aggregate_inputs(rows: DataFrame) -> tuple[list[dict], list[tuple]]:
-    """The batch's closed-session figures and counted events (hour x type x country), in one Spark
-    job: a job per list cost each batch a scheduling round of its own. Unordered: aggregate_messages
-    sorts both, so the float sums come out bit-identical however the rows were partitioned."""
-    closed = (rows.filter((F.col("kind") == "session") & (F.col("status") == "closed"))
-              .select("doc", *[F.lit(None).cast(t).alias(c) for c, t in _COUNT_COLUMNS]))
-    both = closed.unionByName(counted_events(rows).select(F.lit(None).cast("string").alias("doc"),
-                                                          *[c for c, _ in _COUNT_COLUMNS]))
-    closed_rows, counts = [], []
+def aggregate_inputs(rows: DataFrame) -> tuple[int, list[dict], list[tuple]]:
+    """The batch's row count, its closed-session figures and its counted events (hour x type x
+    country), in one Spark job: a job per answer cost each batch a scheduling round of its own.
+    Unordered: aggregate_messages sorts both lists, so the float sums come out bit-identical however
+    the rows were partitioned."""
+    def part(number: int, df: DataFrame) -> DataFrame:  # df's columns of _PART_COLUMNS, null for the others
+        return df.select(F.lit(number).alias("part"), *[(F.col(c) if c in df.columns else F.lit(None).cast(t)).alias(c)
+                                                        for c, t in _PART_COLUMNS])
+    closed = rows.filter((F.col("kind") == "session") & (F.col("status") == "closed"))
+    both = (part(0, closed).unionByName(part(1, counted_events(rows)))
+            .unionByName(part(2, rows.groupBy().count())))
+    total, closed_rows, counts = 0, [], []
     for r in both.collect():
-        if r.doc is not None:
+        if r.part == 0:
             closed_rows.append(closed_session_figures(json.loads(r.doc)))
-        else:
+        elif r.part == 1:
             counts.append((r.hour_ms, r.event_type, r.country, r["count"]))
-    return closed_rows, counts
+        else:
+            total = r["count"]
+    return total, closed_rows, counts
 
 
-_COUNT_COLUMNS = (("hour_ms", "long"), ("event_type", "string"), ("country", "string"), ("count", "long"))
+_PART_COLUMNS = (("doc", "string"), ("hour_ms", "long"), ("event_type", "string"), ("country", "string"),
+                 ("count", "long"))
 
 
 class SessionBatchWriter:
@@ -248,18 +254,17 @@ class SessionBatchWriter:
         timer = _StepTimer()
         batch.persist()
         try:
-            rows = batch.count()  # runs the read, parse and state steps once; the writes reuse it
-            timer.step("read+parse+state")
             run_id = self.run_id()
-            closed, counts = [], []
-            if rows > 0:  # (a batch without rows sends only its end marker)
-                messages = store_messages(batch, self.store_topic, run_id, batch_id)
-                act = self.act_messages(batch)
-                if act is not None:
-                    messages = act.unionByName(messages)
-                messages.write.format("kafka").options(**self.producer).save()  # both lanes, one Kafka write
-                timer.step("act+store lanes")
-                closed, counts = aggregate_inputs(batch)
+            messages = store_messages(batch, self.store_topic, run_id, batch_id)
+            act = self.act_messages(batch)
+            if act is not None:  # first in the union: the act lane's tasks run first
+                messages = act.unionByName(messages)
+            # the batch's first action: runs the read, parse and state steps once (the cache keeps
+            # the rows for the steps after), and each state partition's messages go out as soon as
+            # that partition is done, not after a separate job over all of them (DESIGN.md §16)
+            messages.write.format("kafka").options(**self.producer).save()  # both lanes, one Kafka write
+            timer.step("read+parse+state+lanes")
+            rows, closed, counts = aggregate_inputs(batch)
             publish_aggregates(batch.sparkSession, aggregate_messages(closed, counts, run_id, batch_id),
                                self.store_topic, self.producer)
             timer.step("aggregate inputs")

@@ -18,7 +18,7 @@ from faults.harness import differences, snapshot
 
 RUNS = (("applyInPandasWithState", "applyInPandasWithState"), ("transformWithState", "transformWithState"),
         ("applyInPandasWithState again", "applyInPandasWithState"))
-_STATE_STEP = re.compile(r"read\+parse\+state ([\d.]+) s")
+_STATE_STEP = re.compile(r"read\+parse\+state(?:\+lanes)? ([\d.]+) s")
 
 
 def state_seconds(steps: list[str]) -> float:

@@ -9,7 +9,7 @@ from app.sessions.stateful import OUTPUT_SCHEMA
 
 
 def test_the_aggregate_inputs_are_the_closed_sessions_and_the_counted_events(spark):
-    """aggregate_inputs (one Spark job) gives the closed sessions' figures and the counted events
+    """aggregate_inputs (one Spark job) gives the row count, the closed sessions' figures and the counted events
     per hour x type x country: events in a session, not late-and-unsessionized ones, duplicates,
     corrections or open sessions."""
     hour = 3_600_000
@@ -26,7 +26,9 @@ def test_the_aggregate_inputs_are_the_closed_sessions_and_the_counted_events(spa
              None, None),
             ("session", "S", json.dumps(session), None, None, None, "closed", True),
             ("session", "T", json.dumps({**session, "_id": "T"}), None, None, None, "active", True)]
-    closed, counts = aggregate_inputs(spark.createDataFrame(rows, OUTPUT_SCHEMA).repartition(3))
+    total, closed, counts = aggregate_inputs(spark.createDataFrame(rows, OUTPUT_SCHEMA).repartition(3))
+    assert total == len(rows)
     assert [c["session_id"] for c in closed] == ["S"] and closed[0]["session_end_ms"] == 5 * hour
     assert sorted(counts, key=repr) == sorted([(hour, "view", "DE", 2), (2 * hour, "cart", "DE", 1),
                                                (hour, "view", None, 1)], key=repr)
+    assert aggregate_inputs(spark.createDataFrame([], OUTPUT_SCHEMA)) == (0, [], [])
