@@ -42,10 +42,11 @@ def _json(value: dict) -> bytes:
 
 
 def week_later_user(bootstrap: str, topic: str) -> None:
-    """One user with a session 8 days ago and one an hour ago: week 1 of the user's cohort."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    """One user with a session an hour ago and one exactly a week before it: week 1 of the user's
+    cohort on any day (8 days before made it week 2 when the run fell on a Monday)."""
+    later = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=1)
     producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for session, start in (("ret-a", now - timedelta(days=8)), ("ret-b", now - timedelta(hours=1))):
+    for session, start in (("ret-a", later - timedelta(days=7)), ("ret-b", later)):
         for i, event_type in enumerate(("view", "view", "cart")):
             producer.send(topic, key=session.encode(), value=_json({
                 "event_id": f"{session}-{i}", "user_id": "returner-1", "user_session": session,
