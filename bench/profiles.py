@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from kafka import KafkaConsumer
 
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--alerts-only", action="store_true", help="run the alert latency again; keep the rest")
     args = parser.parse_args(argv)
-    out = ROOT / args.out if not args.out.startswith("/") else __import__("pathlib").Path(args.out)
+    out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     if args.alerts_only:
         results = json.loads((out / "profiles.json").read_text())
         results["alert_latency"] = alert_latency(args.rate, args.seconds)
