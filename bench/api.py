@@ -419,55 +419,81 @@ def _stored_any(db) -> bool:
     return any(str(d["_id"]).startswith("stored:") for d in db["stream_progress"].find({}, {"_id": 1}))
 
 
-def personalization(args) -> dict:
-    """Part 1: personalization lookups, while the job runs live and then with the job stopped."""
-    say(f"part 1: personalization at {args.rate:g}/s while the job runs; preload {args.live_events:,} events")
+def _live_window(args, api: Api, nice: int) -> tuple[dict, list[str]]:
+    """A fresh topic with the preload, the job live on it at CPU niceness `nice` (JOB_NICE) with the
+    paced producer, then the open loop of lookups while it runs. Returns the window and the paths;
+    the job and the producer are stopped, their database kept for the API-alone window."""
     for topic in (LIVE_TOPIC, ALERTS_TOPIC, ACTIONS_TOPIC):
         load.fresh_topic(BOOTSTRAP, topic)
     figures = load.preload(BOOTSTRAP, LIVE_TOPIC, workload.events(args.live_events), args.live_events)
     say(f"preload: {figures['events']:,} events in {figures['seconds']} s ({figures['events_per_s']:,}/s)")
-    result: dict = {"preload": figures, "producer_rate": args.producer_rate}
-    job = Job("api-live", LIVE_TOPIC, LIVE_DB, {**JOB_ENV, "TRIGGER_INTERVAL": "1s"}, [], JOB_SCRIPT)
-    api = Api("api-live", LIVE_DB)
-    budget = args.profile_wait + 2 * (args.warmup + args.seconds) + 600
+    job = Job("api-live", LIVE_TOPIC, LIVE_DB, {**JOB_ENV, "TRIGGER_INTERVAL": "1s", "JOB_NICE": str(nice)}, [],
+              JOB_SCRIPT)
+    budget = args.profile_wait + args.warmup + args.seconds + 600
     producer = Producer(args.producer_rate, budget)
     db = MongoClient(MONGODB_URI)[LIVE_DB]
+    label = "with the job" + (f" at nice {nice}" if nice else "")
     try:
         job.start()
         job.wait_running(timeout_s=300)
-        say(f"job running (trigger 1 s); paced producer at {args.producer_rate:,} events/s into {LIVE_TOPIC}")
+        say(f"job running (trigger 1 s, JOB_NICE={nice}); paced producer at {args.producer_rate:,} events/s "
+            f"into {LIVE_TOPIC}")
         producer.start()
-        api.start()
-        result["api_ready_s"] = round(api.wait_ready(), 1)
-        say(f"api ready in {result['api_ready_s']} s; waiting for the job's first batch (all its user_profiles)")
+        say("waiting for the job's first batch (all its user_profiles)")
         deadline = time.time() + args.profile_wait
         # the store query has written profiles (it may never catch up with the sessions query: at
         # this rate with every output on, the job is near its throughput on 2 cores)
         _wait_for(job, lambda: _sessions_batches(db) and _stored_any(db)
                   and db["user_profiles"].find_one({}, {"_id": 1}) is not None, deadline, "no first batch", 2)
-        result["first_batch_after_s"] = round(time.time() - job.started_at, 1)
-        result["store_caught_up_at_start"] = caught_up_store(db)
+        first_batch_after_s = round(time.time() - job.started_at, 1)
+        store_caught_up = caught_up_store(db)
         job._sampling = False  # its RSS sampler (psutil over the JVM's tree) would share this process's GIL
         users = [d["_id"] for d in db["user_profiles"].find({}, {"_id": 1}).limit(args.users)]
         random.Random(3).shuffle(users)
-        say(f"first batch written {result['first_batch_after_s']} s after the job's start; {len(users):,} user ids read")
+        say(f"first batch written {first_batch_after_s} s after the job's start; {len(users):,} user ids read")
         paths = [f"/v1/users/{u}/personalization" for u in users]
-        result["with_job"] = open_loop(api, paths, args.rate, args.warmup, args.seconds, args.connections,
-                                       args.timeout, "with the job", lambda: _tree(job.proc.pid))
-        result["with_job"]["job"] = _job_batches(db, result["with_job"]["window"])
-        say(f"the job during the window: {result['with_job']['job']}")
-        producer.stop()
-        job.stop()
-        say("job and producer stopped; the API alone")
-        result["api_alone"] = open_loop(api, paths, args.rate, args.warmup, args.seconds, args.connections,
-                                        args.timeout, "API alone")
-        result["profiles"] = _count(db, "user_profiles")
+        run = open_loop(api, paths, args.rate, args.warmup, args.seconds, args.connections, args.timeout, label,
+                        lambda: _tree(job.proc.pid))
+        run.update({"job_nice": nice, "preload": figures, "first_batch_after_s": first_batch_after_s,
+                    "store_caught_up_at_start": store_caught_up, "job": _job_batches(db, run["window"])})
+        say(f"the job during the window: {run['job']}")
+        return run, paths
     finally:
-        api.stop()
         producer.stop()
         if hasattr(job, "proc"):
             job.stop()
+
+
+def personalization(args) -> dict:
+    """Part 1: personalization lookups while the job runs live (once per --job-nice value, each on
+    its own fresh topic, job and database), then with the job stopped."""
+    say(f"part 1: personalization at {args.rate:g}/s while the job runs (JOB_NICE {args.job_nice}); "
+        f"preload {args.live_events:,} events each time")
+    result: dict = {"producer_rate": args.producer_rate, "job_nice": args.job_nice}
+    api = Api("api-live", LIVE_DB)
+    try:
+        api.start()
+        result["api_ready_s"] = round(api.wait_ready(), 1)
+        paths: list[str] = []
+        for nice in args.job_nice:
+            run, paths = _live_window(args, api, nice)
+            result["with_job" if nice == 0 else f"with_job_nice{nice}"] = run
+            result.setdefault("preload", run["preload"])
+        say("job and producer stopped; the API alone")
+        result["api_alone"] = open_loop(api, paths, args.rate, args.warmup, args.seconds, args.connections,
+                                        args.timeout, "API alone")
+        result["profiles"] = _count(MongoClient(MONGODB_URI)[LIVE_DB], "user_profiles")
+    finally:
+        api.stop()
     return result
+
+
+def _live_runs(p: dict) -> list[tuple[str, str]]:
+    """(key, name) of the personalization windows in `p`, the job's first, the API alone last."""
+    keys = [k for k in p if k == "with_job" or k.startswith("with_job_nice")]
+    keys.sort(key=lambda k: p[k].get("job_nice", 0))
+    return ([(k, "the job running" + (f" at nice {p[k]['job_nice']}" if p[k].get("job_nice") else ""))
+             for k in keys] + [("api_alone", "the job stopped (API alone)")])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,25 +552,40 @@ def analytics(args) -> dict:
     alert = db["behavior_alerts"].find_one({}, {"user_id": 1, "severity": 1}, sort=[("first_event_time", -1)]) or {}
     alert_user, severity = alert.get("user_id", user), alert.get("severity", "high")
     api = Api("api-analytics", EVENTS_DB)
-    rows, live, producer = [], None, None
+    result["producer_rate"] = args.producer_rate
     try:
         api.start()
         result["api_ready_s"] = round(api.wait_ready(), 1)
-        result["producer_rate"] = args.producer_rate
-        if args.producer_rate > 0:  # the job goes on from its checkpoint (same store lane), live
+        # the job goes on from its checkpoint (same store lane), live, once per niceness; or stopped
+        for nice in (args.job_nice if args.producer_rate > 0 else [None]):
+            run = _endpoints_pass(args, api, db, topic, nice, user, alert_user, severity)
+            result.setdefault("runs", []).append(run)
+    finally:
+        api.stop()
+    return result
+
+
+def _endpoints_pass(args, api: Api, db, topic: str, nice: int | None, user: str, alert_user: str,
+                    severity: str) -> dict:
+    """Each endpoint in turn (warm-up calls, then timed calls), with the job live from its checkpoint
+    at CPU niceness `nice` and the paced producer running (None: the job stopped)."""
+    rows, live, producer, run = [], None, None, {"job_nice": nice}
+    try:
+        if nice is not None:
             env = {"SEGMENTS_TOPIC": f"{topic}-segments-{EVENTS_LABEL}", "STORE_TOPIC": f"{topic}-store-{EVENTS_LABEL}",
-                   **JOB_ENV, "TRIGGER_INTERVAL": "1s"}
+                   **JOB_ENV, "TRIGGER_INTERVAL": "1s", "JOB_NICE": str(nice)}
             before = max((p["batch_id"] for p in _sessions_batches(db)), default=-1)
             live = Job(f"job-{EVENTS_LABEL}", topic, EVENTS_DB, env, [], JOB_SCRIPT, fresh=False,
-                       log_name=f"job-{EVENTS_LABEL}-live").start()
+                       log_name=f"job-{EVENTS_LABEL}-live-nice{nice}").start()
             live._sampling = False  # its sampler would share this process's GIL with the timed calls
             producer = Producer(args.producer_rate, args.profile_wait + args.live_warmup + 3600, topic).start()
-            say(f"the job live again on {topic} (trigger 1 s), the paced producer at {args.producer_rate:,} events/s; "
-                f"waiting for its first batch, then {args.live_warmup:g} s before the first call")
+            say(f"the job live again on {topic} (trigger 1 s, JOB_NICE={nice}), the paced producer at "
+                f"{args.producer_rate:,} events/s; waiting for its first batch, then {args.live_warmup:g} s before "
+                "the first call")
             _wait_for(live, lambda: max((p["batch_id"] for p in _sessions_batches(db)), default=-1) > before,
                       time.time() + args.profile_wait, "the live job wrote no batch", 1)
-            result["live_first_batch_after_s"] = round(time.time() - live.started_at, 1)
-            say(f"the live job's first batch ended {result['live_first_batch_after_s']} s after its start")
+            run["live_first_batch_after_s"] = round(time.time() - live.started_at, 1)
+            say(f"the live job's first batch ended {run['live_first_batch_after_s']} s after its start")
             time.sleep(args.live_warmup)
             if live.proc.poll() is not None:
                 raise RuntimeError(f"the live job exited {live.proc.returncode} (log: {live.log_path})")
@@ -578,19 +619,19 @@ def analytics(args) -> dict:
         if live is not None:
             if live.proc.poll() is not None:
                 raise RuntimeError(f"the live job exited {live.proc.returncode} during the calls (log: {live.log_path})")
-            result["job_during_calls"] = _job_batches(db, [window_start, time.time()])
-            say(f"the job during the calls: {result['job_during_calls']}")
+            run["job_during_calls"] = _job_batches(db, [window_start, time.time()])
+            say(f"the job during the calls: {run['job_during_calls']}")
     finally:
-        api.stop()
         if producer is not None:
             producer.stop()
         if live is not None:
             live.stop()
-    result["endpoints"] = rows
+    run["endpoints"] = rows
     heaviest = max(rows, key=lambda r: r["p99_ms"] or 0)
-    result["heaviest"] = {"path": heaviest["path"], "p99_ms": heaviest["p99_ms"], "calls": heaviest["calls"]}
-    say(f"heaviest: {heaviest['path']}, p99 {heaviest['p99_ms']} ms over {heaviest['calls']} calls")
-    return result
+    run["heaviest"] = {"path": heaviest["path"], "p99_ms": heaviest["p99_ms"], "calls": heaviest["calls"]}
+    say(f"heaviest{'' if nice is None else f' (job at nice {nice})'}: {heaviest['path']}, "
+        f"p99 {heaviest['p99_ms']} ms over {heaviest['calls']} calls")
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,10 +642,26 @@ def _n(value, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _analytics_runs(a: dict) -> list[dict]:
+    """The endpoint passes of the analytics part (a run from before --job-nice had one, inline)."""
+    if "runs" in a:
+        return a["runs"]
+    return [{"job_nice": 0 if a.get("producer_rate") else None, "endpoints": a["endpoints"],
+             "heaviest": a["heaviest"], "job_during_calls": a.get("job_during_calls")}]
+
+
 def _live_batches(a: dict) -> str:
     j = a.get("job_during_calls") or {}
     return (f"{_n(j.get('batches_overlapping'))} sessions batches of {_n(j.get('events_in_them'))} events during the "
             "calls")
+
+
+def _measured(part: dict, top: dict) -> list[str]:
+    """The part's own run when it is not the file's (bench.api --only keeps the other part)."""
+    own = part.get("machine") or top
+    if own["commit"] == top["commit"] and own["date"] == top["date"]:
+        return []
+    return [f"(This part: {own['date']}, commit {own['commit']}, kept from that run by `--only`.)", ""]
 
 
 def markdown(r: dict) -> str:
@@ -614,14 +671,18 @@ def markdown(r: dict) -> str:
     p = r.get("personalization")
     if p:
         lines += [f"## GET /v1/users/{{id}}/personalization, open loop (goal p99 <= {GOAL_P99_MS:g} ms)", "",
+                  *_measured(p, m),
                   f"{p['preload']['events']:,} events preloaded, the job live on them (trigger 1 s) with a paced "
-                  f"producer at {p['producer_rate']:,} events/s; {p['with_job']['users']:,} real user ids from "
-                  f"user_profiles; {p['with_job']['connections']} keep-alive connections; latency from each "
+                  f"producer at {p['producer_rate']:,} events/s; {p['api_alone']['users']:,} real user ids from "
+                  f"user_profiles; {p['api_alone']['connections']} keep-alive connections; latency from each "
                   "request's scheduled send time (queueing counts); "
-                  f"{p['with_job']['warmup_s']:g} s warm-up not counted.", "",
+                  f"{p['api_alone']['warmup_s']:g} s warm-up not counted."
+                  + (" Each job run (JOB_NICE " + ", ".join(str(n) for n in p["job_nice"]) + ": the job's CPU "
+                     "niceness, deploy/local/submit.sh) has its own fresh topic, preload, checkpoint and database; "
+                     "the API alone reads the last one's." if len(p.get("job_nice") or []) > 1 else ""), "",
                   "| run | requests | achieved/s | p50 ms | p95 ms | p99 ms | max ms | errors | goal |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for key, name in (("with_job", "the job running"), ("api_alone", "the job stopped (API alone)")):
+        for key, name in _live_runs(p):
             x = p.get(key)
             if x:
                 lines.append(f"| {name} | {x['requests']:,} at {x['rate']:g}/s | {x['achieved_per_s']} | "
@@ -629,7 +690,7 @@ def markdown(r: dict) -> str:
                              f"{'met' if x['goal_met'] else '**NOT met**'} |")
         lines += ["", "| run | CPU: machine (all cores) | job | API | FerretDB | load generator | "
                   "generator send lag p99 ms | job batches during the window (events) |", "|---|---|---|---|---|---|---|---|"]
-        for key, name in (("with_job", "the job running"), ("api_alone", "API alone")):
+        for key, name in _live_runs(p):
             x = p.get(key)
             if x:
                 c, j = x["cpu"], x.get("job") or {}
@@ -644,23 +705,33 @@ def markdown(r: dict) -> str:
                   "or the generator's own lateness, included in the latencies)", ""]
     a = r.get("analytics")
     if a:
-        lines += [f"## Analytics endpoints over {a['ingest']['events']:,} events", "",
+        runs = _analytics_runs(a)
+        live = [x for x in runs if x.get("job_nice") is not None]
+        lines += [f"## Analytics endpoints over {a['ingest']['events']:,} events", "", *_measured(a, m),
                   f"The job (available-now) took them in at {a['ingest']['events_per_s']:,} events/s "
                   f"({a['ingest']['seconds']} s); then each endpoint alone, one call at a time, "
                   + (f"with the job live again from its checkpoint on the same topic (trigger 1 s) and a paced "
-                     f"producer sending {a['producer_rate']:,} events/s into it ({_live_batches(a)})"
-                     if a.get("producer_rate") else "the job stopped")
+                     f"producer sending {a['producer_rate']:,} events/s into it; "
+                     + "; then ".join(f"at nice {x['job_nice']}: {_live_batches(x)}" for x in live)
+                     if live else "the job stopped")
                   + f". User for the per-user calls: {a['user_id']}.", "",
                   "| collection | documents |", "|---|---|"]
         lines += [f"| {name} | {_n(count)} |" for name, count in a["documents"].items()]
-        lines += ["", "| endpoint | reads | how (FerretDB 1.24, SQLite) | calls | p50 ms | p99 ms | errors | bytes |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for e in a["endpoints"]:
-            lines.append(f"| `{e['path']}` | {e['reads']} | {e['access']} | {e['calls']} | {e['p50_ms']} | "
-                         f"{e['p99_ms']} | {e['errors']} | {e['response_bytes']:,} |")
-        h = a["heaviest"]
-        lines += ["", f"Heaviest: `{h['path']}`, p99 {h['p99_ms']:,} ms ({h['calls']} calls; with fewer than 100 "
-                  "calls the p99 is the slowest call).", "",
+        heads = [("the job stopped" if x.get("job_nice") is None else f"job at nice {x['job_nice']}") for x in runs]
+        lines += ["", "| endpoint | reads | how (FerretDB 1.24, SQLite) | "
+                  + " | ".join(f"calls, p50 / p99 ms ({h})" for h in heads) + " | errors | bytes |",
+                  "|---|---|---|" + "---|" * len(runs) + "---|---|"]
+        for i, e in enumerate(runs[0]["endpoints"]):
+            cells = [x["endpoints"][i] for x in runs]
+            lines.append(f"| `{e['path']}` | {e['reads']} | {e['access']} | "
+                         + " | ".join(f"{c['calls']}, {c['p50_ms']} / {c['p99_ms']}" for c in cells)
+                         + f" | {sum(c['errors'] for c in cells)} | {e['response_bytes']:,} |")
+        lines.append("")
+        for h, x in zip(heads, runs):
+            k = x["heaviest"]
+            lines.append(f"Heaviest ({h}): `{k['path']}`, p99 {k['p99_ms']:,} ms ({k['calls']} calls; with fewer "
+                         "than 100 calls the p99 is the slowest call).")
+        lines += ["",
                   "FerretDB 1.24's SQLite backend uses an index only for `_id` equality: every other filter or "
                   "sort reads the whole collection, so the endpoints that filter or sort by user_id or time on "
                   "enriched_events, user_behavior_segments, user_profiles, behavior_alerts or trigger_executions "
@@ -668,6 +739,27 @@ def markdown(r: dict) -> str:
                   "creates the indexes); not measured here.", ""]
     lines.append(f"Run time: {r['bench_seconds']:,} s.")
     return "\n".join(lines) + "\n"
+
+
+def _nice_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if not values or any(not 0 <= v <= 19 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"each niceness once, from 0 to 19: {text!r}")
+    return values
+
+
+def _kept_part(out: Path, only: str | None) -> dict:
+    """With --only, the other part of the results already in out/api.json, stamped with its run."""
+    other = {"personalization": "analytics", "analytics": "personalization"}.get(only or "")
+    path = out / "api.json"
+    if other is None or not path.exists():
+        return {}
+    previous = json.loads(path.read_text())
+    part = previous.get(other)
+    return {other: {"machine": previous["machine"], **part}} if part else {}
 
 
 def main(argv=None) -> int:
@@ -694,7 +786,11 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=10, help="personalization request timeout (s)")
     parser.add_argument("--analytics-timeout", type=float, default=900)
     parser.add_argument("--profile-wait", type=float, default=900, help="longest wait for the first profiles (s)")
-    parser.add_argument("--only", choices=("personalization", "analytics"))
+    parser.add_argument("--only", choices=("personalization", "analytics"),
+                        help="run one part; the other part of OUT/api.json is kept, marked with its own commit")
+    parser.add_argument("--job-nice", type=_nice_list, default=[0, 10],
+                        help="the job's CPU niceness (JOB_NICE) in each personalization run with the job, comma "
+                             "separated (default 0,10: as is, then behind the API and the store)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
@@ -706,12 +802,16 @@ def main(argv=None) -> int:
                      "load_average_start": [round(x, 2) for x in os.getloadavg()],
                      "options": {k: v for k, v in vars(args).items() if k != "out"}}
     say(f"bench.api: {results['options']}; load average {results['load_average_start']}")
+    kept = _kept_part(out, args.only)
+    if kept:
+        results.update(kept)
+        say(f"--only {args.only}: the {', '.join(kept)} part of {out / 'api.json'} is kept as it is")
     try:
         if args.only != "analytics":
-            results["personalization"] = personalization(args)
+            results["personalization"] = {**personalization(args), "machine": results["machine"]}
             MongoClient(MONGODB_URI).drop_database(LIVE_DB)
         if args.only != "personalization":
-            results["analytics"] = analytics(args)
+            results["analytics"] = {**analytics(args), "machine": results["machine"]}
     finally:
         client = MongoClient(MONGODB_URI)
         for name in (LIVE_DB, EVENTS_DB):

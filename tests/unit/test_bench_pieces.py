@@ -70,3 +70,33 @@ def test_report_states_the_ratios_against_the_goals(tmp_path):
     assert "= 75% of events/s at 10,000 (goal >= 80%)" in text
     paths = write_report(results, tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_bench_api_job_nice_list_takes_each_niceness_once_from_0_to_19():
+    import argparse
+
+    import pytest
+
+    from bench.api import _nice_list
+
+    assert _nice_list("0,10") == [0, 10] and _nice_list("19") == [19]
+    for bad in ("", "0,0", "-1", "20", "0,x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _nice_list(bad)
+
+
+def test_bench_api_only_keeps_the_other_part_stamped_with_its_own_run(tmp_path):
+    import json
+
+    from bench.api import _kept_part, _measured
+
+    old_machine = {"commit": "old1234", "date": "2026-12-01"}
+    (tmp_path / "api.json").write_text(json.dumps({"machine": old_machine, "analytics": {"endpoints": []},
+                                                   "personalization": {"p": 1}}))
+    kept = _kept_part(tmp_path, "personalization")
+    assert kept == {"analytics": {"machine": old_machine, "endpoints": []}}
+    assert _kept_part(tmp_path, None) == {} and _kept_part(tmp_path / "none", "analytics") == {}
+    new_machine = {"commit": "new5678", "date": "2026-12-07"}
+    assert _measured(kept["analytics"], new_machine) == [
+        "(This part: 2026-12-01, commit old1234, kept from that run by `--only`.)", ""]
+    assert _measured({"machine": new_machine}, new_machine) == [] and _measured({}, new_machine) == []
