@@ -9,15 +9,19 @@ endpoints over a large ingest. Writes bench/results/api.{json,md}.
    t0 + i/RATE whatever happened before it, and its latency runs from that due time to the end of
    the response (queueing in the client counts: no coordinated omission), over a pool of
    keep-alive connections (http.client, one per thread). WARMUP s at the rate are not counted, then
-   SECONDS are. The same again with the job stopped (the API alone), to show what the job costs.
+   SECONDS are. All this once per --job-nice value (the job's CPU niceness, JOB_NICE; default 0
+   then 10), each on a fresh topic, job and database; then with the job stopped (the API alone),
+   to show what the job costs.
 2. The analytics endpoints after the job (available-now) has taken in a topic of EVENTS events,
    while the job runs on live from its checkpoint with the paced producer at PRODUCER_RATE events/s
    into the same topic: each endpoint called sequentially, a few warm-up calls then up to CALLS timed calls (within a
    time budget per endpoint: on FerretDB some are scans of the biggest collections), p50/p99, and
-   the document count of every collection they read.
+   the document count of every collection they read. The live job and the calls run once per
+   --job-nice value, the job going on from its checkpoint each time.
 
     python -m bench.api [--events 1000000] [--live-events 200000] [--rate 200] [--seconds 60]
-                        [--warmup 20] [--calls 30] [--quick] [--out bench/results]
+                        [--warmup 20] [--calls 30] [--job-nice 0,10] [--quick] [--out bench/results]
+                        [--only personalization|analytics]  (keeps the other part of OUT/api.json)
 
 --quick: 50,000 events in both parts, 15 s at 50 requests/s after a 5 s warm-up, 10 timed calls.
 Everything runs on 127.0.0.1 against the local stack (`make up`); topics and databases are named
