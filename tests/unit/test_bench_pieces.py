@@ -100,3 +100,14 @@ def test_bench_api_only_keeps_the_other_part_stamped_with_its_own_run(tmp_path):
     assert _measured(kept["analytics"], new_machine) == [
         "(This part: 2026-12-01, commit old1234, kept from that run by `--only`.)", ""]
     assert _measured({"machine": new_machine}, new_machine) == [] and _measured({}, new_machine) == []
+
+
+def test_bench_api_probe_report_has_a_row_per_probe_with_its_slow_calls():
+    from bench.api_probe import PROBES, markdown
+
+    probe = {"calls": 1000, "p50_ms": 2.0, "p95_ms": 9.0, "p99_ms": 30.0, "max_ms": 250.0, "over_200_ms": 1}
+    text = markdown({"machine": {"date": "d", "commit": "c0ffee", "cores": 2}, "seconds": 60, "job_nice": 10,
+                     "preload": 200_000, "job": {"batches_overlapping": 3, "events_in_them": 90_000},
+                     "probes": {k: probe for k in PROBES}})
+    assert "JOB_NICE=10" in text and "3 (90,000 events)" in text
+    assert [line.split(" | ")[0] for line in text.splitlines() if line.endswith(" | 1 |")] == [f"| {k}" for k in PROBES]
