@@ -30,6 +30,7 @@ bench_api_* and dropped at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import math
@@ -423,35 +424,48 @@ def _stored_any(db) -> bool:
     return any(str(d["_id"]).startswith("stored:") for d in db["stream_progress"].find({}, {"_id": 1}))
 
 
-def _live_window(args, api: Api, nice: int) -> tuple[dict, list[str]]:
-    """A fresh topic with the preload, the job live on it at CPU niceness `nice` (JOB_NICE) with the
-    paced producer, then the open loop of lookups while it runs. Returns the window and the paths;
-    the job and the producer are stopped, their database kept for the API-alone window."""
+@contextlib.contextmanager
+def live_job(events: int, nice: int, producer_rate: float, wait_s: float, budget_s: float):
+    """A fresh topic with `events` preloaded, the job live on it (trigger 1 s) at CPU niceness `nice`
+    (JOB_NICE) and the paced producer; yields (job, db, preload figures) once the job's first batch
+    is stored with its user_profiles (within `wait_s`); stops the producer and the job after, and
+    keeps their database. bench.api_probe runs its probes in the same setting."""
     for topic in (LIVE_TOPIC, ALERTS_TOPIC, ACTIONS_TOPIC):
         load.fresh_topic(BOOTSTRAP, topic)
-    figures = load.preload(BOOTSTRAP, LIVE_TOPIC, workload.events(args.live_events), args.live_events)
+    figures = load.preload(BOOTSTRAP, LIVE_TOPIC, workload.events(events), events)
     say(f"preload: {figures['events']:,} events in {figures['seconds']} s ({figures['events_per_s']:,}/s)")
     job = Job("api-live", LIVE_TOPIC, LIVE_DB, {**JOB_ENV, "TRIGGER_INTERVAL": "1s", "JOB_NICE": str(nice)}, [],
               JOB_SCRIPT)
-    budget = args.profile_wait + args.warmup + args.seconds + 600
-    producer = Producer(args.producer_rate, budget)
+    producer = Producer(producer_rate, budget_s)
     db = MongoClient(MONGODB_URI)[LIVE_DB]
-    label = "with the job" + (f" at nice {nice}" if nice else "")
     try:
         job.start()
         job.wait_running(timeout_s=300)
-        say(f"job running (trigger 1 s, JOB_NICE={nice}); paced producer at {args.producer_rate:,} events/s "
+        say(f"job running (trigger 1 s, JOB_NICE={nice}); paced producer at {producer_rate:,} events/s "
             f"into {LIVE_TOPIC}")
         producer.start()
         say("waiting for the job's first batch (all its user_profiles)")
-        deadline = time.time() + args.profile_wait
         # the store query has written profiles (it may never catch up with the sessions query: at
         # this rate with every output on, the job is near its throughput on 2 cores)
         _wait_for(job, lambda: _sessions_batches(db) and _stored_any(db)
-                  and db["user_profiles"].find_one({}, {"_id": 1}) is not None, deadline, "no first batch", 2)
+                  and db["user_profiles"].find_one({}, {"_id": 1}) is not None, time.time() + wait_s,
+                  "no first batch", 2)
+        job._sampling = False  # its RSS sampler (psutil over the JVM's tree) would share this process's GIL
+        yield job, db, figures
+    finally:
+        producer.stop()
+        if hasattr(job, "proc"):
+            job.stop()
+
+
+def _live_window(args, api: Api, nice: int) -> tuple[dict, list[str]]:
+    """The open loop of lookups while the job runs live at CPU niceness `nice` (live_job). Returns
+    the window and the paths; the job's database is kept for the API-alone window."""
+    label = "with the job" + (f" at nice {nice}" if nice else "")
+    budget = args.profile_wait + args.warmup + args.seconds + 600
+    with live_job(args.live_events, nice, args.producer_rate, args.profile_wait, budget) as (job, db, figures):
         first_batch_after_s = round(time.time() - job.started_at, 1)
         store_caught_up = caught_up_store(db)
-        job._sampling = False  # its RSS sampler (psutil over the JVM's tree) would share this process's GIL
         users = [d["_id"] for d in db["user_profiles"].find({}, {"_id": 1}).limit(args.users)]
         random.Random(3).shuffle(users)
         say(f"first batch written {first_batch_after_s} s after the job's start; {len(users):,} user ids read")
@@ -462,10 +476,6 @@ def _live_window(args, api: Api, nice: int) -> tuple[dict, list[str]]:
                     "store_caught_up_at_start": store_caught_up, "job": _job_batches(db, run["window"])})
         say(f"the job during the window: {run['job']}")
         return run, paths
-    finally:
-        producer.stop()
-        if hasattr(job, "proc"):
-            job.stop()
 
 
 def personalization(args) -> dict:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
-from bench import api as B, load, workload
-from bench.jobproc import MONGODB_URI, ROOT, Job, say
+from bench import api as B
+from bench.jobproc import MONGODB_URI, ROOT, say
 from bench.run import machine
 
 PROBES = ("healthz", "personalization", "store")
@@ -48,38 +48,24 @@ def _probe(kind: str, port: int, key: str, users: list, seconds: float, out) -> 
 
 
 def run(seconds: float, nice: int, events: int = 200_000) -> dict:
-    for topic in (B.LIVE_TOPIC, B.ALERTS_TOPIC, B.ACTIONS_TOPIC):
-        load.fresh_topic(B.BOOTSTRAP, topic)
-    load.preload(B.BOOTSTRAP, B.LIVE_TOPIC, workload.events(events), events)
     api = B.Api("probe", B.LIVE_DB)
-    job = Job("api-live", B.LIVE_TOPIC, B.LIVE_DB, {**B.JOB_ENV, "TRIGGER_INTERVAL": "1s", "JOB_NICE": str(nice)},
-              [], B.JOB_SCRIPT)
-    producer = B.Producer(500, seconds + 1200)
-    db = MongoClient(MONGODB_URI)[B.LIVE_DB]
+    spawn = mp.get_context("spawn")
     try:
         api.start()
         api.wait_ready()
-        job.start()
-        job.wait_running(timeout_s=300)
-        producer.start()
-        B._wait_for(job, lambda: db["user_profiles"].find_one({}, {"_id": 1}) is not None, time.time() + 900,
-                    "no user_profiles", 2)
-        job._sampling = False
-        users = [d["_id"] for d in db["user_profiles"].find({}, {"_id": 1}).limit(2000)]
-        say(f"probing for {seconds:g} s: {', '.join(PROBES)}; {len(users):,} users; JOB_NICE={nice}")
-        queue = mp.get_context("spawn").Queue()
-        procs = [mp.get_context("spawn").Process(target=_probe, args=(k, api.port, api.key, users, seconds, queue))
-                 for k in PROBES]
-        start = time.time()
-        for p in procs:
-            p.start()
-        rows = dict(queue.get() for _ in procs)
-        for p in procs:
-            p.join()
-        batches = B._job_batches(db, [start, time.time()])
+        with B.live_job(events, nice, 500, 900, seconds + 1200) as (job, db, _):
+            users = [d["_id"] for d in db["user_profiles"].find({}, {"_id": 1}).limit(2000)]
+            say(f"probing for {seconds:g} s: {', '.join(PROBES)}; {len(users):,} users; JOB_NICE={nice}")
+            queue = spawn.Queue()
+            procs = [spawn.Process(target=_probe, args=(k, api.port, api.key, users, seconds, queue)) for k in PROBES]
+            start = time.time()
+            for p in procs:
+                p.start()
+            rows = dict(queue.get() for _ in procs)
+            for p in procs:
+                p.join()
+            batches = B._job_batches(db, [start, time.time()])
     finally:
-        producer.stop()
-        job.stop()
         api.stop()
         MongoClient(MONGODB_URI).drop_database(B.LIVE_DB)
     result = {"machine": machine(), "seconds": seconds, "job_nice": nice, "preload": events, "job": batches,
