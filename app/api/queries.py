@@ -56,14 +56,15 @@ def _pick(doc: dict, names) -> dict:
 
 def personalization(db, user_id: str, open_alert_hours: float) -> dict | None:
     """The user's profile by _id, then the session it points to (the session of the user's latest
-    event) by _id; the profile carries the latest alerts. Two reads by _id. With profiles off,
-    the latest session comes from the user_id index instead."""
+    event) by _id; the profile carries the latest alerts. Two reads by _id. A user without a
+    profile (none of the user's events final yet, profiles off, or an id nobody sent): the
+    latest session otherwise (_latest_session)."""
     profile = db[PROFILES].find_one({"_id": user_id}, _PROFILE_PROJECTION)
     session = None
     if profile is not None and profile.get("current_session_id"):
         session = db[C.SEGMENTS].find_one({"_id": profile["current_session_id"]}, _SESSION_PROJECTION)
     if session is None and profile is None:
-        session = db[C.SEGMENTS].find_one({"user_id": user_id}, _SESSION_PROJECTION, sort=[("session_end", DESCENDING)])
+        session = _latest_session(db, user_id)
     if profile is None and session is None:
         return None
     last_seen = (profile or {}).get("last_seen") or session["session_end"]
@@ -84,6 +85,17 @@ def personalization(db, user_id: str, open_alert_hours: float) -> dict | None:
         "open_alerts": sorted(({k: v for k, v in a.items() if k != "first_event_ms"} for a in alerts),
                               key=lambda a: a["first_event_time"], reverse=True),
     }
+
+
+def _latest_session(db, user_id: str) -> dict | None:
+    """The user's latest session (by session_end, active ones included): the newest of the user's
+    user_activity document while the activity query keeps it (reads by _id; what a new user or
+    an unknown id costs: FerretDB 1.24 would scan user_behavior_segments for the user_id), else
+    the user_id index."""
+    if activity_complete(db):
+        kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1}) or {}).get("sessions") or []
+        return {"_id": kept[0]["session_id"], **kept[0]} if kept else None
+    return db[C.SEGMENTS].find_one({"user_id": user_id}, _SESSION_PROJECTION, sort=[("session_end", DESCENDING)])
 
 
 def activity(db, user_id: str | None, event_type: str | None, country: str | None, start, end, limit: int) -> dict:

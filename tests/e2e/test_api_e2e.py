@@ -299,6 +299,18 @@ def test_personalization_gives_each_users_latest_session_segment_and_alerts(api_
     assert _get(api_run, f"/v1/users/{users[0]}/personalization")["experiments"] == (stored.get("experiments") or {})
     missing = api_run["api"].get("/v1/users/no-such-user/personalization")
     assert missing.status_code == 404 and "no-such-user" in missing.json()["error"]
+    # A user none of whose events is final yet has no profile: the latest session comes from the
+    # user's user_activity document (by _id), as the same session does through the profile.
+    user, profiles = sorted(latest)[0], api_run["db"].user_profiles
+    kept = profiles.find_one({"_id": user})
+    profiles.delete_one({"_id": user})
+    try:
+        body = _get(api_run, f"/v1/users/{user}/personalization")
+    finally:
+        profiles.insert_one(kept)
+    assert body["profile"] is None and body["segment"]["session_id"] == latest[user]
+    assert body["segment"]["behavior_segment"] == data.sessions[latest[user]].segment
+    assert body["recommendations"] == _get(api_run, f"/v1/users/{user}/personalization")["recommendations"]
 
 
 def test_user_activity_lists_the_users_events_newest_first_with_filters(api_run):

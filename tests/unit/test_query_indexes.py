@@ -22,7 +22,8 @@ from app.sinks.profiles import ensure_profile_indexes
 
 KEY = "k" * 24
 MARKERS = ({"_id": "activity", "complete": True, "feed_complete": True, "rank_complete": True,
-            "events_complete": True}, {"_id": "daily_metrics", "complete": True})
+            "events_complete": True}, {"_id": "daily_metrics", "complete": True},
+           {"_id": "latest:sessions", "batch": {"batch_id": 1}})
 START, END = "2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z"
 PATHS = [
     "/v1/users/u1/personalization", "/v1/users/nobody/personalization",
@@ -112,17 +113,20 @@ def _declared() -> dict:
     return store.indexes
 
 
+def _recorded(marked: bool) -> list[tuple[str, dict]]:
+    """(path, shape) of every read the API sends for PATHS, the job's documents marked complete or not."""
+    store, recorded = _Store(marked), []
+    config = ApiConfig(api_key=KEY, mongodb_uri="mongodb://127.0.0.1:1/")
+    with TestClient(create_app(config, _Client(store)), headers={"X-API-Key": KEY}) as client:
+        for path in PATHS:
+            response = client.get(path)
+            assert response.status_code in (200, 404), (path, marked, response.text)
+            recorded += [(path, shape) for shape in store.shapes[len(recorded):]]
+    return recorded
+
+
 def _shapes() -> list[dict]:
-    shapes = []
-    for marked in (True, False):
-        store = _Store(marked)
-        config = ApiConfig(api_key=KEY, mongodb_uri="mongodb://127.0.0.1:1/")
-        with TestClient(create_app(config, _Client(store)), headers={"X-API-Key": KEY}) as client:
-            for path in PATHS:
-                response = client.get(path)
-                assert response.status_code in (200, 404), (path, marked, response.text)
-        shapes += store.shapes
-    return shapes
+    return [shape for marked in (True, False) for _, shape in _recorded(marked)]
 
 
 class _Client:
@@ -184,3 +188,12 @@ def test_the_recorded_shapes_cover_the_collection_paths():
     collections = {s["collection"] for s in SHAPES.values()}
     assert {"enriched_events", "user_behavior_segments", "behavior_alerts", "trigger_executions",
             "user_profiles"} <= collections, collections
+
+
+def test_while_the_job_keeps_its_documents_every_endpoint_reads_by_id_only():
+    """FerretDB 1.24 (the local store) uses an index for _id equality alone: while the job keeps its
+    _id-keyed documents (the markers), no endpoint sends another read, whatever the parameters:
+    a new user's or an unknown id's personalization included, which read user_behavior_segments
+    by user_id (a scan of it) before."""
+    others = [(path, _key(shape)) for path, shape in _recorded(True) if _needs_index(shape)]
+    assert others == []
