@@ -74,14 +74,37 @@ class Job:
                 self.first_write_at = time.time()
             time.sleep(0.5)
 
-    def wait(self, timeout_s: float) -> int:
-        try:
-            code = self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise RuntimeError(f"{self.name}: no end within {timeout_s:.0f} s (log: {self.log_path})") from None
+    def wait(self, timeout_s: float, progress_every_s: float = 60) -> int:
+        """The job's exit code; a progress line every `progress_every_s` meanwhile (progress())."""
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                code = self.proc.wait(timeout=max(0.1, min(progress_every_s, deadline - time.time())))
+                break
+            except subprocess.TimeoutExpired:
+                if time.time() >= deadline:
+                    self.stop()
+                    raise RuntimeError(f"{self.name}: no end within {timeout_s:.0f} s (log: {self.log_path})") from None
+                say(self.progress())
         self._sampling = False
         return code
+
+    def progress(self) -> str:
+        """`<name>: <s> s; sessions batch N (rows, s), store batch M, ...`: each query's latest
+        recorded batch (stream_progress' `latest:<query>` documents, read by _id)."""
+        db = MongoClient(MONGODB_URI, serverSelectionTimeoutMS=2000)[self.database]
+        parts = []
+        try:
+            for query in ("sessions", "store", "activity"):
+                batch = (db["stream_progress"].find_one({"_id": f"latest:{query}"}) or {}).get("batch")
+                if batch:
+                    parts.append(f"{query} batch {batch['batch_id']} ({batch['input_rows']:,} rows, "
+                                 f"{batch['batch_duration_ms'] / 1000:.1f} s)")
+        except Exception as e:  # noqa: BLE001 - a progress line never stops the measurement
+            parts.append(f"progress unreadable: {type(e).__name__}")
+        finally:
+            db.client.close()
+        return f"{self.name}: {time.time() - self.started_at:.0f} s; " + (", ".join(parts) or "no batch recorded yet")
 
     def stop(self) -> None:
         self._sampling = False

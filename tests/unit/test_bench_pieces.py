@@ -111,3 +111,24 @@ def test_bench_api_probe_report_has_a_row_per_probe_with_its_slow_calls():
                      "probes": {k: probe for k in PROBES}})
     assert "JOB_NICE=10" in text and "3 (90,000 events)" in text
     assert [line.split(" | ")[0] for line in text.splitlines() if line.endswith(" | 1 |")] == [f"| {k}" for k in PROBES]
+
+
+def test_a_job_waited_on_says_its_progress_meanwhile_and_its_exit_code_after(capsys):
+    import subprocess
+
+    from bench.jobproc import Job
+
+    answers = iter([None, None, 3])
+
+    class Proc:
+        def wait(self, timeout):
+            answer = next(answers)
+            if answer is None:
+                raise subprocess.TimeoutExpired("job", timeout)
+            return answer
+
+    job = Job.__new__(Job)
+    job.name, job.proc, job._sampling = "job-x", Proc(), True
+    job.progress = lambda: "job-x: sessions batch 4"
+    assert job.wait(timeout_s=60, progress_every_s=0.01) == 3
+    assert capsys.readouterr().out.count("job-x: sessions batch 4") == 2 and job._sampling is False
