@@ -15,7 +15,7 @@ from app.api.bounds import MAX_SPAN, WINDOW, ParameterError, capped
 from app.sinks import collections as C, leaderboard, live_feed, open_sessions
 from app.sinks.profiles import ALERTS, PROFILES
 from app.sinks.user_activity import (EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT,
-                                    STATUS_ID as ACTIVITY_STATUS_ID)
+                                    STATUS_ID as ACTIVITY_STATUS_ID, unpack)
 
 SCORES = ("engagement_score", "interest_score", "intent_score", "conversion_probability")
 _HIDDEN = {"run_id": 0, "batch_id": 0}
@@ -93,7 +93,7 @@ def _latest_session(db, user_id: str) -> dict | None:
     an unknown id costs: FerretDB 1.24 would scan user_behavior_segments for the user_id), else
     the user_id index."""
     if activity_complete(db):
-        kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1}) or {}).get("sessions") or []
+        kept = (unpack(db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1})) or {}).get("sessions") or []
         return {"_id": kept[0]["session_id"], **kept[0]} if kept else None
     return db[C.SEGMENTS].find_one({"user_id": user_id}, _SESSION_PROJECTION, sort=[("session_end", DESCENDING)])
 
@@ -112,7 +112,7 @@ def activity(db, user_id: str | None, event_type: str | None, country: str | Non
         query["country"] = country
     kept, cap, complete = None, None, True
     if user_id is not None and activity_complete(db):
-        kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"events": 1}) or {}).get("events", [])
+        kept = (unpack(db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"events": 1})) or {}).get("events", [])
         events = [{**e, "user_id": user_id} for e in kept if _matches(e, event_type, country, "event_timestamp",
                                                                       start, end)][:limit]
         cap, complete = USER_EVENTS_KEPT, _complete(kept, len(events), limit, USER_EVENTS_KEPT, "event_timestamp",
@@ -201,7 +201,7 @@ def session_metrics(db, user_id: str | None, segment: str | None, start, end, li
                 query, {n: 1 for n in SESSION_FIELDS}).sort("session_end", DESCENDING).limit(limit)]
             extra = {}
         else:
-            kept = (db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1}) or {}).get("sessions", [])
+            kept = (unpack(db[C.USER_ACTIVITY].find_one({"_id": user_id}, {"sessions": 1})) or {}).get("sessions", [])
             sessions = [{**s, "user_id": user_id} for s in kept
                         if (segment is None or s["behavior_segment"] == segment)
                         and _matches(s, None, None, "session_end", start, end)][:limit]

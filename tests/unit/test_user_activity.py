@@ -274,10 +274,37 @@ def test_an_activity_batch_cut_short_anywhere_and_replayed_leaves_the_same_docum
                 victim.crash_at = (data.draw(st.integers(1, 8), label="write call"),
                                    data.draw(st.integers(0, 12), label="documents applied"))
                 try:
-                    user_activity.merge_batch(batch, users, feeds, _NOW, RANK)
+                    user_activity.merge_batch(batch, user_activity.Packed(users), feeds, _NOW, RANK)
                 except _Crash:
                     note(f"cut short in batch {k}")
                 victim.crash_at = None
-            user_activity.merge_batch(batch, users, feeds, _NOW, RANK)  # (again: the replay)
-        assert users.decoded() == {u: bson.decode(bson.encode(d)) for u, d in run.store.activity.items()}
+            user_activity.merge_batch(batch, user_activity.Packed(users), feeds, _NOW, RANK)  # (again: the replay)
+        # stored packed (user_activity.pack), each item's text the same as the uncut run's
+        assert users.decoded() == {u: bson.decode(bson.encode(user_activity.pack(d))) for u, d in run.store.activity.items()}
         assert feeds.decoded() == {k: bson.decode(bson.encode(d)) for k, d in run.store.open_feed.items()}
+
+
+def test_a_document_is_stored_packed_and_read_back_as_merged_and_one_stored_nested_reads_the_same():
+    """user_activity.pack / unpack: each event and session one JSON string (FerretDB's cost is per
+    value), read back with aware UTC dates; a document an earlier version stored nested (BSON's
+    naive dates) reads as the same document."""
+    when = datetime(2026, 3, 1, 12, 30, 15, 123000)
+    doc = {"_id": "u", "rank": {"score": 40, "segment": "browser", "fields": {}},
+           "events": [{"event_id": "e1", "event_type": "cart", "event_timestamp": when, "session_id": "s",
+                       "price": 12.5, "brand": None, "is_late": False}],
+           "sessions": [{"session_id": "s", "status": "active", "session_start": when, "session_end": when,
+                         "event_path": ["view", "cart"], "experiments": {"x": "b"}, "total_amount": 0.1 + 0.2}]}
+    store = BsonStore()
+    user_activity.Packed(store).write([doc])
+    stored = store.read("u")
+    assert all(isinstance(item, str) for item in stored["events"] + stored["sessions"])
+    assert stored["rank"] == doc["rank"]
+    aware = A.utc(when)
+    back = user_activity.Packed(store).read("u")
+    assert back["events"][0] == {**doc["events"][0], "event_timestamp": aware}
+    assert back["sessions"][0] == {**doc["sessions"][0], "session_start": aware, "session_end": aware}
+    store.write([doc])  # as an earlier version stored it
+    nested = user_activity.Packed(store).read("u")
+    assert [A.utc(e["event_timestamp"]) for e in nested["events"]] == [aware]
+    assert user_activity.pack(nested) == user_activity.pack(back) == stored
+    assert user_activity.Packed(store).read("nobody") is None
