@@ -18,6 +18,8 @@ from pymongo import MongoClient
 
 from app.experiments.design import EXAMPLE_EXPERIMENTS
 from app.generator.cli import main as generator_main
+from app.sinks import live_feed, user_activity
+from app.sinks.packing import unpacked
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".local" / "faults"
@@ -198,7 +200,8 @@ def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) 
     client = MongoClient(uri)
     try:
         db = client[database]
-        out = {name: [_stable(doc) for doc in db[name].find().sort("_id", 1)] for name in OUTPUTS}
+        out = {name: [_stable(unpacked(doc, PACKED.get(name, ()))) for doc in db[name].find().sort("_id", 1)]
+               for name in OUTPUTS}
     finally:
         client.close()
     for kind, id_field in TOPIC_IDS.items():
@@ -206,6 +209,11 @@ def snapshot(database: str, uri: str = MONGODB_URI, bootstrap: str = BOOTSTRAP) 
                                                                                              bootstrap)})
     out["topic:segments"] = latest_session_messages(topic_values(f"{database}_segments", bootstrap))
     return out
+
+
+# the lists whose items are stored one JSON string each (app/sinks/packing.py): compared decoded,
+# without their items' wall-clock fields
+PACKED = {"user_activity": user_activity.PACKED, "live_feed": live_feed.ITEMS}
 
 
 def _stable(doc: dict) -> dict:

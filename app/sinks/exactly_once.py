@@ -91,7 +91,7 @@ twice leaves what writing them once leaves:
    back above what it keeps (events and closed sessions do not change their times), and open
    sessions are never dropped, so the document is what the uncut collections show, however the
    batches of either query are cut (tests/unit/test_user_activity.py). Stored packed (each event
-   and session one JSON string, user_activity.pack): the same document gives the same text.
+   and session one JSON string, packing.py): the same document gives the same text.
 14. live_feed (app/sinks/live_feed.py; what /v1/alerts, /v1/trigger-executions and /v1/activity
    without user_id read by _id):
    the activity query also files each alert and action into hour buckets (all, and per filter

@@ -14,6 +14,7 @@ Kept only with USER_ACTIVITY on, and read by the API only while the activity que
     {_id: [feed, key, hour], items: [the feed's `kept` newest of the hour (KEPT; events:
      EVENTS_KEPT), by (time, id), newest first], truncated: whether the hour has had more}
     {_id: [feed, key, hour, "head"], items: [the bucket's HEAD newest], more: it holds more}
+        (the items of both stored one JSON string each: app/sinks/packing.py)
         (alerts and executions: a bucket of events holds no more than a head)
     {_id: [feed, key], hours: [every hour with an item, newest first]}
 
@@ -44,6 +45,7 @@ from typing import NamedTuple
 
 from app.aggregates import floor_hour, to_datetime, utc
 from app.sinks.collections import event_document, event_session_fields, execution_document
+from app.sinks.packing import packed, unpacked
 from app.sinks.profiles import alert_document
 
 FIX = "event_fix"  # a correction of an event's session: applied to the items of the buckets holding it
@@ -52,6 +54,7 @@ KEPT = 1000  # >= the API's MAX_LIMIT (a test holds them so): any limit is answe
 HEAD = 100  # the newest items of a bucket, also kept on their own (head_of): the API's default limit
 WRITE_CHUNK = 50  # documents per bulk write (a bucket is up to KEPT items)
 HOUR = timedelta(hours=1)
+ITEMS = ("items",)  # a bucket's and a head's items are stored packed, one JSON string each (packing.py)
 
 
 class Feed(NamedTuple):
@@ -119,7 +122,8 @@ def _order(feed: Feed):
 def apply_rows(rows, read, write, now: datetime) -> int:
     """Alert, action and event rows, and event corrections (any order of batches; kind, doc) -> the
     buckets and hour indexes they touch, merged with what is stored (read(_id) -> doc | None),
-    written with write(docs) when they changed. Returns the documents written."""
+    written with write(docs) when they changed (their items packed). Returns the documents written."""
+    read = _unpacking(read)
     # bucket _id -> (feed, key, hour, {id: item}, [(id, session) corrections, in order])
     fresh: dict[str, tuple[Feed, list, datetime, dict, list]] = {}
     for row in rows:
@@ -165,8 +169,13 @@ def apply_rows(rows, read, write, now: datetime) -> int:
         if not hours <= known:
             changed.append({"_id": _id, "hours": sorted(known | hours, reverse=True)})
     for start in range(0, len(changed), WRITE_CHUNK):
-        write(changed[start:start + WRITE_CHUNK])
+        write([packed(d, ITEMS) for d in changed[start:start + WRITE_CHUNK]])
     return len(changed)
+
+
+def _unpacking(read):
+    """read(_id) of the stored documents -> read(_id) of them with their items decoded."""
+    return lambda _id: unpacked(read(_id), ITEMS)
 
 
 def head_of(bucket: dict) -> dict:
@@ -248,7 +257,7 @@ def walk(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
         if end is not None and hour >= end:
             continue
         _id = bucket_id(feed, key, hour)
-        head = coll.find_one({"_id": head_id(_id)}) if kept_of(feed) > HEAD else None
+        head = unpacked(coll.find_one({"_id": head_id(_id)}), ITEMS) if kept_of(feed) > HEAD else None
         if head is not None:
             if take(head["items"]):
                 return items, True
@@ -256,7 +265,7 @@ def walk(coll, feed: Feed, filters: dict, start: datetime | None, end: datetime 
                 continue  # the hour's items were all in its head
             if start is not None and head["items"] and utc(head["items"][-1][feed.time]) < start:
                 return items, True  # the rest of the hour, and the hours after it, are older still
-        bucket = coll.find_one({"_id": _id}) or {}
+        bucket = unpacked(coll.find_one({"_id": _id}), ITEMS) or {}
         kept = bucket.get("items", [])
         # past the head by (time, id), not by position: the activity query may have rewritten
         # both between the two reads (a missing head: the whole bucket)

@@ -40,6 +40,7 @@ from app.sessions.tracker import archived_id
 from app.sinks import leaderboard, live_feed, open_sessions
 from app.sinks.collections import LIVE_FEED, PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
 from app.sinks.mongo import Store
+from app.sinks.packing import packed, unpacked
 
 ACTIVITY_QUERY = "activity"
 EVENTS_KEPT = 100
@@ -52,10 +53,7 @@ SESSION_FIELDS = ("user_session", "behavior_segment", "segment_color", "segment_
                   "session_start", "session_end", "session_duration_minutes", "total_events", "view_count",
                   "cart_count", "purchase_count", "total_amount", "engagement_rate", "event_path", "recommendations",
                   "experiments", "rule_version")
-# Stored packed: each event and each session one JSON string, its dates as epoch millis. FerretDB
-# 1.24's cost of reading or writing a document grows with its values (its SQLite JSON is decoded
-# value by value): a user of 100 events and 30 sessions is ~2,000 values nested, 130 packed.
-PACKED_DATES = {"events": ("event_timestamp",), "sessions": ("session_start", "session_end")}
+PACKED = ("events", "sessions")  # each item stored as one JSON string (app/sinks/packing.py)
 WRITE_CHUNK = 200
 FLUSH_USERS = 2000  # users merged between open-session moves (merge_batch): their documents wait in memory
 CACHE_BYTES = 256 * 1024 * 1024  # the documents the driver keeps, as BSON
@@ -218,28 +216,14 @@ def apply_rows(rows: list, read, write, now: datetime, merged=None, chunk: int =
 
 
 def pack(doc: dict) -> dict:
-    """A user_activity document as stored: each event and session one JSON string (PACKED_DATES
-    as epoch millis; BSON keeps dates to the millisecond too, so nothing is lost)."""
-    return {**doc, **{name: [json.dumps({k: _millis(v) if k in dates and v is not None else v for k, v in item.items()},
-                                        separators=(",", ":")) for item in doc.get(name, [])]
-                      for name, dates in PACKED_DATES.items() if name in doc}}
+    """A user_activity document as stored: each event and session one JSON string (packing.py)."""
+    return packed(doc, PACKED)
 
 
 def unpack(doc: dict | None) -> dict | None:
     """A stored user_activity document as merge() and the query API read it: each packed item
     decoded, its dates as aware UTC datetimes; an item stored nested (before packing) as it is."""
-    if doc is None:
-        return None
-    return {**doc, **{name: [_item(item, dates) if isinstance(item, str) else item for item in doc[name]]
-                      for name, dates in PACKED_DATES.items() if name in doc}}
-
-
-def _item(text: str, dates: tuple) -> dict:
-    item = json.loads(text)
-    for k in dates:
-        if item.get(k) is not None:
-            item[k] = _EPOCH + timedelta(milliseconds=item[k])
-    return item
+    return unpacked(doc, PACKED)
 
 
 class Packed:
