@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 from pymongo import MongoClient
 
+from app.sinks.collections import latest_progress_id
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".local" / "bench"
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017/")
@@ -96,7 +98,7 @@ class Job:
         parts = []
         try:
             for query in ("sessions", "store", "activity"):
-                batch = (db["stream_progress"].find_one({"_id": f"latest:{query}"}) or {}).get("batch")
+                batch = (db["stream_progress"].find_one({"_id": latest_progress_id(query)}) or {}).get("batch")
                 if batch:
                     parts.append(f"{query} batch {batch['batch_id']} ({batch['input_rows']:,} rows, "
                                  f"{batch['batch_duration_ms'] / 1000:.1f} s)")
