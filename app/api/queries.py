@@ -15,7 +15,7 @@ from app.api.bounds import MAX_SPAN, WINDOW, ParameterError, capped
 from app.sinks import collections as C, leaderboard, live_feed, open_sessions
 from app.sinks.profiles import ALERTS, PROFILES
 from app.sinks.user_activity import (EVENTS_KEPT as USER_EVENTS_KEPT, SESSIONS_KEPT as USER_SESSIONS_KEPT,
-                                    STATUS_ID as ACTIVITY_STATUS_ID, unpack)
+                                    SESSION_FIELDS as USER_SESSION_FIELDS, STATUS_ID as ACTIVITY_STATUS_ID, unpack)
 
 SCORES = ("engagement_score", "interest_score", "intent_score", "conversion_probability")
 _HIDDEN = {"run_id": 0, "batch_id": 0}
@@ -33,6 +33,9 @@ ACT_NOW_SCAN = 5000  # open sessions read at most, newest first
 MAX_BASELINE_DAYS, MAX_RECENT_DAYS = 365, 90  # /v1/anomalies' bounds (app.py)
 _PROFILE_PROJECTION = {n: 1 for n in (*PROFILE_FIELDS, "current_session_id", "recent_alerts")}
 _SESSION_PROJECTION = {n: 1 for n in (*SESSION_FIELDS, "user_scores")}
+# What /v1/act-now returns of a session: what live_feed's open-session members carry (no wall-clock field).
+ACT_NOW_FIELDS = ("user_id", *USER_SESSION_FIELDS)
+_ACT_NOW_PROJECTION = {n: 1 for n in ACT_NOW_FIELDS}
 _EVENT_PROJECTION = {n: 1 for n in ("event_type", "event_timestamp", "user_id", "session_id", "product_id",
                                     "category_code", "brand", "price", "country", "device_type", "is_late")}
 
@@ -576,17 +579,16 @@ def experiment_results(db, experiment: str | None) -> dict:
 
 def act_now(db, hours: float, limit: int) -> dict:
     """Active sessions of the last `hours` of event time, the most urgent first (action_priority,
-    then the newest): from live_feed's open-session buckets (by _id) while the activity query keeps
-    them, then each session by _id; else the (status, session_end) index bounds the read (the
-    newest ACT_NOW_SCAN open sessions)."""
+    then the newest): from live_feed's open-session buckets (by _id), which carry each session's
+    fields, while the activity query keeps them; else the (status, session_end) index bounds the
+    read (the newest ACT_NOW_SCAN open sessions)."""
     if _feed_complete(db):
-        since, ids = open_sessions.act_now(db[C.LIVE_FEED], hours, limit)
-        # (user_behavior_segments is the store query's, which may be a batch ahead of the feed)
-        docs = [d for d in (db[C.SEGMENTS].find_one({"_id": i}, {n: 1 for n in SESSION_FIELDS}) for i in ids)
-                if d is not None and d["status"] == "active"]
-        return {"since": since, "count": len(docs), "sessions": [{"session_id": d.pop("_id"), **d} for d in docs]}
+        since, members = open_sessions.act_now(db[C.LIVE_FEED], hours, limit)
+        sessions = [m if "status" in m else _open_session(db, m["session_id"]) for m in members]
+        sessions = [_act_now_fields(s) for s in sessions if s is not None]
+        return {"since": since, "count": len(sessions), "sessions": sessions}
     # One read, newest first: the window is measured from the newest open session it returns.
-    docs = list(db[C.SEGMENTS].find({"status": "active"}, {n: 1 for n in SESSION_FIELDS})
+    docs = list(db[C.SEGMENTS].find({"status": "active"}, _ACT_NOW_PROJECTION)
                 .sort("session_end", DESCENDING).limit(ACT_NOW_SCAN))
     if not docs:
         return {"since": None, "count": 0, "sessions": []}
@@ -594,7 +596,18 @@ def act_now(db, hours: float, limit: int) -> dict:
     docs = [d for d in docs if d["session_end"] >= since]
     docs.sort(key=lambda d: (open_sessions.priority_of(d), -d["session_end"].timestamp()))
     return {"since": since, "count": len(docs[:limit]),
-            "sessions": [{"session_id": d.pop("_id"), **d} for d in docs[:limit]]}
+            "sessions": [_act_now_fields({"session_id": d.pop("_id"), **d}) for d in docs[:limit]]}
+
+
+def _open_session(db, session_id: str) -> dict | None:
+    """An open-session member stored by a version before members carried their fields: the
+    session by _id (None if it closed meanwhile)."""
+    doc = db[C.SEGMENTS].find_one({"_id": session_id}, _ACT_NOW_PROJECTION)
+    return None if doc is None or doc["status"] != "active" else {"session_id": doc.pop("_id"), **doc}
+
+
+def _act_now_fields(session: dict) -> dict:
+    return {"session_id": session["session_id"], **{n: session.get(n) for n in ACT_NOW_FIELDS}}
 
 
 def job_progress(db) -> dict | None:

@@ -2,17 +2,26 @@
 activity query (app/sinks/user_activity.py) sees each user's open sessions before and after every
 batch (a user_activity document holds all of them), and files the difference here.
 
-    {_id: ["open", priority, minute], members: [{session_id, session_end, user_id}, ...]}
-        every open session of that action_priority (99: none) whose session_end is in that minute
-        (open sessions end within a session gap of each other: minutes keep a bucket small, ~110
-        bytes a member, 16 MB at ~150,000 sessions ending in the same minute)
-    {_id: ["open"], buckets: [{priority, minute, newest}, ...]}: the non-empty ones, with their
-        newest session_end (an empty bucket, and an empty index, are deleted)
+    {_id: ["open", priority, minute], members: [{session_id, <the session's fields>, user_id}, ...]}
+        the open sessions of that action_priority (99: none) whose session_end is in that minute,
+        newest first, each as the user's user_activity document has it (the fields
+        /v1/act-now returns), so the API reads no session on its own; the first PAGE of them
+    {_id: ["open", priority, minute, k], members: [...]}: the next PAGE each (k = 1, 2, ...)
+    {_id: ["open"], buckets: [{priority, slot, newest, pages}, ...]}: the non-empty ones, with
+        their newest session_end and their number of pages (an empty bucket, and an empty index,
+        are deleted)
 
-Both are functions of the set of open sessions alone, so no batch cut or replay changes them
-(app/sinks/exactly_once.py 14): a session is filed where its latest version puts it and removed
-when it closes or is retracted. Entries are small (an id, a time, a user); the API reads the
-sessions it picks by _id from user_behavior_segments.
+Members and the index's entries are stored packed, one JSON string each (app/sinks/packing.py):
+FerretDB 1.24 reads a document value by value, and an index of 600 buckets read nested took
+16 ms. A page is at most PAGE members of ~600 bytes (a session's fields are bounded: its path
+PATH_STEPS steps, its recommendations the rules'), ~0.6 MB, far from the 16 MB limit however
+many sessions end in the same minute.
+
+All are functions of the open sessions' latest versions alone, so no batch cut or replay
+changes them (app/sinks/exactly_once.py 14): a session is filed where its latest version puts
+it, with that version, and removed when it closes or is retracted. A bucket's pages are read
+until one is missing and rewritten before the index, so a batch cut short between them is
+mended by its replay, which makes the same moves again.
 """
 from __future__ import annotations
 
@@ -20,19 +29,24 @@ import json
 from datetime import datetime, timedelta
 
 from app.aggregates import utc
+from app.sinks.packing import pack_items, unpack_item, unpack_items
 
 INDEX_ID = json.dumps(["open"])
 NO_PRIORITY = 99  # as /v1/act-now ranks a session without action_priority
 SLOT = timedelta(minutes=1)
+PAGE = 1000  # members per document
+PACKED = ("members", "buckets")  # the lists stored packed (no wall-clock field in them: compared as stored)
 
 
-def bucket_id(priority: int, slot: datetime) -> str:
-    return json.dumps(["open", priority, utc(slot).isoformat()], separators=(",", ":"))
+def bucket_id(priority: int, slot: datetime, page: int = 0) -> str:
+    return json.dumps(["open", priority, utc(slot).isoformat(), *([page] if page else [])], separators=(",", ":"))
 
 
 def open_sessions(doc: dict | None) -> dict:
-    """A user_activity document -> session_id -> (priority, session_end) of its open sessions."""
-    return {s["session_id"]: (priority_of(s), utc(s["session_end"]))
+    """A user_activity document -> session_id -> its member: the open session as the document
+    has it (its dates aware UTC), with its user."""
+    user_id = (doc or {}).get("_id")
+    return {s["session_id"]: {**{k: utc(v) if isinstance(v, datetime) else v for k, v in s.items()}, "user_id": user_id}
             for s in (doc or {}).get("sessions", []) if s["status"] == "active"}
 
 
@@ -41,23 +55,26 @@ def priority_of(session: dict) -> int:
     return NO_PRIORITY if priority is None else priority
 
 
+def _place(member: dict) -> tuple[int, datetime]:
+    return priority_of(member), _floor_slot(member["session_end"])
+
+
 class Changes:
-    """The batch's moves: what left each bucket and what each holds anew (session -> its entry)."""
+    """The batch's moves: what left each bucket and what each holds anew (session -> its member)."""
 
     def __init__(self):
         self.removed: dict = {}  # (priority, slot) -> {session_id}
-        self.added: dict = {}    # (priority, slot) -> {session_id: entry}
+        self.added: dict = {}    # (priority, slot) -> {session_id: member}
 
     def user(self, before: dict | None, after: dict) -> None:
         """One user's document before and after the batch's merge."""
         old, new = open_sessions(before), open_sessions(after)
-        for session_id, (priority, end) in old.items():
-            if new.get(session_id) != (priority, end):
-                self.removed.setdefault((priority, _floor_slot(end)), set()).add(session_id)
-        for session_id, (priority, end) in new.items():
-            if old.get(session_id) != (priority, end):
-                self.added.setdefault((priority, _floor_slot(end)), {})[session_id] = {
-                    "session_id": session_id, "session_end": end, "user_id": after["_id"]}
+        for session_id, member in old.items():
+            if new.get(session_id) != member:
+                self.removed.setdefault(_place(member), set()).add(session_id)
+        for session_id, member in new.items():
+            if old.get(session_id) != member:
+                self.added.setdefault(_place(member), {})[session_id] = member
 
     def apply(self, read, write, delete) -> int:
         """The touched buckets and the index, merged with what is stored: written, or deleted once
@@ -65,53 +82,79 @@ class Changes:
         touched = set(self.removed) | set(self.added)
         if not touched:
             return 0
-        docs, empty, newest = [], [], {}
+        docs, gone, placed = [], [], {}
         for priority, slot in sorted(touched):
-            _id = bucket_id(priority, slot)
-            members = {m["session_id"]: m for m in (read(_id) or {}).get("members", [])}
+            stored = _stored_pages(read, priority, slot)
+            members: dict = {}
+            for page in stored:
+                for m in unpack_items(page.get("members", [])):
+                    members.setdefault(m["session_id"], m)
             for session_id in self.removed.get((priority, slot), ()):
                 members.pop(session_id, None)
             members.update(self.added.get((priority, slot), {}))
             ordered = sorted(members.values(), key=lambda m: (utc(m["session_end"]), m["session_id"]), reverse=True)
-            if ordered:
-                docs.append({"_id": _id, "priority": priority, "slot": slot, "members": ordered})
-            else:
-                empty.append(_id)
-            newest[(priority, slot)] = utc(ordered[0]["session_end"]) if ordered else None
-        index = {(b["priority"], utc(b["slot"])): utc(b["newest"]) for b in (read(INDEX_ID) or {}).get("buckets", [])}
-        index.update(newest)
-        buckets = [{"priority": p, "slot": t, "newest": n} for (p, t), n in sorted(index.items()) if n is not None]
-        if buckets:
-            docs.append({"_id": INDEX_ID, "buckets": buckets})
-        else:
-            empty.append(INDEX_ID)
+            pages = [ordered[start:start + PAGE] for start in range(0, len(ordered), PAGE)]
+            docs += [{"_id": bucket_id(priority, slot, k), "priority": priority, "slot": slot,
+                      "members": pack_items(page)} for k, page in enumerate(pages)]
+            gone += [bucket_id(priority, slot, k) for k in range(len(pages), len(stored))]
+            placed[(priority, slot)] = (utc(ordered[0]["session_end"]), len(pages)) if ordered else None
         if docs:
             write(docs)
-        if empty:
-            delete(empty)
+        index = {(b["priority"], utc(b["slot"])): (utc(b["newest"]), b.get("pages", 1)) for b in _index(read)}
+        index.update(placed)
+        buckets = [{"priority": priority, "slot": slot, "newest": place[0], "pages": place[1]}
+                   for (priority, slot), place in sorted(index.items()) if place is not None]
+        if gone:
+            delete(gone)
+        if buckets:
+            write([{"_id": INDEX_ID, "buckets": pack_items(buckets)}])
+        else:
+            delete([INDEX_ID])
         self.removed, self.added = {}, {}  # made: the next batch of users starts anew
-        return len(docs) + len(empty)
+        return len(docs) + len(gone) + 1
 
 
-def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[str]]:
+def _stored_pages(read, priority: int, slot: datetime) -> list[dict]:
+    """A bucket's stored pages, read until one is missing (not by the index, which a batch cut
+    short may not have rewritten)."""
+    pages = []
+    while (page := read(bucket_id(priority, slot, len(pages)))) is not None:
+        pages.append(page)
+    return pages
+
+
+def _index(read) -> list[dict]:
+    return unpack_items((read(INDEX_ID) or {}).get("buckets", []))
+
+
+def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[dict]]:
     """The open sessions within `hours` of the newest one's end, most urgent priority first, then
-    the newest: (since, session ids). No index: no open session."""
-    index = coll.find_one({"_id": INDEX_ID}) or {}
-    buckets = [(b["priority"], utc(b["slot"]), utc(b["newest"])) for b in index.get("buckets", [])]
+    the newest: (since, members). Only the members returned are decoded. No index: no open
+    session. (A member stored by a version before members carried their session has only
+    session_id, session_end and user_id.)"""
+    buckets = [(b["priority"], utc(b["slot"]), utc(b["newest"]), b.get("pages", 1))
+               for b in _index(lambda _id: coll.find_one({"_id": _id}))]
     if not buckets:
         return None, []
-    since = max(newest for _, _, newest in buckets) - timedelta(hours=hours)
-    picked: list[str] = []
-    for priority, slot, _ in sorted(buckets, key=lambda b: (b[0], -b[1].timestamp())):
+    since = max(newest for _, _, newest, _ in buckets) - timedelta(hours=hours)
+    picked: list[dict] = []
+    for priority, slot, _, pages in sorted(buckets, key=lambda b: (b[0], -b[1].timestamp())):
         if slot + SLOT <= since:
             continue
-        for m in (coll.find_one({"_id": bucket_id(priority, slot)}) or {}).get("members", []):
-            if utc(m["session_end"]) < since:
-                break  # newest first
-            picked.append(m["session_id"])
+        for member in _members(coll, priority, slot, pages):
+            if utc(member["session_end"]) < since:
+                break  # newest first: the bucket's others are older still
+            picked.append(member)
             if len(picked) >= limit:
                 return since, picked
     return since, picked
+
+
+def _members(coll, priority: int, slot: datetime, pages: int):
+    """A bucket's members, newest first, each decoded when it is reached (a page read when reached)."""
+    for page in range(pages):
+        for item in (coll.find_one({"_id": bucket_id(priority, slot, page)}) or {}).get("members", []):
+            yield unpack_item(item)
 
 
 def _floor_slot(value: datetime) -> datetime:

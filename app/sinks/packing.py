@@ -19,7 +19,12 @@ def pack_items(items: list) -> list[str]:
 
 
 def unpack_items(items: list) -> list:
-    return [json.loads(item, object_hook=_dated) if isinstance(item, str) else item for item in items]
+    return [unpack_item(item) for item in items]
+
+
+def unpack_item(item):
+    """One stored item: decoded if packed, as it is if stored nested (before packing)."""
+    return json.loads(item, object_hook=_dated) if isinstance(item, str) else item
 
 
 def packed(doc: dict, names: tuple) -> dict:

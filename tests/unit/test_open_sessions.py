@@ -1,15 +1,21 @@
 """open_sessions (app/sinks/open_sessions.py): /v1/act-now's answer from the open-session buckets.
 
-Whatever open sessions there are, and however they got there (moves, closes), the buckets give
-what the collection's query gives over all open sessions: those within `hours` of the newest
-one's end, the most urgent priority first, then the newest (ties by id)."""
+Whatever open sessions there are, and however they got there (moves, closes, a change of a
+session's fields alone), the buckets give what the collection's query gives over all open
+sessions: those within `hours` of the newest one's end, the most urgent priority first, then the
+newest (ties by id), each with its latest fields; however many pages a bucket takes, and however
+a batch's writes are cut short and replayed."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from unittest import mock
 
+import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from app.sinks import open_sessions
+from app.api import queries
+from app.sinks import collections as C, open_sessions
+from app.sinks.user_activity import STATUS_ID
 from tests.unit.bson_store import BsonStore
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -17,31 +23,73 @@ T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 def _user_doc(user: str, sessions: dict) -> dict:
     return {"_id": user, "sessions": [{"session_id": sid, "status": "active", "action_priority": p,
-                                       "session_end": T0 + timedelta(seconds=end)} for sid, (p, end) in sessions.items()]}
+                                       "session_end": T0 + timedelta(seconds=end), "total_events": n,
+                                       "recommendations": ["Offer free shipping"] * (n % 3)}
+                                      for sid, (p, end, n) in sessions.items()]}
 
 
-session_state = st.tuples(st.sampled_from([None, 0, 1, 2]), st.integers(0, 3 * 3600))
+# (action_priority, session_end in seconds, total_events): a step may change the events alone;
+# ends often in the same minute, so a bucket takes several sessions (and pages)
+session_state = st.tuples(st.sampled_from([None, 0, 1, 2]), st.one_of(st.sampled_from([0, 10, 50, 70]),
+                                                                    st.integers(0, 3 * 3600)), st.integers(1, 3))
+
+
+class Crashing(BsonStore):
+    """A store whose writes stop (ConnectionError) after `left` calls: a batch cut short."""
+
+    def __init__(self, left: int | None):
+        super().__init__()
+        self.left = left
+
+    def _call(self):
+        if self.left is not None:
+            if self.left == 0:
+                raise ConnectionError("store gone")
+            self.left -= 1
+
+    def write(self, docs):
+        self._call()
+        super().write(docs)
+
+    def delete(self, ids):
+        self._call()
+        super().delete(ids)
 
 
 @hsettings(max_examples=300, deadline=None)
 @given(steps=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]),
-                                st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), session_state, max_size=4)),
+                                st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), session_state, max_size=4),
+                                st.one_of(st.none(), st.integers(0, 2))),
                       min_size=1, max_size=12),
-       hours=st.sampled_from([0.01, 0.5, 1.0, 2.0]), limit=st.integers(1, 8))
-def test_act_now_from_the_buckets_is_the_query_over_all_open_sessions(steps, hours, limit):
-    store, docs = BsonStore(), {}
-    for user, sessions in steps:  # each step: the user's open sessions now (moved, new, closed)
+       hours=st.sampled_from([0.01, 0.5, 1.0, 2.0]), limit=st.integers(1, 8), page=st.sampled_from([1, 2, 1000]))
+def test_act_now_from_the_buckets_is_the_query_over_all_open_sessions(steps, hours, limit, page):
+    with mock.patch.object(open_sessions, "PAGE", page):
+        _check_act_now(steps, hours, limit, page)
+
+
+def _check_act_now(steps, hours, limit, page):
+    store, docs = Crashing(None), {}
+    for user, sessions, crash_after in steps:  # each step: the user's open sessions now (moved, new, closed)
         after = _user_doc(user, {f"{user}-{sid}": s for sid, s in sessions.items()})
-        changes = open_sessions.Changes()
-        changes.user(docs.get(user), after)
-        changes.apply(store.read, store.write, store.delete)
+        store.left = crash_after  # the step's writes stop after so many calls, then it is replayed whole
+        try:
+            _move(store, docs.get(user), after)
+        except ConnectionError:
+            store.left = None
+            _move(store, docs.get(user), after)
+        store.left = None
         docs[user] = after
     everything = [(open_sessions.priority_of(s), s["session_end"], s["session_id"])
                   for d in docs.values() for s in d["sessions"]]
-    since, ids = open_sessions.act_now(store, hours, limit)
+    since, members = open_sessions.act_now(store, hours, limit)
+    ids = [m["session_id"] for m in members]
     if not everything:
         assert (since, ids) == (None, []) and not store.docs
         return
+    latest = {s["session_id"]: {**s, "user_id": d["_id"]} for d in docs.values() for s in d["sessions"]}
+    assert members == [latest[i] for i in ids]  # each with its latest fields, as its user's document has it
+    pages = {_id: len(d["members"]) for _id, d in store.decoded().items() if _id != open_sessions.INDEX_ID}
+    assert pages and max(pages.values()) <= page
     want_since = max(end for _, end, _ in everything) - timedelta(hours=hours)
     want = sorted((e for e in everything if e[1] >= want_since), key=lambda e: (e[0], -e[1].timestamp(), e[2]))
     assert since == want_since
@@ -49,3 +97,59 @@ def test_act_now_from_the_buckets_is_the_query_over_all_open_sessions(steps, hou
     got = {sid: (p, end) for p, end, sid in everything}
     assert [(got[i][0], got[i][1]) for i in ids] == [(p, end) for p, end, _ in want[:limit]]
     assert set(ids) <= {sid for _, _, sid in want}
+
+
+def _move(store, before, after) -> None:
+    changes = open_sessions.Changes()
+    changes.user(before, after)
+    changes.apply(store.read, store.write, store.delete)
+
+
+def test_a_bucket_grown_a_page_and_cut_short_before_its_index_is_mended_by_the_replay():
+    """The pages are written, the batch stops before the index: the replay reads the bucket's
+    pages until one is missing, not by the index, so the session pushed to the new page stays."""
+    with mock.patch.object(open_sessions, "PAGE", 1):
+        store = Crashing(None)
+        first = _user_doc("u1", {"a": (1, 10, 1)})
+        _move(store, None, first)
+        second = _user_doc("u1", {"a": (1, 10, 1), "b": (1, 50, 1)})  # b is newer: a moves to page 1
+        store.left = 1  # the pages are written; the index's write fails
+        with pytest.raises(ConnectionError):
+            _move(store, first, second)
+        store.left = None
+        _move(store, first, second)  # the batch replayed
+        assert [m["session_id"] for m in open_sessions.act_now(store, 1.0, 10)[1]] == ["b", "a"]
+
+
+def test_buckets_stored_before_members_carried_their_sessions_still_answer():
+    """A bucket and index an earlier version stored (nested; members of session_id, session_end
+    and user_id only): /v1/act-now reads those sessions by _id, leaving out one closed meanwhile;
+    the next move into the bucket keeps them and writes it packed."""
+    feed, segments = BsonStore(), BsonStore()
+    slot = T0.replace(second=0)
+    old = [{"session_id": sid, "session_end": T0 + timedelta(seconds=s), "user_id": "u9"} for sid, s in (("y", 40), ("x", 20))]
+    feed.write([{"_id": open_sessions.bucket_id(1, slot), "priority": 1, "slot": slot, "members": old},
+                {"_id": open_sessions.INDEX_ID, "buckets": [{"priority": 1, "slot": slot, "newest": old[0]["session_end"]}]}])
+    segments.write([{"_id": "x", "status": "active", "user_id": "u9", "session_end": old[1]["session_end"],
+                     "behavior_segment": "browser", "processing_time": T0},
+                    {"_id": "y", "status": "closed", "user_id": "u9", "session_end": old[0]["session_end"]}])
+    progress = BsonStore()
+    progress.write([{"_id": STATUS_ID, "feed_complete": True}])
+    db = {C.LIVE_FEED: feed, C.SEGMENTS: _Projecting(segments), C.PROGRESS: progress}
+    body = queries.act_now(db, 1.0, 10)
+    assert [(s["session_id"], s["behavior_segment"], s["user_id"]) for s in body["sessions"]] == [("x", "browser", "u9")]
+    assert "processing_time" not in body["sessions"][0]  # what the members carry: no wall-clock field
+    _move(feed, None, _user_doc("u1", {"a": (1, 30, 2)}))
+    assert [m["session_id"] for m in open_sessions.act_now(feed, 1.0, 10)[1]] == ["y", "a", "x"]
+    assert all(isinstance(m, str) for m in feed.decoded()[open_sessions.bucket_id(1, slot)]["members"])
+
+
+class _Projecting:
+    """A BsonStore read as a collection with a projection (find_one(query, projection))."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def find_one(self, query, projection=None):
+        doc = self.store.find_one(query)
+        return doc and {k: v for k, v in doc.items() if k == "_id" or projection is None or k in projection}

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, note, settings as hsettings, strategi
 
 from app import aggregates as A
 from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
-from app.sinks import leaderboard, open_sessions, user_activity
+from app.sinks import leaderboard, open_sessions, packing, user_activity
 from tests.unit.bson_store import BsonStore
 from tests.unit.spark_like import _NOW, _rows
 from tests.unit.test_event_time import DAY, assert_same_outputs, ev, batch_cuts, in_batches, one_batch, traffic
@@ -116,11 +116,12 @@ def expected_open_buckets(run) -> dict:
 
 
 def open_buckets(run) -> dict:
-    index = run.store.open_feed.get(open_sessions.INDEX_ID, {"buckets": []})
-    buckets = {_id: d for _id, d in run.store.open_feed.items()
-               if _id != open_sessions.INDEX_ID and json.loads(_id)[0] == "open"}
-    assert [(b["priority"], b["slot"], b["newest"]) for b in index["buckets"]] == sorted(
-        (d["priority"], d["slot"], d["members"][0]["session_end"]) for d in buckets.values())
+    unpacked = {_id: packing.unpacked(d, open_sessions.PACKED) for _id, d in run.store.open_feed.items()
+                if json.loads(_id)[0] == "open"}
+    index = unpacked.get(open_sessions.INDEX_ID, {"buckets": []})
+    buckets = {_id: d for _id, d in unpacked.items() if _id != open_sessions.INDEX_ID}
+    assert [(b["priority"], b["slot"], b["newest"], b["pages"]) for b in index["buckets"]] == sorted(
+        (d["priority"], d["slot"], d["members"][0]["session_end"], 1) for d in buckets.values())
     for d in buckets.values():  # newest first; each member where its session's latest version is
         assert d["members"] == sorted(d["members"], key=lambda m: (m["session_end"], m["session_id"]), reverse=True)
         assert all(m["session_end"].replace(second=0, microsecond=0) == d["slot"] for m in d["members"])
