@@ -7,6 +7,8 @@ batch (a user_activity document holds all of them), and files the difference her
         newest first, each as the user's user_activity document has it (the fields
         /v1/act-now returns), so the API reads no session on its own; the first PAGE of them
     {_id: ["open", priority, minute, k], members: [...]}: the next PAGE each (k = 1, 2, ...)
+        (each page also has keys: ["<session_end in epoch ms>|<session_id>", ...], one a member,
+        so a batch re-sorts a bucket without decoding the members it keeps)
     {_id: ["open"], buckets: [{priority, slot, newest, pages}, ...]}: the non-empty ones, with
         their newest session_end and their number of pages (an empty bucket, and an empty index,
         are deleted)
@@ -29,7 +31,7 @@ import json
 from datetime import datetime, timedelta
 
 from app.aggregates import utc
-from app.sinks.packing import pack_items, unpack_item, unpack_items
+from app.sinks.packing import from_millis, pack_items, to_millis, unpack_item, unpack_items
 
 INDEX_ID = json.dumps(["open"])
 NO_PRIORITY = 99  # as /v1/act-now ranks a session without action_priority
@@ -85,19 +87,21 @@ class Changes:
         docs, gone, placed = [], [], {}
         for priority, slot in sorted(touched):
             stored = _stored_pages(read, priority, slot)
-            members: dict = {}
+            entries: dict = {}  # session_id -> ((end ms, session_id), the member as stored)
             for page in stored:
-                for m in unpack_items(page.get("members", [])):
-                    members.setdefault(m["session_id"], m)
+                for key, item in _entries(page):
+                    entries.setdefault(key[1], (key, item))
             for session_id in self.removed.get((priority, slot), ()):
-                members.pop(session_id, None)
-            members.update(self.added.get((priority, slot), {}))
-            ordered = sorted(members.values(), key=lambda m: (utc(m["session_end"]), m["session_id"]), reverse=True)
+                entries.pop(session_id, None)
+            for session_id, member in self.added.get((priority, slot), {}).items():
+                entries[session_id] = (_key(member), pack_items([member])[0])
+            ordered = sorted(entries.values(), reverse=True)  # newest first, then by id
             pages = [ordered[start:start + PAGE] for start in range(0, len(ordered), PAGE)]
             docs += [{"_id": bucket_id(priority, slot, k), "priority": priority, "slot": slot,
-                      "members": pack_items(page)} for k, page in enumerate(pages)]
+                      "members": [item for _, item in page], "keys": [f"{end}|{sid}" for (end, sid), _ in page]}
+                     for k, page in enumerate(pages)]
             gone += [bucket_id(priority, slot, k) for k in range(len(pages), len(stored))]
-            placed[(priority, slot)] = (utc(ordered[0]["session_end"]), len(pages)) if ordered else None
+            placed[(priority, slot)] = (from_millis(ordered[0][0][0]), len(pages)) if ordered else None
         if docs:
             write(docs)
         index = {(b["priority"], utc(b["slot"])): (utc(b["newest"]), b.get("pages", 1)) for b in _index(read)}
@@ -121,6 +125,24 @@ def _stored_pages(read, priority: int, slot: datetime) -> list[dict]:
     while (page := read(bucket_id(priority, slot, len(pages)))) is not None:
         pages.append(page)
     return pages
+
+
+def _key(member: dict) -> tuple[int, str]:
+    return to_millis(member["session_end"]), member["session_id"]
+
+
+def _entries(page: dict):
+    """A stored page's members as ((end ms, session_id), the member as stored), by its `keys`: a
+    member kept as it is is neither decoded nor encoded again (a page an earlier version stored,
+    without keys: each member decoded)."""
+    items, keys = page.get("members", []), page.get("keys")
+    if keys is not None and len(keys) == len(items):
+        for key, item in zip(keys, items):
+            end, session_id = key.split("|", 1)
+            yield (int(end), session_id), item
+    else:
+        for member in unpack_items(items):
+            yield _key(member), pack_items([member])[0]
 
 
 def _index(read) -> list[dict]:

@@ -38,14 +38,23 @@ def unpacked(doc: dict | None, names: tuple) -> dict | None:
     return {**doc, **{n: unpack_items(doc[n]) for n in names if n in doc}}
 
 
+def to_millis(value: datetime) -> int:
+    """A datetime (naive: UTC) -> epoch milliseconds, as a packed date stores it."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return (aware - _EPOCH) // _MS
+
+
+def from_millis(millis: int) -> datetime:
+    return _EPOCH + millis * _MS
+
+
 def _date(value):
     if isinstance(value, datetime):
-        aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-        return {"$date": (aware - _EPOCH) // _MS}
+        return {"$date": to_millis(value)}
     raise TypeError(f"not storable packed: {type(value).__name__}")
 
 
 def _dated(obj: dict):
     if len(obj) == 1 and "$date" in obj:
-        return _EPOCH + obj["$date"] * _MS
+        return from_millis(obj["$date"])
     return obj

@@ -40,7 +40,7 @@ from app.sessions.tracker import archived_id
 from app.sinks import leaderboard, live_feed, open_sessions
 from app.sinks.collections import LIVE_FEED, PROGRESS, USER_ACTIVITY, event_document, event_session_fields, session_document
 from app.sinks.mongo import Store
-from app.sinks.packing import packed, unpacked
+from app.sinks.packing import packed, to_millis, unpacked
 
 ACTIVITY_QUERY = "activity"
 EVENTS_KEPT = 100
@@ -59,7 +59,6 @@ FLUSH_USERS = 2000  # users merged between open-session moves (merge_batch): the
 CACHE_BYTES = 256 * 1024 * 1024  # the documents the driver keeps, as BSON
 FEED_CACHE_BYTES = 64 * 1024 * 1024  # live_feed's buckets and hour indexes, the same way
 STATUS_ID = "activity"  # in stream_progress: {complete: bool} (see ActivityBatchWriter)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class ActivityBatchWriter:
@@ -322,7 +321,7 @@ def merge(stored: dict | None, user_id: str, rows, now: datetime, rank=None) -> 
             old = sessions.get(doc["_id"])
             if row.first_write and old is not None and old["status"] == "closed" \
                     and utc(old["session_end"]) < utc(doc["session_start"]):
-                archived = archived_id(doc["_id"], _millis(old["session_start"]))
+                archived = archived_id(doc["_id"], to_millis(old["session_start"]))
                 sessions[archived] = {**old, "session_id": archived}
             sessions[doc["_id"]] = {"session_id": doc["_id"], **{n: doc.get(n) for n in SESSION_FIELDS}}
     kept_events = sorted(events.values(), key=lambda e: (utc(e["event_timestamp"]), e["event_id"]),
@@ -346,9 +345,3 @@ def ranker(rules: ProfileRules):
         fields["last_seen"] = fields["last_seen"].replace(tzinfo=None)
         return {"score": doc["engagement_score"], "segment": doc["last_segment"], "fields": fields}
     return rank
-
-
-
-
-def _millis(value: datetime) -> int:
-    return (utc(value) - _EPOCH) // timedelta(milliseconds=1)
