@@ -99,7 +99,7 @@ ENDPOINTS = [
     ("/v1/alerts?user_id={alert_user}", "live_feed", "the same, of a user with alerts: " + BY_IDS),
     ("/v1/trigger-executions?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_IDS),
     ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_IDS),
-    ("/v1/act-now", "live_feed + user_behavior_segments", "open-session index + buckets, then each session: " + BY_IDS),
+    ("/v1/act-now", "live_feed", "open-session index + the buckets it needs, each session's fields in them: " + BY_IDS),
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
     ("/v1/activity", "live_feed", "the hour list + the newest hour's events: " + BY_IDS),
     ("/v1/activity?event_type=purchase", "live_feed", "the same, of one type: " + BY_IDS),

@@ -619,6 +619,23 @@ def test_act_now_lists_the_open_sessions_most_urgent_first(api_run, feed_complet
     assert _ms(body["since"]) == latest - HOUR_MS
 
 
+def test_act_now_from_live_feed_gives_each_session_as_user_behavior_segments_has_it(api_run):
+    """The open-session buckets carry each session's fields (as the activity query's user
+    documents have them): field by field what the (status, session_end) read of the collection
+    gives, after the run."""
+    db = api_run["db"]
+    answers = []
+    for complete in (True, False):
+        db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": complete}})
+        try:
+            answers.append(_get(api_run, "/v1/act-now", hours=24, limit=1000))
+        finally:
+            db.stream_progress.update_one({"_id": "activity"}, {"$set": {"feed_complete": True}})
+    by_id = [sorted(a["sessions"], key=lambda s: s["session_id"]) for a in answers]
+    assert by_id[0] and by_id[0] == by_id[1]
+    assert {"user_id", "behavior_segment", "total_events", "recommendations"} <= set(by_id[0][0])
+
+
 def test_health_reports_the_jobs_last_batch(api_run):
     last = api_run["db"].stream_progress.find_one({"query": "sessions"}, sort=[("batch_id", -1)])
     body = _get(api_run, "/v1/health")
