@@ -29,6 +29,33 @@ class BsonStore:
         return {k: bson.decode(v) for k, v in self.docs.items()}
 
 
+class Cut(Exception):
+    """A write cut short by CuttingStore."""
+
+
+class CuttingStore(BsonStore):
+    """A BsonStore that, once armed, applies a prefix of one write (or delete) and raises Cut: the
+    merger process cut short mid-batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.crash_at: tuple[int, int] | None = None  # (the write call to cut, documents it applies)
+        self.calls = 0
+
+    def _cut(self, items, apply) -> None:
+        self.calls += 1
+        if self.crash_at is not None and self.calls == self.crash_at[0]:
+            apply(items[:self.crash_at[1]])
+            raise Cut
+        apply(items)
+
+    def write(self, docs):
+        self._cut(docs, super().write)
+
+    def delete(self, ids):
+        self._cut(ids, super().delete)
+
+
 def _no_nested_arrays(value, in_list: bool = False) -> None:
     if isinstance(value, dict):
         for v in value.values():

@@ -16,7 +16,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from app.api import queries
 from app.sinks import collections as C, open_sessions
 from app.sinks.user_activity import STATUS_ID
-from tests.unit.bson_store import BsonStore
+from tests.unit.bson_store import BsonStore, Cut, CuttingStore
 
 T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
@@ -34,32 +34,10 @@ session_state = st.tuples(st.sampled_from([None, 0, 1, 2]), st.one_of(st.sampled
                                                                     st.integers(0, 3 * 3600)), st.integers(1, 3))
 
 
-class Crashing(BsonStore):
-    """A store whose writes stop (ConnectionError) after `left` calls: a batch cut short."""
-
-    def __init__(self, left: int | None):
-        super().__init__()
-        self.left = left
-
-    def _call(self):
-        if self.left is not None:
-            if self.left == 0:
-                raise ConnectionError("store gone")
-            self.left -= 1
-
-    def write(self, docs):
-        self._call()
-        super().write(docs)
-
-    def delete(self, ids):
-        self._call()
-        super().delete(ids)
-
-
 @hsettings(max_examples=300, deadline=None)
 @given(steps=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]),
                                 st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), session_state, max_size=4),
-                                st.one_of(st.none(), st.integers(0, 2))),
+                                st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(0, 2)))),
                       min_size=1, max_size=12),
        hours=st.sampled_from([0.01, 0.5, 1.0, 2.0]), limit=st.integers(1, 8), page=st.sampled_from([1, 2, 1000]))
 def test_act_now_from_the_buckets_is_the_query_over_all_open_sessions(steps, hours, limit, page):
@@ -68,16 +46,17 @@ def test_act_now_from_the_buckets_is_the_query_over_all_open_sessions(steps, hou
 
 
 def _check_act_now(steps, hours, limit, page):
-    store, docs = Crashing(None), {}
-    for user, sessions, crash_after in steps:  # each step: the user's open sessions now (moved, new, closed)
+    store, docs = CuttingStore(), {}
+    for user, sessions, crash_at in steps:  # each step: the user's open sessions now (moved, new, closed)
         after = _user_doc(user, {f"{user}-{sid}": s for sid, s in sessions.items()})
-        store.left = crash_after  # the step's writes stop after so many calls, then it is replayed whole
+        # the step's write call crash_at[0] applies crash_at[1] documents and stops; then it is replayed whole
+        store.calls, store.crash_at = 0, crash_at
         try:
             _move(store, docs.get(user), after)
-        except ConnectionError:
-            store.left = None
+        except Cut:
+            store.crash_at = None
             _move(store, docs.get(user), after)
-        store.left = None
+        store.crash_at = None
         docs[user] = after
     everything = [(open_sessions.priority_of(s), s["session_end"], s["session_id"])
                   for d in docs.values() for s in d["sessions"]]
@@ -109,14 +88,14 @@ def test_a_bucket_grown_a_page_and_cut_short_before_its_index_is_mended_by_the_r
     """The pages are written, the batch stops before the index: the replay reads the bucket's
     pages until one is missing, not by the index, so the session pushed to the new page stays."""
     with mock.patch.object(open_sessions, "PAGE", 1):
-        store = Crashing(None)
+        store = CuttingStore()
         first = _user_doc("u1", {"a": (1, 10, 1)})
         _move(store, None, first)
         second = _user_doc("u1", {"a": (1, 10, 1), "b": (1, 50, 1)})  # b is newer: a moves to page 1
-        store.left = 1  # the pages are written; the index's write fails
-        with pytest.raises(ConnectionError):
+        store.calls, store.crash_at = 0, (2, 0)  # the pages are written; the index's write fails
+        with pytest.raises(Cut):
             _move(store, first, second)
-        store.left = None
+        store.crash_at = None
         _move(store, first, second)  # the batch replayed
         assert [m["session_id"] for m in open_sessions.act_now(store, 1.0, 10)[1]] == ["b", "a"]
 

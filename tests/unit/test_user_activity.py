@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, note, settings as hsettings, strategi
 from app import aggregates as A
 from app.profiles.rules import DEFAULT_PROFILE_RULES, load_profile_rules
 from app.sinks import leaderboard, open_sessions, packing, user_activity
-from tests.unit.bson_store import BsonStore
+from tests.unit.bson_store import BsonStore, Cut, CuttingStore
 from tests.unit.spark_like import _NOW, _rows
 from tests.unit.test_event_time import DAY, assert_same_outputs, ev, batch_cuts, in_batches, one_batch, traffic
 
@@ -224,33 +224,6 @@ def test_activity_batches_cut_anywhere_in_each_partition_and_replayed_give_the_s
             {u: bson.decode(bson.encode(d)) for u, d in run.store.activity.items()}
 
 
-class _Crash(Exception):
-    pass
-
-
-class _Collection(BsonStore):
-    """A BsonStore that, once armed, applies a prefix of one write (or delete) and raises: the
-    merger process cut short mid-batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.crash_at: tuple[int, int] | None = None  # (the write call to cut, documents it applies)
-        self.calls = 0
-
-    def _cut(self, items, apply) -> None:
-        self.calls += 1
-        if self.crash_at is not None and self.calls == self.crash_at[0]:
-            apply(items[:self.crash_at[1]])
-            raise _Crash
-        apply(items)
-
-    def write(self, docs):
-        self._cut(docs, super().write)
-
-    def delete(self, ids):
-        self._cut(ids, super().delete)
-
-
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_an_activity_batch_cut_short_anywhere_and_replayed_leaves_the_same_documents(data):
@@ -266,7 +239,7 @@ def test_an_activity_batch_cut_short_anywhere_and_replayed_leaves_the_same_docum
         messages = _messages(steps)
         size = data.draw(st.integers(1, max(len(messages), 1)), label="activity batch size")
         activity_batches = [messages[i:i + size] for i in range(0, len(messages), size)]
-        users, feeds = _Collection(), _Collection()
+        users, feeds = CuttingStore(), CuttingStore()
         crashed = data.draw(st.integers(0, len(activity_batches) - 1), label="batch cut short")
         for k, batch in enumerate(activity_batches):
             if k == crashed:
@@ -276,7 +249,7 @@ def test_an_activity_batch_cut_short_anywhere_and_replayed_leaves_the_same_docum
                                    data.draw(st.integers(0, 12), label="documents applied"))
                 try:
                     user_activity.merge_batch(batch, user_activity.Packed(users), feeds, _NOW, RANK)
-                except _Crash:
+                except Cut:
                     note(f"cut short in batch {k}")
                 victim.crash_at = None
             user_activity.merge_batch(batch, user_activity.Packed(users), feeds, _NOW, RANK)  # (again: the replay)
