@@ -579,8 +579,8 @@ def experiment_results(db, experiment: str | None) -> dict:
 
 def act_now(db, hours: float, limit: int) -> dict:
     """Active sessions of the last `hours` of event time, the most urgent first (action_priority,
-    then the newest): from live_feed's open-session buckets (by _id), which carry each session's
-    fields, while the activity query keeps them; else the (status, session_end) index bounds the
+    then the newest): from live_feed's open-session heads or buckets (by _id), which carry each
+    session's fields, while the activity query keeps them; else the (status, session_end) index bounds the
     read (the newest ACT_NOW_SCAN open sessions)."""
     if _feed_complete(db):
         since, members = open_sessions.act_now(db[C.LIVE_FEED], hours, limit)

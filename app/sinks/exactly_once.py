@@ -112,7 +112,10 @@ twice leaves what writing them once leaves:
    user's document has them before and after the batch (all of them: 13 never cuts open
    sessions), removing a session from where its old version was and adding it where its new one
    is, and deletes a bucket once empty; so the buckets are a function of the open sessions alone
-   (the properties of tests/unit/test_event_time.py compare them too). It holds the users by
+   (the properties of tests/unit/test_event_time.py compare them too), and so is each priority's
+   head (its newest open sessions), rebuilt from its buckets after they are written. A bucket's
+   pages are written in an order that loses no session a write cut short had not moved
+   (tests/unit/test_open_sessions.py). It holds the users by
    engagement score for /v1/users/segments too (app/sinks/leaderboard.py): each user's rank
    (score, last segment) is its newest profile row's (one key, so one partition: message order,
    and a replayed batch's copies come before any later batch's), kept in the user's document,

@@ -12,6 +12,17 @@ batch (a user_activity document holds all of them), and files the difference her
     {_id: ["open"], buckets: [{priority, slot, newest, pages}, ...]}: the non-empty ones, with
         their newest session_end and their number of pages (an empty bucket, and an empty index,
         are deleted)
+    {_id: ["open-head", priority, k], members: [...], keys: [...]}: the priority's newest HEAD
+        open sessions, newest first, as its buckets have them, HEAD_PAGE a document (k = 0, 1, ...)
+    {_id: ["open-head"], heads: [{priority, newest, count}, ...]}: the priorities with open
+        sessions, each with its newest session_end and the members its head holds
+
+/v1/act-now reads the heads: with `limit` <= HEAD, the most urgent priority's head (and the next
+ones' while it has too few within `hours`) holds the answer, so a call with the default limit
+reads the summary and one page of 20 (on FerretDB with the job idle: 0.5 ms and 1.2 ms, against
+2.9 ms for a page of 100), not the index and a bucket a minute. A larger `limit`, or a store
+whose heads an earlier version never wrote, reads the index and the buckets. A bucket's pages are
+written so that a write cut short after any of them loses no member (_write_order).
 
 Members and the index's entries are stored packed, one JSON string each (app/sinks/packing.py):
 FerretDB 1.24 reads a document value by value, and an index of 600 buckets read nested took
@@ -23,12 +34,15 @@ All are functions of the open sessions' latest versions alone, so no batch cut o
 changes them (app/sinks/exactly_once.py 14): a session is filed where its latest version puts
 it, with that version, and removed when it closes or is retracted. A bucket's pages are read
 until one is missing and rewritten before the index, so a batch cut short between them is
-mended by its replay, which makes the same moves again.
+mended by its replay, which makes the same moves again. The heads are rewritten after the
+buckets, for each priority a batch touched, from its buckets as they then are, so a replay
+rewrites them too.
 """
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from graphlib import TopologicalSorter
 
 from app.aggregates import utc
 from app.sinks.packing import from_millis, pack_items, to_millis, unpack_item, unpack_items
@@ -37,11 +51,18 @@ INDEX_ID = json.dumps(["open"])
 NO_PRIORITY = 99  # as /v1/act-now ranks a session without action_priority
 SLOT = timedelta(minutes=1)
 PAGE = 1000  # members per document
+HEAD = 100  # members of a priority's head: /v1/act-now's limit up to this reads the heads
+HEAD_PAGE = 20  # members of a head's document (/v1/act-now's default limit)
+HEADS_ID = json.dumps(["open-head"])
 PACKED = ("members", "buckets")  # the lists stored packed (no wall-clock field in them: compared as stored)
 
 
 def bucket_id(priority: int, slot: datetime, page: int = 0) -> str:
     return json.dumps(["open", priority, utc(slot).isoformat(), *([page] if page else [])], separators=(",", ":"))
+
+
+def head_id(priority: int, page: int = 0) -> str:
+    return json.dumps(["open-head", priority, page], separators=(",", ":"))
 
 
 def open_sessions(doc: dict | None) -> dict:
@@ -84,23 +105,30 @@ class Changes:
         touched = set(self.removed) | set(self.added)
         if not touched:
             return 0
-        docs, gone, placed = [], [], {}
+        docs, gone, placed, now_in = [], [], {}, {}
         for priority, slot in sorted(touched):
             stored = _stored_pages(read, priority, slot)
             entries: dict = {}  # session_id -> ((end ms, session_id), the member as stored)
-            for page in stored:
+            was_on: dict = {}   # session_id -> its stored page
+            for k, page in enumerate(stored):
                 for key, item in _entries(page):
                     entries.setdefault(key[1], (key, item))
+                    was_on.setdefault(key[1], k)
+            moved = set(self.removed.get((priority, slot), ())) | set(self.added.get((priority, slot), {}))
             for session_id in self.removed.get((priority, slot), ()):
                 entries.pop(session_id, None)
             for session_id, member in self.added.get((priority, slot), {}).items():
                 entries[session_id] = (_key(member), pack_items([member])[0])
             ordered = sorted(entries.values(), reverse=True)  # newest first, then by id
+            now_in[(priority, slot)] = ordered
             pages = [ordered[start:start + PAGE] for start in range(0, len(ordered), PAGE)]
+            shifts = {(k, was_on[sid]) for k, page in enumerate(pages) for (_, sid), _ in page
+                      if sid not in moved and was_on[sid] != k}
             docs += [{"_id": bucket_id(priority, slot, k), "priority": priority, "slot": slot,
-                      "members": [item for _, item in page], "keys": [f"{end}|{sid}" for (end, sid), _ in page]}
-                     for k, page in enumerate(pages)]
-            gone += [bucket_id(priority, slot, k) for k in range(len(pages), len(stored))]
+                      "members": [item for _, item in pages[k]], "keys": [f"{end}|{sid}" for (end, sid), _ in pages[k]]}
+                     for k in _write_order(len(pages), len(stored), shifts)]
+            # the surplus pages, the last first: a delete cut short leaves the pages before a gap
+            gone += [bucket_id(priority, slot, k) for k in reversed(range(len(pages), len(stored)))]
             placed[(priority, slot)] = (from_millis(ordered[0][0][0]), len(pages)) if ordered else None
         if docs:
             write(docs)
@@ -114,8 +142,71 @@ class Changes:
             write([{"_id": INDEX_ID, "buckets": pack_items(buckets)}])
         else:
             delete([INDEX_ID])
+        changed = _write_heads(read, write, delete, now_in, [(b["priority"], b["slot"]) for b in buckets])
         self.removed, self.added = {}, {}  # made: the next batch of users starts anew
-        return len(docs) + len(gone) + 1
+        return len(docs) + len(gone) + 1 + changed
+
+
+def _write_heads(read, write, delete, now_in: dict, slots: list) -> int:
+    """Each touched priority's head, and the heads' summary (every priority's, if no summary is
+    stored: an earlier version's buckets); a head's pages past its new count are deleted after
+    the summary (the summary a batch cut short left may count more: they are deleted then, as
+    every page a head of HEAD could have, when the summary does not name the priority). Returns
+    the documents changed."""
+    stored = read(HEADS_ID)
+    summary = {h["priority"]: h for h in (stored or {}).get("heads", [])}
+    priorities = {p for p, _ in now_in} if stored is not None else {p for p, _ in now_in} | {p for p, _ in slots}
+    heads, emptied = [], []
+    for priority in sorted(priorities):
+        head = _head(read, priority, now_in, [s for p, s in slots if p == priority])
+        pages = [head[start:start + HEAD_PAGE] for start in range(0, len(head), HEAD_PAGE)]
+        heads += [{"_id": head_id(priority, k), "priority": priority, "members": [item for _, item in page],
+                   "keys": [f"{end}|{sid}" for (end, sid), _ in page]} for k, page in enumerate(pages)]
+        was = (summary[priority]["count"] + HEAD_PAGE - 1) // HEAD_PAGE if priority in summary else -(-HEAD // HEAD_PAGE)
+        emptied += [head_id(priority, k) for k in range(len(pages), was)]
+        if head:
+            summary[priority] = {"priority": priority, "newest": from_millis(head[0][0][0]), "count": len(head)}
+        else:
+            summary.pop(priority, None)
+    if heads:
+        write(heads)
+    if summary:
+        write([{"_id": HEADS_ID, "heads": [summary[p] for p in sorted(summary)]}])
+    else:
+        delete([HEADS_ID])
+    if emptied:
+        delete(emptied)  # after the summary, which no longer names them
+    return len(heads) + len(emptied) + 1
+
+
+def _head(read, priority: int, now_in: dict, slots: list) -> list:
+    """The priority's newest HEAD members as ((end ms, session_id), the member as stored), newest
+    first, from its buckets as they now are (`slots`: its non-empty ones; those the batch touched
+    are in `now_in`), read newest first until HEAD are found."""
+    head: list = []
+    for slot in sorted(slots, reverse=True):
+        if (priority, slot) in now_in:
+            head += now_in[(priority, slot)]
+        else:
+            head += [entry for page in _stored_pages(read, priority, slot) for entry in _entries(page)]
+        if len(head) >= HEAD:
+            break
+    return head[:HEAD]
+
+
+def _write_order(pages: int, stored: int, shifts: set) -> list[int]:
+    """The order to write a bucket's pages in, so that a write cut short after any of them loses
+    no member the batch kept (one the batch moved is moved again by its replay): a member that
+    shifts from stored page j to page k (shifts: (k, j)) is written on k before j is overwritten,
+    and pages past the stored ones are written in order, so reading pages until one is missing
+    reaches them. Members keep their order, so the shifts make no cycle."""
+    order = TopologicalSorter({k: set() for k in range(pages)})
+    for k, j in shifts:
+        if j < pages:  # a page past the new ones is deleted after every write
+            order.add(j, k)
+    for k in range(stored + 1, pages):
+        order.add(k, k - 1)
+    return list(order.static_order())
 
 
 def _stored_pages(read, priority: int, slot: datetime) -> list[dict]:
@@ -151,9 +242,13 @@ def _index(read) -> list[dict]:
 
 def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[dict]]:
     """The open sessions within `hours` of the newest one's end, most urgent priority first, then
-    the newest: (since, members). Only the members returned are decoded. No index: no open
-    session. (A member stored by a version before members carried their session has only
+    the newest: (since, members). Only the members returned are decoded. From the heads when
+    `limit` <= HEAD and they are stored, else from the index and the buckets (no index: no open
+    session). (A member stored by a version before members carried their session has only
     session_id, session_end and user_id.)"""
+    summary = coll.find_one({"_id": HEADS_ID}) if limit <= HEAD else None
+    if summary is not None:
+        return _act_now_from_heads(coll, summary["heads"], hours, limit)
     buckets = [(b["priority"], utc(b["slot"]), utc(b["newest"]), b.get("pages", 1))
                for b in _index(lambda _id: coll.find_one({"_id": _id}))]
     if not buckets:
@@ -170,6 +265,31 @@ def act_now(coll, hours: float, limit: int) -> tuple[datetime | None, list[dict]
             if len(picked) >= limit:
                 return since, picked
     return since, picked
+
+
+def _act_now_from_heads(coll, heads: list, hours: float, limit: int) -> tuple[datetime | None, list[dict]]:
+    if not heads:
+        return None, []
+    since = max(utc(h["newest"]) for h in heads) - timedelta(hours=hours)
+    floor = to_millis(since)
+    picked: list[dict] = []
+    for h in sorted(heads, key=lambda h: h["priority"]):
+        if utc(h["newest"]) < since:
+            continue
+        for key, item in _head_members(coll, h["priority"], h["count"]):
+            if key[0] < floor:
+                break  # newest first: the head's others are older still
+            picked.append(unpack_item(item))
+            if len(picked) >= limit:
+                return since, picked
+    return since, picked
+
+
+def _head_members(coll, priority: int, count: int):
+    """A head's members as ((end ms, session_id), the member as stored), newest first, a page
+    read when reached."""
+    for page in range((count + HEAD_PAGE - 1) // HEAD_PAGE):
+        yield from _entries(coll.find_one({"_id": head_id(priority, page)}) or {})
 
 
 def _members(coll, priority: int, slot: datetime, pages: int):

@@ -257,8 +257,10 @@ class _Documents:
         return self.store.retrying(self.name, lambda: self.coll.find_one({"_id": _id}))
 
     def write(self, docs: list[dict]) -> None:
+        """In order (a write cut short leaves a prefix of `docs` applied: open_sessions orders a
+        bucket's pages so that any prefix loses no member)."""
         self.store.retrying(self.name, lambda: self.coll.bulk_write(
-            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False))
+            [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=True))
         for d in docs:  # what the store holds now
             self.cache.put(d["_id"], d)
 

@@ -139,7 +139,7 @@ class SparkLike:
             for changes in (open_sessions.Changes(), leaderboard.Changes()):
                 changes.user(before, store.activity[user])
                 changes.apply(store.open_feed.get, lambda docs: store.open_feed.update({d["_id"]: d for d in docs}),
-                              lambda ids: [store.open_feed.pop(i) for i in ids],
+                              lambda ids: [store.open_feed.pop(i, None) for i in ids],  # as a store: no error if missing
                               *([lambda u: store.activity[u]["rank"]["fields"]] if isinstance(
                                   changes, leaderboard.Changes) else []))
 

@@ -34,18 +34,25 @@ session_state = st.tuples(st.sampled_from([None, 0, 1, 2]), st.one_of(st.sampled
                                                                     st.integers(0, 3 * 3600)), st.integers(1, 3))
 
 
-@hsettings(max_examples=300, deadline=None)
+@hsettings(max_examples=1000, deadline=None)
 @given(steps=st.lists(st.tuples(st.sampled_from(["u1", "u2", "u3"]),
                                 st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), session_state, max_size=4),
-                                st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(0, 2)))),
+                                st.one_of(st.none(), st.tuples(st.integers(1, 6), st.integers(0, 2)))),
                       min_size=1, max_size=12),
-       hours=st.sampled_from([0.01, 0.5, 1.0, 2.0]), limit=st.integers(1, 8), page=st.sampled_from([1, 2, 1000]))
-def test_act_now_from_the_buckets_is_the_query_over_all_open_sessions(steps, hours, limit, page):
-    with mock.patch.object(open_sessions, "PAGE", page):
-        _check_act_now(steps, hours, limit, page)
+       hours=st.sampled_from([0.01, 0.5, 1.0, 2.0]), limit=st.integers(1, 8), page=st.sampled_from([1, 2, 1000]),
+       head=st.sampled_from([(1, 1), (3, 2), (100, 2), (100, 20)]))
+def test_act_now_from_the_buckets_is_the_query_over_all_open_sessions(steps, hours, limit, page, head):
+    """From the heads (limit <= HEAD; head: (HEAD, HEAD_PAGE)), and from the index and buckets
+    alone (a larger limit, or the heads' summary gone, as an earlier version left the store)."""
+    with mock.patch.object(open_sessions, "PAGE", page), mock.patch.object(open_sessions, "HEAD", head[0]), \
+            mock.patch.object(open_sessions, "HEAD_PAGE", head[1]):
+        store = _stored(steps)
+        _check_act_now(store, steps, hours, limit, page)
+        store.delete([open_sessions.HEADS_ID])
+        _check_act_now(store, steps, hours, limit, page)
 
 
-def _check_act_now(steps, hours, limit, page):
+def _stored(steps):
     store, docs = CuttingStore(), {}
     for user, sessions, crash_at in steps:  # each step: the user's open sessions now (moved, new, closed)
         after = _user_doc(user, {f"{user}-{sid}": s for sid, s in sessions.items()})
@@ -58,6 +65,11 @@ def _check_act_now(steps, hours, limit, page):
             _move(store, docs.get(user), after)
         store.crash_at = None
         docs[user] = after
+    return store
+
+
+def _check_act_now(store, steps, hours, limit, page):
+    docs = {user: _user_doc(user, {f"{user}-{sid}": s for sid, s in sessions.items()}) for user, sessions, _ in steps}
     everything = [(open_sessions.priority_of(s), s["session_end"], s["session_id"])
                   for d in docs.values() for s in d["sessions"]]
     since, members = open_sessions.act_now(store, hours, limit)
@@ -67,8 +79,10 @@ def _check_act_now(steps, hours, limit, page):
         return
     latest = {s["session_id"]: {**s, "user_id": d["_id"]} for d in docs.values() for s in d["sessions"]}
     assert members == [latest[i] for i in ids]  # each with its latest fields, as its user's document has it
-    pages = {_id: len(d["members"]) for _id, d in store.decoded().items() if _id != open_sessions.INDEX_ID}
+    pages = {_id: len(d["members"]) for _id, d in store.decoded().items() if _id.startswith('["open",')}
     assert pages and max(pages.values()) <= page
+    heads = {_id: len(d["members"]) for _id, d in store.decoded().items() if _id.startswith('["open-head",')}
+    assert max(heads.values(), default=0) <= open_sessions.HEAD_PAGE
     want_since = max(end for _, end, _ in everything) - timedelta(hours=hours)
     want = sorted((e for e in everything if e[1] >= want_since), key=lambda e: (e[0], -e[1].timestamp(), e[2]))
     assert since == want_since
@@ -100,6 +114,34 @@ def test_a_bucket_grown_a_page_and_cut_short_before_its_index_is_mended_by_the_r
         assert [m["session_id"] for m in open_sessions.act_now(store, 1.0, 10)[1]] == ["b", "a"]
 
 
+@pytest.mark.parametrize("before, after", [
+    ({"a": (1, 10, 1)}, {"a": (1, 10, 1), "b": (1, 50, 1)}),  # b is newer: a shifts to page 1
+    ({"a": (1, 10, 1), "b": (1, 50, 1), "c": (1, 5, 1)}, {"a": (1, 10, 1), "c": (1, 5, 1)}),  # a, c shift back
+    ({"a": (1, 10, 1), "c": (1, 5, 1)}, {"a": (1, 10, 1), "b": (1, 50, 1), "d": (1, 55, 1), "c": (1, 5, 1)}),
+])
+@pytest.mark.parametrize("cut_after", [0, 1, 2, 3])
+def test_a_bucket_write_cut_short_after_any_page_loses_no_session_the_batch_kept(before, after, cut_after):
+    """Sessions the batch did not move shift between pages when others come or go: whichever
+    page the write stops after, each kept session is on a page still (written on its new page
+    before its old one is overwritten), and the replay gives the bucket whole."""
+    with mock.patch.object(open_sessions, "PAGE", 1):
+        store = CuttingStore()
+        first, second = _user_doc("u1", before), _user_doc("u1", after)
+        _move(store, None, first)
+        store.calls, store.crash_at = 0, (1, cut_after)  # the pages' write applies cut_after pages
+        try:
+            _move(store, first, second)
+        except Cut:
+            pass
+        store.crash_at = None
+        kept = set(before) & set(after)
+        on_pages = {open_sessions.unpack_item(m)["session_id"] for _id, d in store.decoded().items()
+                    if _id.startswith('["open",') for m in d["members"]}
+        assert kept <= on_pages
+        _move(store, first, second)  # the batch replayed
+        assert {m["session_id"] for m in open_sessions.act_now(store, 1.0, 10)[1]} == set(after)
+
+
 def test_buckets_stored_before_members_carried_their_sessions_still_answer():
     """A bucket and index an earlier version stored (nested; members of session_id, session_end
     and user_id only): /v1/act-now reads those sessions by _id, leaving out one closed meanwhile;
@@ -107,19 +149,26 @@ def test_buckets_stored_before_members_carried_their_sessions_still_answer():
     feed, segments = BsonStore(), BsonStore()
     slot = T0.replace(second=0)
     old = [{"session_id": sid, "session_end": T0 + timedelta(seconds=s), "user_id": "u9"} for sid, s in (("y", 40), ("x", 20))]
+    other = [{"session_id": "z", "session_end": T0, "user_id": "u8"}]  # of a priority the next move leaves alone
     feed.write([{"_id": open_sessions.bucket_id(1, slot), "priority": 1, "slot": slot, "members": old},
-                {"_id": open_sessions.INDEX_ID, "buckets": [{"priority": 1, "slot": slot, "newest": old[0]["session_end"]}]}])
+                {"_id": open_sessions.bucket_id(2, slot), "priority": 2, "slot": slot, "members": other},
+                {"_id": open_sessions.INDEX_ID, "buckets": [{"priority": 1, "slot": slot, "newest": old[0]["session_end"]},
+                                                            {"priority": 2, "slot": slot, "newest": T0}]}])
     segments.write([{"_id": "x", "status": "active", "user_id": "u9", "session_end": old[1]["session_end"],
                      "behavior_segment": "browser", "processing_time": T0},
-                    {"_id": "y", "status": "closed", "user_id": "u9", "session_end": old[0]["session_end"]}])
+                    {"_id": "y", "status": "closed", "user_id": "u9", "session_end": old[0]["session_end"]},
+                    {"_id": "z", "status": "active", "user_id": "u8", "session_end": T0, "behavior_segment": "bouncer"}])
     progress = BsonStore()
     progress.write([{"_id": STATUS_ID, "feed_complete": True}])
     db = {C.LIVE_FEED: feed, C.SEGMENTS: _Projecting(segments), C.PROGRESS: progress}
     body = queries.act_now(db, 1.0, 10)
-    assert [(s["session_id"], s["behavior_segment"], s["user_id"]) for s in body["sessions"]] == [("x", "browser", "u9")]
+    assert [(s["session_id"], s["behavior_segment"], s["user_id"]) for s in body["sessions"]] == [
+        ("x", "browser", "u9"), ("z", "bouncer", "u8")]
     assert "processing_time" not in body["sessions"][0]  # what the members carry: no wall-clock field
     _move(feed, None, _user_doc("u1", {"a": (1, 30, 2)}))
-    assert [m["session_id"] for m in open_sessions.act_now(feed, 1.0, 10)[1]] == ["y", "a", "x"]
+    # the first move writes every priority's head (no summary yet), the one it left alone too
+    assert feed.read(open_sessions.HEADS_ID) is not None
+    assert [m["session_id"] for m in open_sessions.act_now(feed, 1.0, 10)[1]] == ["y", "a", "x", "z"]
     assert all(isinstance(m, str) for m in feed.decoded()[open_sessions.bucket_id(1, slot)]["members"])
 
 
