@@ -59,3 +59,19 @@ def test_the_pages_answer_as_the_profiles_query_and_depend_on_the_final_ranks_al
     at_once = BsonStore()
     _file(at_once, [{u: (r["score"], r["segment"], r["fields"]["sessions"]) for u, r in final.items()}], {})
     assert store.decoded() == at_once.decoded()
+
+
+def test_a_head_stored_nested_by_an_earlier_version_answers_and_is_packed_at_its_next_change():
+    """Heads are stored packed (one JSON string a member); one an earlier version stored nested
+    still answers, and the next change of its key writes it packed."""
+    store, docs = BsonStore(), {}
+    _file(store, [{"1": (3, "browser", 1), "2": (2, "browser", 0)}], docs)
+    head = store.read(leaderboard.head_id("browser"))
+    assert all(isinstance(m, str) for m in head["members"])
+    nested = [leaderboard.unpack_item(m) for m in head["members"]]
+    store.write([{**head, "members": nested}])  # as an earlier version stored it
+    assert leaderboard.head(store, 0, "browser", 10) == nested
+    assert [m["user_id"] for m in leaderboard.head(store, 3, "browser", 10)] == ["1"]  # min_score: a prefix
+    _file(store, [{"3": (1, "browser", 0)}], docs)
+    assert all(isinstance(m, str) for m in store.read(leaderboard.head_id("browser"))["members"])
+    assert [m["user_id"] for m in leaderboard.head(store, 0, "browser", 10)] == ["1", "2", "3"]
