@@ -71,6 +71,8 @@ JOB_ENV = {"ALERTS_TOPIC": ALERTS_TOPIC, "ACTIONS_TOPIC": ACTIONS_TOPIC, "HEALTH
            "EXPERIMENTS_FILE": str(ROOT / "app" / "rules" / "experiments_v1.yaml")}
 LIVE_SEED = 11  # the paced producer's sessions: not the preload's (seed 7), whose event ids they would repeat
 GOAL_P99_MS = 25.0
+CAUGHT_UP_S = 10  # a live job is caught up when a batch leaves at most this many seconds of the producer unread
+CATCH_UP_BUDGET_S = 900
 QUICK = {"events": 50_000, "live_events": 50_000, "rate": 50, "seconds": 15, "warmup": 5, "calls": 10, "live_warmup": 10}
 FULL = {"events": 1_000_000, "live_events": 200_000, "rate": 200, "seconds": 60, "warmup": 20, "calls": 100,
         "live_warmup": 60}
@@ -99,7 +101,7 @@ ENDPOINTS = [
     ("/v1/alerts?user_id={alert_user}", "live_feed", "the same, of a user with alerts: " + BY_IDS),
     ("/v1/trigger-executions?limit=100", "live_feed", "the hour list + the newest hours' buckets: " + BY_IDS),
     ("/v1/trigger-executions?trigger=abandoned_cart_email", "live_feed", "the same, of the trigger: " + BY_IDS),
-    ("/v1/act-now", "live_feed", "open-session index + the buckets it needs, each session's fields in them: " + BY_IDS),
+    ("/v1/act-now", "live_feed", "the open-session heads' summary + the most urgent priorities' heads (each priority's newest 100, with their fields): " + BY_IDS),
     ("/v1/activity?user_id={user}", "user_activity (+ user_profiles by _id)", "the user's newest events: " + BY_ID),
     ("/v1/activity", "live_feed", "the hour list + the newest hour's events: " + BY_IDS),
     ("/v1/activity?event_type=purchase", "live_feed", "the same, of one type: " + BY_IDS),
@@ -419,6 +421,21 @@ def _wait_for(job: Job, done, deadline: float, what: str, every_s: float) -> Non
         time.sleep(every_s)
 
 
+def _wait_caught_up(job: Job, db, after_batch: int, lag_rows: float, deadline: float) -> float | None:
+    """Seconds from the job's start until a sessions batch after `after_batch` ended with at most
+    `lag_rows` events left unread on Kafka (its kafka_lag); None if none did by `deadline`."""
+    while time.time() < deadline:
+        if job.proc.poll() is not None:
+            raise RuntimeError(f"the job {job.name} exited {job.proc.returncode} (log: {job.log_path})")
+        done = [p for p in db["stream_progress"].find({"query": "sessions", "batch_id": {"$gt": after_batch}},
+                                                      {"kafka_lag": 1})
+                if p.get("kafka_lag") is not None and p["kafka_lag"] <= lag_rows]
+        if done:
+            return round(time.time() - job.started_at, 1)
+        time.sleep(2)
+    return None
+
+
 def _stored_any(db) -> bool:
     """Whether the store query has stored a sessions batch whole (its `stored:<run>` marker)."""
     return any(str(d["_id"]).startswith("stored:") for d in db["stream_progress"].find({}, {"_id": 1}))
@@ -600,6 +617,12 @@ def _endpoints_pass(args, api: Api, db, topic: str, nice: int | None, user: str,
                       time.time() + args.profile_wait, "the live job wrote no batch", 1)
             run["live_first_batch_after_s"] = round(time.time() - live.started_at, 1)
             say(f"the live job's first batch ended {run['live_first_batch_after_s']} s after its start")
+            # what the producer sent while the job started is a backlog: the calls wait for it to be read
+            run["live_caught_up_after_s"] = _wait_caught_up(live, db, before, args.producer_rate * CAUGHT_UP_S,
+                                                            time.time() + CATCH_UP_BUDGET_S)
+            say(f"the live job caught up (Kafka lag <= {CAUGHT_UP_S} s of the producer) "
+                f"{run['live_caught_up_after_s']} s after its start" if run["live_caught_up_after_s"] is not None
+                else f"the live job had not caught up after {CATCH_UP_BUDGET_S} s: the calls start anyway")
             time.sleep(args.live_warmup)
             if live.proc.poll() is not None:
                 raise RuntimeError(f"the live job exited {live.proc.returncode} (log: {live.log_path})")
@@ -666,8 +689,11 @@ def _analytics_runs(a: dict) -> list[dict]:
 
 def _live_batches(a: dict) -> str:
     j = a.get("job_during_calls") or {}
+    caught_up = ("" if "live_caught_up_after_s" not in a else
+                 f" (caught up {a['live_caught_up_after_s']} s after its start, before the calls)"
+                 if a["live_caught_up_after_s"] is not None else " (not caught up when the calls began)")
     return (f"{_n(j.get('batches_overlapping'))} sessions batches of {_n(j.get('events_in_them'))} events during the "
-            "calls")
+            f"calls{caught_up}")
 
 
 def _measured(part: dict, top: dict) -> list[str]:
