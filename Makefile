@@ -89,7 +89,7 @@ security: setup  ## issue 20's probes: the rendered chart's checks (probe 9), th
 	./deploy/local/helm_check.sh tools
 	$(PY) tests/helm/chart_checks.py; chart=$$?; $(PY) -m security.probes; api=$$?; exit $$(( chart || api ))
 
-bench-api: up  ## the query API (~60 min): personalization p99 at 200 req/s with the job running (at JOB_NICE 0 and 10) and alone, analytics endpoints over 1M events (the job live at both) -> bench/results/api.*
+bench-api: up  ## the query API (~50 min): personalization p99 at 200 req/s with the job running (at JOB_NICE 0 and 10) and alone, analytics endpoints over 1M events (the job live at both) -> bench/results/api.*
 	$(PY) -m bench.api
 
 report:  ## print sessions per segment, the funnel and open sessions to act on
