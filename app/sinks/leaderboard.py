@@ -172,7 +172,11 @@ def head(coll, min_score: float, segment: str | None, limit: int) -> list[dict] 
     picked = []
     for item in (coll.find_one({"_id": head_id(ALL if segment is None else segment)}) or {}).get("members", []):
         member = unpack_item(item)
-        if member.get("engagement_score", -1) < min_score or len(picked) >= limit:
+        if len(picked) >= limit:
+            break
+        if "engagement_score" not in member:
+            continue  # a rank stored before ranks carried their fields: left out, as before
+        if member["engagement_score"] < min_score:
             break  # the most engaged first: the others score lower still
         picked.append(member)
     return picked

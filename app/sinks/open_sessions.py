@@ -150,9 +150,7 @@ class Changes:
 def _write_heads(read, write, delete, now_in: dict, slots: list) -> int:
     """Each touched priority's head, and the heads' summary (every priority's, if no summary is
     stored: an earlier version's buckets); a head's pages past its new count are deleted after
-    the summary (the summary a batch cut short left may count more: they are deleted then, as
-    every page a head of HEAD could have, when the summary does not name the priority). Returns
-    the documents changed."""
+    the summary, which no longer counts them. Returns the documents changed."""
     stored = read(HEADS_ID)
     summary = {h["priority"]: h for h in (stored or {}).get("heads", [])}
     priorities = {p for p, _ in now_in} if stored is not None else {p for p, _ in now_in} | {p for p, _ in slots}
@@ -162,8 +160,9 @@ def _write_heads(read, write, delete, now_in: dict, slots: list) -> int:
         pages = [head[start:start + HEAD_PAGE] for start in range(0, len(head), HEAD_PAGE)]
         heads += [{"_id": head_id(priority, k), "priority": priority, "members": [item for _, item in page],
                    "keys": [f"{end}|{sid}" for (end, sid), _ in page]} for k, page in enumerate(pages)]
-        was = (summary[priority]["count"] + HEAD_PAGE - 1) // HEAD_PAGE if priority in summary else -(-HEAD // HEAD_PAGE)
-        emptied += [head_id(priority, k) for k in range(len(pages), was)]
+        # every page a head can have past the new ones, the last first (not by the stored count:
+        # a delete cut short after the summary was written would leave pages no count names)
+        emptied += [head_id(priority, k) for k in reversed(range(len(pages), -(-HEAD // HEAD_PAGE)))]
         if head:
             summary[priority] = {"priority": priority, "newest": from_millis(head[0][0][0]), "count": len(head)}
         else:
@@ -271,13 +270,12 @@ def _act_now_from_heads(coll, heads: list, hours: float, limit: int) -> tuple[da
     if not heads:
         return None, []
     since = max(utc(h["newest"]) for h in heads) - timedelta(hours=hours)
-    floor = to_millis(since)
     picked: list[dict] = []
     for h in sorted(heads, key=lambda h: h["priority"]):
         if utc(h["newest"]) < since:
             continue
         for key, item in _head_members(coll, h["priority"], h["count"]):
-            if key[0] < floor:
+            if from_millis(key[0]) < since:
                 break  # newest first: the head's others are older still
             picked.append(unpack_item(item))
             if len(picked) >= limit:

@@ -162,6 +162,9 @@ def _serve(conn, store: Store, profile_rules: dict | None) -> None:
             rows = [Row(**r) for r in table.to_pylist()]
             conn.send(("ok", merge_batch(rows, users, feeds, datetime.now(timezone.utc), rank)))
         except Exception as exc:  # noqa: BLE001 (sent back: the driver fails the batch with it)
+            # a write that failed part-way may have been applied in part: the replay reads the store
+            users.documents.cache.clear()
+            feeds.cache.clear()
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
@@ -265,7 +268,8 @@ class _Documents:
             self.cache.put(d["_id"], d)
 
     def delete(self, ids: list[str]) -> None:
-        self.store.retrying(self.name, lambda: self.coll.bulk_write([DeleteOne({"_id": i}) for i in ids], ordered=False))
+        """In order too (open_sessions deletes a bucket's surplus pages last first)."""
+        self.store.retrying(self.name, lambda: self.coll.bulk_write([DeleteOne({"_id": i}) for i in ids], ordered=True))
         for i in ids:
             self.cache.drop(i)
 
@@ -283,6 +287,10 @@ class _Cache:
             return None
         self.docs.move_to_end(user_id)
         return bson.decode(data)
+
+    def clear(self) -> None:
+        self.docs.clear()
+        self.size = 0
 
     def drop(self, user_id: str) -> None:
         old = self.docs.pop(user_id, None)

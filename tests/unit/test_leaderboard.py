@@ -75,3 +75,14 @@ def test_a_head_stored_nested_by_an_earlier_version_answers_and_is_packed_at_its
     _file(store, [{"3": (1, "browser", 0)}], docs)
     assert all(isinstance(m, str) for m in store.read(leaderboard.head_id("browser"))["members"])
     assert [m["user_id"] for m in leaderboard.head(store, 0, "browser", 10)] == ["1", "2", "3"]
+
+
+def test_a_head_member_without_fields_is_left_out_and_the_users_after_it_are_not():
+    """A rank stored before ranks carried their fields gives a head member of its id alone: it is
+    left out, and the users ranked below it still answer."""
+    store = BsonStore()
+    members = [{"user_id": "1", "engagement_score": 9}, {"user_id": "2"}, {"user_id": "3", "engagement_score": 1}]
+    store.write([{"_id": leaderboard.head_id(leaderboard.ALL), "members": leaderboard.pack_items(members)}])
+    assert [m["user_id"] for m in leaderboard.head(store, 0, None, 10)] == ["1", "3"]
+    assert [m["user_id"] for m in leaderboard.head(store, 2, None, 10)] == ["1"]
+    assert [m["user_id"] for m in leaderboard.head(store, 0, None, 1)] == ["1"]

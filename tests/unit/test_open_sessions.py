@@ -181,3 +181,31 @@ class _Projecting:
     def find_one(self, query, projection=None):
         doc = self.store.find_one(query)
         return doc and {k: v for k, v in doc.items() if k == "_id" or projection is None or k in projection}
+
+
+def test_a_head_that_shrinks_with_its_surplus_delete_cut_short_leaves_no_page_behind():
+    """The summary is written with the head's new count, then its surplus pages are deleted; that
+    delete cut short and replayed still deletes them (not by the count already stored)."""
+    with mock.patch.object(open_sessions, "HEAD", 3), mock.patch.object(open_sessions, "HEAD_PAGE", 1):
+        store = CuttingStore()
+        first = _user_doc("u1", {"a": (1, 10, 1), "b": (1, 20, 1), "c": (1, 30, 1)})
+        second = _user_doc("u1", {"a": (1, 10, 1)})
+        _move(store, None, first)
+        store.calls, store.crash_at = 0, (5, 0)  # pages, index, heads, summary, then the head's surplus: cut
+        with pytest.raises(Cut):
+            _move(store, first, second)
+        store.crash_at = None
+        _move(store, first, second)  # the replay
+        _move(store, second, _user_doc("u1", {}))  # everything closes
+        assert not store.docs
+
+
+def test_the_heads_window_is_as_exact_as_the_buckets():
+    """`hours` of any float: a session that ended within the millisecond before `since` is out of
+    the window from the heads as from the buckets."""
+    store = BsonStore()
+    _move(store, None, _user_doc("u1", {"new": (1, 10, 1), "old": (1, 9, 1), "edge": (1, 10 - 444.445, 1)}))
+    hours = 0.123456789  # 444.44444 s: `since` falls 0.56 ms after "edge" ended, in the same millisecond
+    from_heads = open_sessions.act_now(store, hours, 10)
+    from_buckets = open_sessions.act_now(store, hours, open_sessions.HEAD + 1)
+    assert [m["session_id"] for m in from_heads[1]] == [m["session_id"] for m in from_buckets[1]] == ["new", "old"]

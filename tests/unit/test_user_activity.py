@@ -282,3 +282,32 @@ def test_a_document_is_stored_packed_and_read_back_as_merged_and_one_stored_nest
     assert [A.utc(e["event_timestamp"]) for e in nested["events"]] == [aware]
     assert user_activity.pack(nested) == user_activity.pack(back) == stored
     assert user_activity.Packed(store).read("nobody") is None
+
+
+def test_the_mergers_writes_and_deletes_are_ordered():
+    """open_sessions relies on a write or delete cut short leaving a prefix of it applied (a
+    bucket's pages in their write order, surplus pages last first): the bulk writes are ordered."""
+    from app.sinks.user_activity import _Documents
+
+    class Coll:
+        def __init__(self):
+            self.ordered = []
+
+        def bulk_write(self, requests, ordered):
+            self.ordered.append(ordered)
+
+    class Store:
+        def __init__(self):
+            self.coll = Coll()
+
+        def db(self):
+            return {"live_feed": self.coll}
+
+        def retrying(self, what, fn):
+            return fn()
+
+    store = Store()
+    docs = _Documents(store, "live_feed", 1 << 20)
+    docs.write([{"_id": "a"}, {"_id": "b"}])
+    docs.delete(["b", "a"])
+    assert store.coll.ordered == [True, True]
