@@ -411,28 +411,29 @@ def _job_batches(db, window: list[float]) -> dict:
             running_since > window[1] else round(window[1] - running_since, 1)}
 
 
-def _wait_for(job: Job, done, deadline: float, what: str, every_s: float) -> None:
-    """Polls done() until it holds; raises if the job exits first or at `deadline` (`what` then)."""
+def _wait_for(job: Job, done, deadline: float, what: str, every_s: float, late_ok: bool = False) -> bool:
+    """Polls done() until it holds (True); raises if the job exits first. At `deadline`: raises
+    (`what` then), or returns False with `late_ok`."""
     while not done():
         if job.proc.poll() is not None:
             raise RuntimeError(f"the job {job.name} exited {job.proc.returncode} (log: {job.log_path})")
         if time.time() > deadline:
+            if late_ok:
+                return False
             raise RuntimeError(f"{what} by the deadline (log: {job.log_path})")
         time.sleep(every_s)
+    return True
 
 
 def _wait_caught_up(job: Job, db, after_batch: int, lag_rows: float, deadline: float) -> float | None:
     """Seconds from the job's start until a sessions batch after `after_batch` ended with at most
     `lag_rows` events left unread on Kafka (its kafka_lag); None if none did by `deadline`."""
-    while time.time() < deadline:
-        if job.proc.poll() is not None:
-            raise RuntimeError(f"the job {job.name} exited {job.proc.returncode} (log: {job.log_path})")
-        done = [p for p in db["stream_progress"].find({"query": "sessions", "batch_id": {"$gt": after_batch}},
-                                                      {"kafka_lag": 1})
-                if p.get("kafka_lag") is not None and p["kafka_lag"] <= lag_rows]
-        if done:
-            return round(time.time() - job.started_at, 1)
-        time.sleep(2)
+    def caught_up() -> bool:
+        return any(p.get("kafka_lag") is not None and p["kafka_lag"] <= lag_rows
+                   for p in db["stream_progress"].find({"query": "sessions", "batch_id": {"$gt": after_batch}},
+                                                       {"kafka_lag": 1}))
+    if _wait_for(job, caught_up, deadline, "", 2, late_ok=True):
+        return round(time.time() - job.started_at, 1)
     return None
 
 

@@ -44,13 +44,23 @@ def _reason(condition: Column, code: str) -> Column:
     return F.when(condition, F.lit(code))
 
 
+def _produced_at() -> Column:
+    """The record's Kafka timestamp (kafka_timestamp), null when the record has none (-1: before the epoch)."""
+    ts = F.col("kafka_timestamp")
+    return F.when(F.unix_micros(ts) >= 0, ts)
+
+
 def parse_events(max_future_seconds: int = C.MAX_FUTURE_SECONDS, now: Column | None = None):
     """Raw Kafka rows (key, value, topic, partition, offset, timestamp) -> one row per record
     with typed fields and `quarantine_reasons` (empty array = valid).
 
-    `now` (default current_timestamp(), which a streaming query fixes once per micro-batch and
-    keeps on a replay) is what "in the future" is measured from."""
-    now = F.current_timestamp() if now is None else now
+    `now` is what "in the future" is measured from: by default the record's own Kafka timestamp
+    (when it was produced), so the verdict is a function of the record, the same live and in a
+    backlog caught up a day later (DESIGN §5). Not the micro-batch's current_timestamp(): that
+    quarantined by when a batch ran, so a catch-up after an outage let through events a live run
+    had quarantined. A record without a timestamp (-1: Kafka's format before 0.10) gets no future
+    check."""
+    now = _produced_at() if now is None else now
 
     def transform(raw: DataFrame) -> DataFrame:
         value = F.col("value").cast("string")

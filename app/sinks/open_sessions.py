@@ -121,11 +121,10 @@ class Changes:
                 entries[session_id] = (_key(member), pack_items([member])[0])
             ordered = sorted(entries.values(), reverse=True)  # newest first, then by id
             now_in[(priority, slot)] = ordered
-            pages = [ordered[start:start + PAGE] for start in range(0, len(ordered), PAGE)]
+            pages = _pages(ordered, PAGE)
             shifts = {(k, was_on[sid]) for k, page in enumerate(pages) for (_, sid), _ in page
                       if sid not in moved and was_on[sid] != k}
-            docs += [{"_id": bucket_id(priority, slot, k), "priority": priority, "slot": slot,
-                      "members": [item for _, item in pages[k]], "keys": [f"{end}|{sid}" for (end, sid), _ in pages[k]]}
+            docs += [{**_page_doc(bucket_id(priority, slot, k), priority, pages[k]), "slot": slot}
                      for k in _write_order(len(pages), len(stored), shifts)]
             # the surplus pages, the last first: a delete cut short leaves the pages before a gap
             gone += [bucket_id(priority, slot, k) for k in reversed(range(len(pages), len(stored)))]
@@ -157,12 +156,11 @@ def _write_heads(read, write, delete, now_in: dict, slots: list) -> int:
     heads, emptied = [], []
     for priority in sorted(priorities):
         head = _head(read, priority, now_in, [s for p, s in slots if p == priority])
-        pages = [head[start:start + HEAD_PAGE] for start in range(0, len(head), HEAD_PAGE)]
-        heads += [{"_id": head_id(priority, k), "priority": priority, "members": [item for _, item in page],
-                   "keys": [f"{end}|{sid}" for (end, sid), _ in page]} for k, page in enumerate(pages)]
+        pages = _pages(head, HEAD_PAGE)
+        heads += [_page_doc(head_id(priority, k), priority, page) for k, page in enumerate(pages)]
         # every page a head can have past the new ones, the last first (not by the stored count:
         # a delete cut short after the summary was written would leave pages no count names)
-        emptied += [head_id(priority, k) for k in reversed(range(len(pages), -(-HEAD // HEAD_PAGE)))]
+        emptied += [head_id(priority, k) for k in reversed(range(len(pages), _page_count(HEAD, HEAD_PAGE)))]
         if head:
             summary[priority] = {"priority": priority, "newest": from_millis(head[0][0][0]), "count": len(head)}
         else:
@@ -176,6 +174,23 @@ def _write_heads(read, write, delete, now_in: dict, slots: list) -> int:
     if emptied:
         delete(emptied)  # after the summary, which no longer names them
     return len(heads) + len(emptied) + 1
+
+
+def _pages(entries, size: int) -> list:
+    """`entries` cut into pages of `size`, in order."""
+    return [entries[start:start + size] for start in range(0, len(entries), size)]
+
+
+def _page_count(entries: int, size: int) -> int:
+    """The pages `entries` take at `size` a page."""
+    return -(-entries // size)
+
+
+def _page_doc(_id: str, priority: int, page: list) -> dict:
+    """A bucket's or a head's page document: its members as stored and their keys "end ms|session_id",
+    in the same order (so a read finds a session's place without decoding the members)."""
+    return {"_id": _id, "priority": priority, "members": [item for _, item in page],
+            "keys": [f"{end}|{sid}" for (end, sid), _ in page]}
 
 
 def _head(read, priority: int, now_in: dict, slots: list) -> list:
@@ -286,7 +301,7 @@ def _act_now_from_heads(coll, heads: list, hours: float, limit: int) -> tuple[da
 def _head_members(coll, priority: int, count: int):
     """A head's members as ((end ms, session_id), the member as stored), newest first, a page
     read when reached."""
-    for page in range((count + HEAD_PAGE - 1) // HEAD_PAGE):
+    for page in range(_page_count(count, HEAD_PAGE)):
         yield from _entries(coll.find_one({"_id": head_id(priority, page)}) or {})
 
 

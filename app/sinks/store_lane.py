@@ -52,11 +52,17 @@ AGGREGATES_KEY = "aggregates"
 def store_messages(rows: DataFrame, topic: str, run_id: str, batch_id: int) -> DataFrame:
     """The rows the store needs as (topic, key, value) messages: value = the row as JSON with its
     run and batch; key = the row's id (the document's _id), so one document's messages keep their order."""
-    fields = [F.lit(run_id).alias("src_run"), F.lit(batch_id).cast("long").alias("src_batch"),
-              F.lit(None).cast("int").alias("chunk"), *[F.col(name) for name in OutputRow._fields]]
+    # the batch's own fields as a string prefix of the row's JSON, not as a long literal in the
+    # struct: Spark writes a long literal into the generated code, so each batch compiled anew
+    # (and churned the code cache, 100 classes, out of the classes every batch uses)
+    head = f'{{"src_run":{json.dumps(run_id)},"src_batch":{int(batch_id)},"chunk":null,'
+    row = F.to_json(F.struct(*[F.col(name) for name in OutputRow._fields]), {"ignoreNullFields": "false"})
     return (rows.filter(F.col("kind").isin(*STORED_KINDS))
             .select(F.lit(topic).alias("topic"), F.col("id").alias("key"),
-                    F.to_json(F.struct(*fields), {"ignoreNullFields": "false"}).alias("value")))
+                    F.concat(F.lit(head), F.substring(row, 2, _REST)).alias("value")))
+
+
+_REST = 2 ** 31 - 1  # a substring's length: to the end
 
 
 def aggregate_messages(closed: list[dict], counts: list[tuple], run_id: str, batch_id: int) -> list[str]:
@@ -130,7 +136,7 @@ class StoreBatchWriter:
             sources = [r.src_batch for r in mine.select("src_batch").distinct().orderBy("src_batch").collect()]
             writer = out.write_outputs(self.store.impatient(), self.profile_rules_document)
             for source in sources:
-                group = mine.filter(F.col("src_batch") == source)
+                group = of_source_batch(mine, source)
                 self.write_documents(group.filter(F.col("kind").isin(*STORED_KINDS)), writer)
                 aggregates = (group.filter(F.col("kind").isin(CLOSED, COUNTS, END)).select("kind", "chunk", "doc")
                               .orderBy("kind", "chunk").collect())
@@ -173,6 +179,13 @@ class StoreBatchWriter:
         self.store.retrying("stream_progress", lambda: progress.update_one(
             {"_id": f"stored:{run_id}"}, {"$max": {"src_batch": source}, "$set": {"stored_at": datetime.now(timezone.utc)}},
             upsert=True))
+
+
+def of_source_batch(messages: DataFrame, source: int) -> DataFrame:
+    """The messages sessions batch `source` sent. Compared as text: Spark writes a long literal
+    into the generated code, so each source batch would compile a filter of its own (and churn
+    the code cache, 100 classes, out of the classes every batch uses)."""
+    return messages.filter(F.col("src_batch").cast("string") == str(source))
 
 
 def caught_up(db) -> bool:
