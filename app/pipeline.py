@@ -47,27 +47,11 @@ def build_spark(config: AppConfig, app_name: str = "behavior-segmentation") -> S
         # the generated classes every batch uses stay compiled (Spark's default keeps 100, fewer
         # than the job's queries use, so each batch compiled some of them again)
         .config("spark.sql.codegen.cache.maxEntries", str(CODEGEN_CACHE_ENTRIES))
-        # the act lane's tasks before the store lane's on a free slot (app/pools.xml, in_pool)
-        .config("spark.scheduler.mode", "FAIR")
-        .config("spark.scheduler.allocation.file", POOLS_FILE.as_uri())  # file: whatever the default FS
         .getOrCreate()
     )
 
 
 CODEGEN_CACHE_ENTRIES = 2000
-POOLS_FILE = Path(__file__).resolve().parent / "pools.xml"
-ACT_POOL, STORE_POOL = "act", "store"  # the sessions query's pool; the store and activity queries'
-
-
-def in_pool(spark: SparkSession, pool: str, start):
-    """start() (a query's writer.start) with its jobs in the scheduler pool `pool`: the query's
-    thread, and the foreachBatch calls it makes, inherit the starting thread's local properties."""
-    context = spark.sparkContext
-    context.setLocalProperty("spark.scheduler.pool", pool)
-    try:
-        return start()
-    finally:
-        context.setLocalProperty("spark.scheduler.pool", None)
 
 
 def kafka_source(spark: SparkSession, config: AppConfig, partition: int | None = None) -> DataFrame:
@@ -479,13 +463,12 @@ def start_queries(spark: SparkSession, config: AppConfig) -> list[StreamingQuery
               .foreachBatch(SessionBatchWriter(checkpoint, act_topics(config), act_producer_options(config),
                                                config.store_lane_topic)))
     ensure_store_topic(spark, config)  # before the sessions query's first write could auto-create it
-    sessions = in_pool(spark, ACT_POOL, lambda: _start(writer, checkpoint, config))
-    store_query = in_pool(spark, STORE_POOL, lambda: start_store_query(spark, config, store, rules, checkpoint))
+    sessions = _start(writer, checkpoint, config)
+    store_query = start_store_query(spark, config, store, rules, checkpoint)
     if not config.user_activity:  # the API must not read documents nobody keeps now (user_activity.STATUS_ID)
         store.retrying(out.PROGRESS, lambda: store.db()[out.PROGRESS].delete_one({"_id": ACTIVITY_STATUS_ID}))
         return [sessions, store_query]
-    activity_query = in_pool(spark, STORE_POOL,
-                             lambda: start_activity_query(spark, config, store, checkpoint, rules.profiles))
+    activity_query = start_activity_query(spark, config, store, checkpoint, rules.profiles)
     return [sessions, store_query, activity_query]
 
 
