@@ -134,13 +134,17 @@ class StoreBatchWriter:
         mine.persist()
         try:
             sources = [r.src_batch for r in mine.select("src_batch").distinct().orderBy("src_batch").collect()]
+            # every source batch's aggregates in one job (a job per source batch, and its sort, cost
+            # each store batch a scheduling round per sessions batch it held); applied in the loop,
+            # each after its source batch's documents, in (kind, chunk) order as before
+            aggregates: dict = {}
+            for a in mine.filter(F.col("kind").isin(CLOSED, COUNTS, END)).select("src_batch", "kind", "chunk",
+                                                                                   "doc").collect():
+                aggregates.setdefault(a.src_batch, []).append(a)
             writer = out.write_outputs(self.store.impatient(), self.profile_rules_document)
             for source in sources:
-                group = of_source_batch(mine, source)
-                self.write_documents(group.filter(F.col("kind").isin(*STORED_KINDS)), writer)
-                aggregates = (group.filter(F.col("kind").isin(CLOSED, COUNTS, END)).select("kind", "chunk", "doc")
-                              .orderBy("kind", "chunk").collect())
-                for a in aggregates:
+                self.write_documents(of_source_batch(mine, source).filter(F.col("kind").isin(*STORED_KINDS)), writer)
+                for a in sorted(aggregates.get(source, []), key=lambda a: (a.kind, a.chunk)):
                     if a.kind == END:
                         self.stored(run_id, source)
                     else:
