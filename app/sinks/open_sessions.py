@@ -124,7 +124,7 @@ class Changes:
             pages = _pages(ordered, PAGE)
             shifts = {(k, was_on[sid]) for k, page in enumerate(pages) for (_, sid), _ in page
                       if sid not in moved and was_on[sid] != k}
-            docs += [{**_page_doc(bucket_id(priority, slot, k), priority, pages[k]), "slot": slot}
+            docs += [_page_doc(bucket_id(priority, slot, k), priority, pages[k], slot=slot)
                      for k in _write_order(len(pages), len(stored), shifts)]
             # the surplus pages, the last first: a delete cut short leaves the pages before a gap
             gone += [bucket_id(priority, slot, k) for k in reversed(range(len(pages), len(stored)))]
@@ -186,10 +186,11 @@ def _page_count(entries: int, size: int) -> int:
     return -(-entries // size)
 
 
-def _page_doc(_id: str, priority: int, page: list) -> dict:
-    """A bucket's or a head's page document: its members as stored and their keys "end ms|session_id",
-    in the same order (so a read finds a session's place without decoding the members)."""
-    return {"_id": _id, "priority": priority, "members": [item for _, item in page],
+def _page_doc(_id: str, priority: int, page: list, **place) -> dict:
+    """A bucket's (place: its slot) or a head's page document: its members as stored and their keys
+    "end ms|session_id", in the same order (so a read finds a session's place without decoding the
+    members). The fields in the order earlier versions stored them."""
+    return {"_id": _id, "priority": priority, **place, "members": [item for _, item in page],
             "keys": [f"{end}|{sid}" for (end, sid), _ in page]}
 
 
