@@ -53,8 +53,7 @@ def store_messages(rows: DataFrame, topic: str, run_id: str, batch_id: int) -> D
     """The rows the store needs as (topic, key, value) messages: value = the row as JSON with its
     run and batch; key = the row's id (the document's _id), so one document's messages keep their order."""
     # the batch's own fields as a string prefix of the row's JSON, not as a long literal in the
-    # struct: Spark writes a long literal into the generated code, so each batch compiled anew
-    # (and churned the code cache, 100 classes, out of the classes every batch uses)
+    # struct (a new class compiled each batch: see of_source_batch)
     head = f'{{"src_run":{json.dumps(run_id)},"src_batch":{int(batch_id)},"chunk":null,'
     row = F.to_json(F.struct(*[F.col(name) for name in OutputRow._fields]), {"ignoreNullFields": "false"})
     return (rows.filter(F.col("kind").isin(*STORED_KINDS))
